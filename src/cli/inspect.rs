@@ -1,0 +1,214 @@
+//! `wstream inspect`: every tensor of a checkpoint, the detected family, and (with --residency) how much of
+//! each tensor and each block is in the page cache right now, like vmtouch/fincore but per tensor.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+use wstream::models::{group_of, Family};
+use wstream::residency::resident_bytes;
+use wstream::Store;
+
+use super::{human_bytes, out};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A .safetensors file, a model.safetensors.index.json, or a model folder in timm's Hugging Face layout.
+    path: PathBuf,
+    /// Also report how many bytes of each tensor and each block are resident in memory (mincore).
+    #[arg(long)]
+    residency: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct TensorRow {
+    name: String,
+    dtype: String,
+    shape: Vec<usize>,
+    file: String,
+    offset: usize,
+    bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resident_bytes: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct GroupRow {
+    group: String,
+    tensors: usize,
+    bytes: u64,
+    resident_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    path: String,
+    architecture: &'static str,
+    files: Vec<String>,
+    total_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resident_bytes: Option<u64>,
+    tensors: Vec<TensorRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<GroupRow>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let store = Store::open(&args.path)?;
+    let architecture = Family::detect(&store).map_or("unknown", Family::name);
+    let file_name = |i: usize| store.files()[i].path.display().to_string();
+    let mut tensors = Vec::with_capacity(store.tensors().len());
+    for t in store.tensors() {
+        let resident = if args.residency {
+            Some(resident_bytes(
+                store.files()[t.file].bytes(),
+                t.range.clone(),
+            )?)
+        } else {
+            None
+        };
+        tensors.push(TensorRow {
+            name: t.name.clone(),
+            dtype: t.dtype.to_string(),
+            shape: t.shape.clone(),
+            file: file_name(t.file),
+            offset: t.range.start,
+            bytes: t.nbytes(),
+            resident_bytes: resident,
+        });
+    }
+    let groups = if args.residency {
+        group_rows(&tensors)
+    } else {
+        Vec::new()
+    };
+    let report = Report {
+        path: args.path.display().to_string(),
+        architecture,
+        files: (0..store.files().len()).map(file_name).collect(),
+        total_bytes: store.total_bytes(),
+        resident_bytes: args
+            .residency
+            .then(|| tensors.iter().filter_map(|t| t.resident_bytes).sum()),
+        tensors,
+        groups,
+    };
+    if args.json {
+        out(serde_json::to_string(&report)?)?;
+    } else {
+        print_table(&report)?;
+    }
+    Ok(())
+}
+
+/// Per-block totals, in the order the blocks first appear on disk.
+fn group_rows(tensors: &[TensorRow]) -> Vec<GroupRow> {
+    let mut rows: Vec<GroupRow> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for t in tensors {
+        let g = group_of(&t.name);
+        let i = *index.entry(g.to_string()).or_insert_with(|| {
+            rows.push(GroupRow {
+                group: g.to_string(),
+                tensors: 0,
+                bytes: 0,
+                resident_bytes: 0,
+            });
+            rows.len() - 1
+        });
+        rows[i].tensors += 1;
+        rows[i].bytes += t.bytes as u64;
+        rows[i].resident_bytes += t.resident_bytes.unwrap_or(0);
+    }
+    rows
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        100.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+fn print_table(r: &Report) -> std::io::Result<()> {
+    out(format_args!(
+        "{}: {} tensors in {} file(s), {} ({} bytes), architecture: {}",
+        r.path,
+        r.tensors.len(),
+        r.files.len(),
+        human_bytes(r.total_bytes),
+        r.total_bytes,
+        r.architecture
+    ))?;
+    let multi = r.files.len() > 1;
+    let name_w = r
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let resident_head = if r.resident_bytes.is_some() {
+        "  resident"
+    } else {
+        ""
+    };
+    out(format_args!(
+        "{:<name_w$}  {:<5}  {:<20}  {:>12}  {:>10}{resident_head}",
+        "name", "dtype", "shape", "offset", "bytes"
+    ))?;
+    for t in &r.tensors {
+        let resident = t
+            .resident_bytes
+            .map(|b| format!("  {:>7.1}%", percent(b, t.bytes as u64)))
+            .unwrap_or_default();
+        let file = if multi {
+            format!("  {}", t.file)
+        } else {
+            String::new()
+        };
+        out(format_args!(
+            "{:<name_w$}  {:<5}  {:<20}  {:>12}  {:>10}{resident}{file}",
+            t.name,
+            t.dtype,
+            format!("{:?}", t.shape),
+            t.offset,
+            t.bytes
+        ))?;
+    }
+    if let Some(resident) = r.resident_bytes {
+        out("")?;
+        let w = r
+            .groups
+            .iter()
+            .map(|g| g.group.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        out(format_args!(
+            "{:<w$}  {:>7}  {:>10}  {:>10}  {:>7}",
+            "block", "tensors", "bytes", "resident", "%"
+        ))?;
+        for g in &r.groups {
+            out(format_args!(
+                "{:<w$}  {:>7}  {:>10}  {:>10}  {:>6.1}%",
+                g.group,
+                g.tensors,
+                human_bytes(g.bytes),
+                human_bytes(g.resident_bytes),
+                percent(g.resident_bytes, g.bytes)
+            ))?;
+        }
+        out(format_args!(
+            "resident: {} of {} ({:.1}%)",
+            human_bytes(resident),
+            human_bytes(r.total_bytes),
+            percent(resident, r.total_bytes)
+        ))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The library's error type. Every message names the file (and the tensor, where there is one) and gives
+//! expected vs actual numbers, so the CLI can print it as the one line a user needs.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: no such file or folder", path.display())]
+    NotFound { path: PathBuf },
+    #[error("{}: folder holds no model.safetensors, model.safetensors.index.json or other .safetensors file", path.display())]
+    NoWeights { path: PathBuf },
+    #[error("{}: folder holds {count} .safetensors files and no model.safetensors.index.json; name one file", path.display())]
+    AmbiguousWeights { path: PathBuf, count: usize },
+    #[error("{}: file is empty (0 bytes), not a safetensors file", path.display())]
+    EmptyFile { path: PathBuf },
+    #[error("{}: file is {len} bytes, shorter than the 8-byte header length of a safetensors file", path.display())]
+    TooShort { path: PathBuf, len: u64 },
+    #[error("{}: header length {header_len} is over the {limit}-byte limit (not a safetensors file?)", path.display())]
+    HeaderTooLarge {
+        path: PathBuf,
+        header_len: u64,
+        limit: u64,
+    },
+    #[error("{}: header length {header_len} runs past the end of the file ({file_len} bytes)", path.display())]
+    HeaderPastEnd {
+        path: PathBuf,
+        header_len: u64,
+        file_len: u64,
+    },
+    #[error("{}: header is not valid UTF-8 (bad byte at header offset {offset})", path.display())]
+    HeaderNotUtf8 { path: PathBuf, offset: usize },
+    #[error("{}: header is not valid safetensors JSON: {msg}", path.display())]
+    HeaderJson { path: PathBuf, msg: String },
+    #[error("{}: tensor `{name}` appears twice", path.display())]
+    DuplicateTensor { path: PathBuf, name: String },
+    #[error("{}: tensor `{name}`: {msg}", path.display())]
+    BadTensor {
+        path: PathBuf,
+        name: String,
+        msg: String,
+    },
+    #[error("{}: data section is truncated: tensor `{name}` ends at data byte {needed} but the file holds {actual} data bytes", path.display())]
+    Truncated {
+        path: PathBuf,
+        name: String,
+        needed: u64,
+        actual: u64,
+    },
+    #[error("{}: tensors cover {covered} data bytes but the file holds {actual}: a gap at the end", path.display())]
+    TrailingBytes {
+        path: PathBuf,
+        covered: u64,
+        actual: u64,
+    },
+    #[error("{}: shard index names `{shard}`, which is missing ({})", index.display(), reason)]
+    MissingShard {
+        index: PathBuf,
+        shard: String,
+        reason: String,
+    },
+    #[error("{}: shard index: {msg}", index.display())]
+    ShardIndex { index: PathBuf, msg: String },
+    #[error("{}: changed on disk since it was opened ({what}); reopen it", path.display())]
+    FileChanged { path: PathBuf, what: String },
+    #[error("{}: no tensor named `{name}`", path.display())]
+    NoTensor { path: PathBuf, name: String },
+    #[error("{}: tensor `{name}` has dtype {actual}, expected {expected}", path.display())]
+    WrongDtype {
+        path: PathBuf,
+        name: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{}: tensor `{name}` has shape {actual:?}, expected {expected:?}", path.display())]
+    WrongShape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    #[error("{}: {msg}", path.display())]
+    Model { path: PathBuf, msg: String },
+    #[error("{}: {msg}", path.display())]
+    Input { path: PathBuf, msg: String },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound { path }
+        } else {
+            Error::Io { path, source }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! wstream runs very large image classifiers (timm's ViT, ConvNeXt and Swin families) on machines with
+//! little RAM. Weights stay in their safetensors files, memory-mapped read-only; models run block by block
+//! straight from the mapping, and the pages of a block are released once it has run.
+//!
+//! Layers, one-way: [`store`] and [`residency`] (all `unsafe` lives there) know nothing of models;
+//! [`ops`] are kernels over activations and borrowed weights (the one `unsafe` GEMM call is in `ops::gemm`);
+//! [`models`] build blocks over a store; the CLI sits on top.
+
+#![deny(unsafe_code)]
+
+pub mod error;
+pub mod models;
+pub mod ops;
+pub mod residency;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use store::Store;

@@ -1,0 +1,9 @@
+//! The `wstream` command line.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::run()
+}

@@ -1,0 +1,162 @@
+//! The one safe door to the `gemm` crate: strided matrix views whose every element is proven in bounds
+//! before the (unsafe) call.
+
+/// A read-only strided matrix view over a slice: element (r, c) is `data[r * row_stride + c * col_stride]`.
+/// A transposed view is the same slice with the strides swapped: no copy.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A dense row-major `rows x cols` matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a dense row-major `rows x cols` matrix, i.e. a `cols x rows` view.
+    pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows: cols,
+            cols: rows,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1)
+                .checked_mul(self.row_stride)
+                .and_then(|a| {
+                    (self.cols - 1)
+                        .checked_mul(self.col_stride)
+                        .and_then(|b| a.checked_add(b))
+                })
+                .is_some_and(|last| last < self.data.len())
+    }
+}
+
+/// How many threads a GEMM may use. Inside a rayon task that already splits the work, use `Single`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    Single,
+    Pool,
+}
+
+/// `dst = a × b * scale` (or `dst += ...` with `accumulate`), `dst` dense row-major `a.rows x b.cols`.
+pub fn matmul(
+    dst: &mut [f32],
+    a: MatRef,
+    b: MatRef,
+    scale: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions differ");
+    assert_eq!(dst.len(), m * n, "destination size");
+    assert!(a.in_bounds() && b.in_bounds(), "matrix view out of bounds");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let parallelism = match threads {
+        Threads::Single => gemm::Parallelism::None,
+        Threads::Pool => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+    };
+    // SAFETY: every element the kernel reads or writes is in bounds: `dst` holds exactly m*n elements with
+    // row stride n, and `in_bounds` proved the last element of both inputs lies inside its slice. `dst` is a
+    // unique borrow, so it aliases neither input. T = f32 is a type gemm supports.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_matches_naive_with_transposed_view() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect(); // [n, k] like a linear weight
+        let mut dst = vec![1.0; m * n];
+        matmul(
+            &mut dst,
+            MatRef::rows(&a, m, k),
+            MatRef::transposed(&w, n, k),
+            2.0,
+            true,
+            Threads::Pool,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 =
+                    1.0 + 2.0 * (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum::<f32>();
+                assert!((dst[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn refuses_views_past_the_slice() {
+        let a = vec![0.0; 6];
+        let bad = MatRef {
+            data: &a,
+            rows: 3,
+            cols: 3,
+            row_stride: 3,
+            col_stride: 1,
+        };
+        let mut dst = vec![0.0; 6];
+        matmul(
+            &mut dst,
+            bad,
+            MatRef::rows(&a, 3, 2),
+            1.0,
+            false,
+            Threads::Single,
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! Page residency control over byte ranges of a mapped file, and process memory / fault readings.
+//!
+//! Ranges are byte ranges of a whole-file mapping (the mapping starts on a page boundary at file offset 0,
+//! so a mapping offset is also a file offset). `prefetch` and `resident_bytes` round outward to whole pages;
+//! `release` rounds inward, so a page shared with a neighbouring range that is still in use is never dropped.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
+
+use serde::Serialize;
+
+/// The system page size.
+pub fn page_size() -> usize {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions; it returns -1 on error, handled below.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if n > 0 {
+            n as usize
+        } else {
+            4096
+        }
+    })
+}
+
+fn round_out(r: &Range<usize>, len: usize) -> Range<usize> {
+    let p = page_size();
+    let start = r.start / p * p;
+    let end = r.end.div_ceil(p) * p;
+    start..end.min(len.div_ceil(p) * p)
+}
+
+fn round_in(r: &Range<usize>) -> Range<usize> {
+    let p = page_size();
+    let start = r.start.div_ceil(p) * p;
+    let end = r.end / p * p;
+    start..end.max(start)
+}
+
+fn check_range(map: &[u8], r: &Range<usize>) {
+    assert!(
+        r.start <= r.end && r.end <= map.len(),
+        "range {r:?} outside a mapping of {} bytes",
+        map.len()
+    );
+}
+
+/// Asks the kernel to start reading the pages of `range` (madvise WILLNEED). Returns at once.
+pub fn prefetch(map: &[u8], range: Range<usize>) -> std::io::Result<()> {
+    check_range(map, &range);
+    let r = round_out(&range, map.len());
+    if r.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: `map` starts on a page boundary (it is a whole mapping) and `r` is page-rounded within it.
+    // WILLNEED only schedules read-ahead; it does not change the contents or validity of the mapping.
+    let rc = unsafe {
+        libc::madvise(
+            map.as_ptr().add(r.start) as *mut _,
+            r.len(),
+            libc::MADV_WILLNEED,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Reads one byte per page of `range` so the pages are faulted in on the calling thread. Returns the number
+/// of pages touched.
+pub fn touch(map: &[u8], range: Range<usize>) -> usize {
+    check_range(map, &range);
+    let p = page_size();
+    let mut sum = 0u8;
+    let mut pages = 0;
+    let mut i = range.start;
+    while i < range.end {
+        sum = sum.wrapping_add(map[i]);
+        pages += 1;
+        i = (i / p + 1) * p;
+    }
+    std::hint::black_box(sum);
+    pages
+}
+
+/// What a [`release`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Released {
+    /// Bytes unmapped from this process (whole pages inside the range).
+    pub unmapped: u64,
+    /// Bytes also dropped from the page cache (only with a file given).
+    pub dropped_from_cache: u64,
+}
+
+/// Drops the pages lying wholly inside `range` from this process (madvise DONTNEED). With `drop_cache`, also
+/// asks the kernel to drop them from the page cache (posix_fadvise DONTNEED; clean pages no other process
+/// maps go at once). The data stays valid: a later touch pages it back in from the file.
+pub fn release(
+    map: &[u8],
+    range: Range<usize>,
+    drop_cache: Option<&File>,
+) -> std::io::Result<Released> {
+    check_range(map, &range);
+    let r = round_in(&range);
+    if r.is_empty() {
+        return Ok(Released::default());
+    }
+    // SAFETY: `r` is page-aligned and inside the mapping. DONTNEED on a read-only shared file mapping only
+    // discards this process's page-table entries: the next access re-reads the file, so every outstanding
+    // `&[u8]` into the mapping stays valid and keeps its contents.
+    let rc = unsafe {
+        libc::madvise(
+            map.as_ptr().add(r.start) as *mut _,
+            r.len(),
+            libc::MADV_DONTNEED,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Released {
+        unmapped: r.len() as u64,
+        dropped_from_cache: 0,
+    };
+    if let Some(file) = drop_cache {
+        // SAFETY: plain syscall on an open file descriptor; offsets are the mapping offsets (mapped from 0).
+        let rc = unsafe {
+            libc::posix_fadvise(
+                file.as_raw_fd(),
+                r.start as libc::off_t,
+                r.len() as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        out.dropped_from_cache = r.len() as u64;
+    }
+    Ok(out)
+}
+
+/// Drops a whole file from the page cache (posix_fadvise DONTNEED), e.g. before a cold run.
+pub fn drop_file_cache(file: &File) -> std::io::Result<()> {
+    // SAFETY: plain syscall on an open file descriptor; len 0 means "to the end of the file".
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// How many bytes of `range` are in memory right now (mincore: in the page cache for a file mapping).
+/// A partly covered page counts only the bytes of it that lie in the range.
+///
+/// Linux reports page-cache residency of file pages only to a process that owns the file or may write it;
+/// otherwise only the pages this process has mapped count.
+pub fn resident_bytes(map: &[u8], range: Range<usize>) -> std::io::Result<u64> {
+    check_range(map, &range);
+    let r = round_out(&range, map.len());
+    if r.is_empty() {
+        return Ok(0);
+    }
+    let p = page_size();
+    let mut vec = vec![0u8; r.len().div_ceil(p)];
+    // SAFETY: `r` is page-aligned and inside the mapping; `vec` has one byte per page of `r`, as mincore
+    // requires.
+    let rc = unsafe {
+        libc::mincore(
+            map.as_ptr().add(r.start) as *mut _,
+            r.len(),
+            vec.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut bytes = 0u64;
+    for (i, v) in vec.iter().enumerate() {
+        if v & 1 != 0 {
+            let page_start = r.start + i * p;
+            let lo = page_start.max(range.start);
+            let hi = (page_start + p).min(range.end);
+            bytes += hi.saturating_sub(lo) as u64;
+        }
+    }
+    Ok(bytes)
+}
+
+/// Memory of this process, in bytes, from /proc/self/status.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemReading {
+    pub vm_rss: u64,
+    pub vm_hwm: u64,
+    pub rss_anon: u64,
+    pub rss_file: u64,
+}
+
+impl MemReading {
+    pub fn now() -> Self {
+        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mut m = MemReading::default();
+        for line in text.lines() {
+            let Some((key, rest)) = line.split_once(':') else {
+                continue;
+            };
+            let kib: u64 = rest
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            let field = match key {
+                "VmRSS" => &mut m.vm_rss,
+                "VmHWM" => &mut m.vm_hwm,
+                "RssAnon" => &mut m.rss_anon,
+                "RssFile" => &mut m.rss_file,
+                _ => continue,
+            };
+            *field = kib * 1024;
+        }
+        m
+    }
+}
+
+/// Page-fault counts from getrusage.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Faults {
+    pub minor: u64,
+    pub major: u64,
+}
+
+impl Faults {
+    /// The whole process.
+    pub fn process() -> Self {
+        rusage(libc::RUSAGE_SELF)
+    }
+
+    /// The calling thread only.
+    pub fn thread() -> Self {
+        rusage(libc::RUSAGE_THREAD)
+    }
+
+    pub fn since(self, earlier: Faults) -> Faults {
+        Faults {
+            minor: self.minor.saturating_sub(earlier.minor),
+            major: self.major.saturating_sub(earlier.major),
+        }
+    }
+}
+
+fn rusage(who: libc::c_int) -> Faults {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; it is zero-initialised, so it is valid even on error.
+    let ru = unsafe {
+        libc::getrusage(who, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    Faults {
+        minor: ru.ru_minflt as u64,
+        major: ru.ru_majflt as u64,
+    }
+}
+
+/// Bytes this process caused to be read from storage (`read_bytes` of /proc/self/io), where the kernel
+/// accounts it.
+pub fn storage_read_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/io").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("read_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_keeps_shared_pages() {
+        let p = page_size();
+        assert_eq!(round_in(&(10..3 * p + 5)), p..3 * p);
+        assert_eq!(round_in(&(10..p)), p..p);
+        assert_eq!(round_out(&(10..p + 1), 10 * p), 0..2 * p);
+        assert_eq!(round_out(&(0..3 * p), 3 * p), 0..3 * p);
+    }
+}

@@ -1,0 +1,48 @@
+//! Helpers shared by the integration tests: hand-built safetensors files (valid and broken).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// Writes `8-byte length + header + data` to `path`, header given as raw text.
+pub fn write_raw(path: &Path, header: &str, data: &[u8]) -> PathBuf {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+    path.to_path_buf()
+}
+
+/// A valid file of f32 tensors, in the given order, header padded to 8 bytes like the Python writer.
+pub fn write_f32(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> PathBuf {
+    let mut entries = Vec::new();
+    let mut data = Vec::new();
+    for (name, shape, values) in tensors {
+        assert_eq!(shape.iter().product::<usize>(), values.len());
+        let begin = data.len();
+        for v in values {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        entries.push(format!(
+            r#""{name}":{{"dtype":"F32","shape":{shape:?},"data_offsets":[{begin},{}]}}"#,
+            data.len()
+        ));
+    }
+    let mut header = format!("{{{}}}", entries.join(","));
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    write_raw(path, &header, &data)
+}
+
+/// Runs the built `wstream` binary; returns (exit code, stdout, stderr).
+pub fn wstream(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wstream"))
+        .args(args)
+        .output()
+        .expect("run wstream");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

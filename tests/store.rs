@@ -1,0 +1,300 @@
+//! The store: valid files, sharded checkpoints, zero-copy views, and a clear error for each kind of bad file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{write_f32, write_raw, wstream};
+use wstream::{Error, Store};
+
+fn f32_bytes(n: usize) -> Vec<u8> {
+    (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect()
+}
+
+#[test]
+fn opens_file_and_borrows_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_f32(
+        &dir.path().join("m.safetensors"),
+        &[
+            ("b", vec![2], vec![5.0, 6.0]),
+            ("a", vec![2, 3], (0..6).map(|i| i as f32).collect()),
+        ],
+    );
+    let store = Store::open(&path).unwrap();
+    let names: Vec<&str> = store.tensors().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["b", "a"], "on-disk order");
+    let a = store.info("a").unwrap();
+    assert_eq!(a.shape, [2, 3]);
+    assert_eq!(a.nbytes(), 24);
+    let header_end =
+        8 + u64::from_le_bytes(std::fs::read(&path).unwrap()[..8].try_into().unwrap()) as usize;
+    assert_eq!(a.range, header_end + 8..header_end + 32);
+    let view = store.view::<f32>("a").unwrap();
+    assert!(
+        matches!(view, std::borrow::Cow::Borrowed(_)),
+        "aligned data is borrowed, not copied"
+    );
+    assert_eq!(&*view, &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    let file_bytes = store.files()[0].bytes();
+    assert!(
+        std::ptr::eq(
+            view.as_ptr() as *const u8,
+            file_bytes[a.range.clone()].as_ptr()
+        ),
+        "view points into the mapping"
+    );
+    assert_eq!(store.copy_stats().unaligned_copies, 0);
+    assert_eq!(store.total_bytes(), 32);
+    assert!(matches!(
+        store.view::<half::f16>("a"),
+        Err(Error::WrongDtype { .. })
+    ));
+    assert!(matches!(
+        store.view_shaped::<f32>("a", &[3, 2]),
+        Err(Error::WrongShape { .. })
+    ));
+    let err = store.view::<f32>("zzz").unwrap_err().to_string();
+    assert!(err.contains("no tensor named `zzz`"), "{err}");
+    assert_eq!(
+        store.ranges_of(["a", "b"]).unwrap().len(),
+        1,
+        "touching ranges merge"
+    );
+}
+
+#[test]
+fn unaligned_view_is_copied_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 33-byte header puts the data at offset 41: not 4-byte aligned.
+    let header = r#"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#;
+    let header = format!("{header:<33}");
+    let path = write_raw(&dir.path().join("u.safetensors"), &header, &f32_bytes(3));
+    let store = Store::open(&path).unwrap();
+    let view = store.view::<f32>("x").unwrap();
+    assert!(matches!(view, std::borrow::Cow::Owned(_)));
+    assert_eq!(&*view, &[0.0, 1.0, 2.0]);
+    let stats = store.copy_stats();
+    assert_eq!((stats.unaligned_copies, stats.unaligned_bytes), (1, 12));
+}
+
+#[test]
+fn half_precision_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let vals: Vec<u8> = [1.5f32, -2.0]
+        .iter()
+        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+        .chain(
+            [1.5f32, -2.0]
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()),
+        )
+        .collect();
+    let header = r#"{"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[4,8]}}"#;
+    let header = format!("{header:<112}");
+    let path = write_raw(&dir.path().join("h.safetensors"), &header, &vals);
+    let store = Store::open(&path).unwrap();
+    let h: Vec<f32> = store
+        .view::<half::f16>("h")
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    let b: Vec<f32> = store
+        .view::<half::bf16>("b")
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    assert_eq!(h, [1.5, -2.0]);
+    assert_eq!(b, [1.5, -2.0]);
+}
+
+fn sharded(dir: &Path) -> PathBuf {
+    write_f32(
+        &dir.join("model-00001-of-00002.safetensors"),
+        &[("a", vec![2], vec![1.0, 2.0])],
+    );
+    write_f32(
+        &dir.join("model-00002-of-00002.safetensors"),
+        &[("b", vec![1], vec![3.0])],
+    );
+    let index = dir.join("model.safetensors.index.json");
+    std::fs::write(
+        &index,
+        r#"{"metadata":{"total_size":12},"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    index
+}
+
+#[test]
+fn sharded_checkpoint_opens_as_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    sharded(dir.path());
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.files().len(), 2);
+    assert_eq!(&*store.view::<f32>("a").unwrap(), &[1.0, 2.0]);
+    assert_eq!(&*store.view::<f32>("b").unwrap(), &[3.0]);
+    assert_eq!(store.info("b").unwrap().file, 1);
+}
+
+/// One broken input per case: the library error and the CLI's single stderr line must both name it.
+#[test]
+fn every_bad_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |n: &str| d.join(n);
+    let ok_entry = |name: &str, begin: usize, end: usize| {
+        format!(
+            r#""{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{begin},{end}]}}"#,
+            (end - begin) / 4
+        )
+    };
+    let mut cases: Vec<(PathBuf, &str)> = Vec::new();
+
+    cases.push((p("missing.safetensors"), "no such file or folder"));
+    std::fs::create_dir(p("empty_folder")).unwrap();
+    std::fs::write(p("empty_folder/config.json"), "{}").unwrap();
+    cases.push((p("empty_folder"), "folder holds no model.safetensors"));
+    std::fs::write(p("empty.safetensors"), b"").unwrap();
+    cases.push((p("empty.safetensors"), "file is empty"));
+    std::fs::write(p("short.safetensors"), b"\x05\x00\x00").unwrap();
+    cases.push((
+        p("short.safetensors"),
+        "3 bytes, shorter than the 8-byte header length",
+    ));
+    let mut past = 1000u64.to_le_bytes().to_vec();
+    past.extend_from_slice(b"{}");
+    std::fs::write(p("past.safetensors"), past).unwrap();
+    cases.push((
+        p("past.safetensors"),
+        "header length 1000 runs past the end of the file (10 bytes)",
+    ));
+    let mut huge = 200_000_000u64.to_le_bytes().to_vec();
+    huge.extend_from_slice(b"{}");
+    std::fs::write(p("huge.safetensors"), huge).unwrap();
+    cases.push((
+        p("huge.safetensors"),
+        "header length 200000000 is over the 100000000-byte limit",
+    ));
+    let mut utf = 4u64.to_le_bytes().to_vec();
+    utf.extend_from_slice(b"{\xff}}");
+    std::fs::write(p("utf8.safetensors"), utf).unwrap();
+    cases.push((
+        p("utf8.safetensors"),
+        "header is not valid UTF-8 (bad byte at header offset 1)",
+    ));
+    write_raw(&p("json.safetensors"), "{not json}", &[]);
+    cases.push((
+        p("json.safetensors"),
+        "header is not valid safetensors JSON",
+    ));
+    write_raw(
+        &p("overlap.safetensors"),
+        &format!("{{{},{}}}", ok_entry("a", 0, 8), ok_entry("b", 4, 12)),
+        &f32_bytes(3),
+    );
+    cases.push((
+        p("overlap.safetensors"),
+        "tensor `b`: data_offsets [4, 12] overlap the previous tensor after `a`",
+    ));
+    write_raw(
+        &p("gap.safetensors"),
+        &format!("{{{},{}}}", ok_entry("a", 0, 4), ok_entry("b", 8, 12)),
+        &f32_bytes(3),
+    );
+    cases.push((
+        p("gap.safetensors"),
+        "tensor `b`: data_offsets [8, 12] leave a gap of 4 bytes after `a`",
+    ));
+    write_raw(
+        &p("pastend.safetensors"),
+        &format!("{{{}}}", ok_entry("a", 0, 400)),
+        &f32_bytes(2),
+    );
+    cases.push((
+        p("pastend.safetensors"),
+        "tensor `a` ends at data byte 400 but the file holds 8 data bytes",
+    ));
+    write_raw(
+        &p("trailing.safetensors"),
+        &format!("{{{}}}", ok_entry("a", 0, 4)),
+        &f32_bytes(2),
+    );
+    cases.push((
+        p("trailing.safetensors"),
+        "tensors cover 4 data bytes but the file holds 8",
+    ));
+    write_raw(
+        &p("dtype.safetensors"),
+        r#"{"a":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}}"#,
+        &f32_bytes(1),
+    );
+    cases.push((p("dtype.safetensors"), "tensor `a`: unknown dtype `F33`"));
+    write_raw(
+        &p("size.safetensors"),
+        r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+        &f32_bytes(2),
+    );
+    cases.push((
+        p("size.safetensors"),
+        "tensor `a`: shape [3] x F32 needs 12 bytes but data_offsets [0, 8] hold 8",
+    ));
+    write_raw(
+        &p("dup.safetensors"),
+        &format!("{{{},{}}}", ok_entry("a", 0, 4), ok_entry("a", 4, 8)),
+        &f32_bytes(2),
+    );
+    cases.push((p("dup.safetensors"), "tensor `a` appears twice"));
+    let full = f32_bytes(64);
+    write_raw(
+        &p("truncated.safetensors"),
+        &format!("{{{}}}", ok_entry("w", 0, 256)),
+        &full[..100],
+    );
+    cases.push((
+        p("truncated.safetensors"),
+        "data section is truncated: tensor `w` ends at data byte 256 but the file holds 100",
+    ));
+    std::fs::create_dir(p("shards")).unwrap();
+    let index = sharded(&p("shards"));
+    std::fs::remove_file(p("shards/model-00002-of-00002.safetensors")).unwrap();
+    cases.push((
+        index,
+        "shard index names `model-00002-of-00002.safetensors`, which is missing",
+    ));
+
+    for (path, expected) in cases {
+        let err = match Store::open(&path) {
+            Ok(_) => panic!("{} opened, expected an error", path.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(expected),
+            "{}: got `{err}`, expected `{expected}`",
+            path.display()
+        );
+        assert!(
+            err.contains(path.file_name().unwrap().to_str().unwrap()),
+            "error names the file: {err}"
+        );
+
+        let (code, stdout, stderr) = wstream(&["inspect", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{}: exit code", path.display());
+        assert!(stdout.is_empty(), "nothing on stdout: {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
+        assert!(
+            stderr.starts_with("wstream: error: ") && stderr.contains(expected),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_flags_get_one_line() {
+    let (code, _, stderr) = wstream(&["inspect", "--bogus", "x"]);
+    assert_eq!(code, 2);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--bogus"), "{stderr}");
+}
