@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod models;
+pub mod npy;
 pub mod ops;
 pub mod residency;
 pub mod store;

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: hand-built safetensors files (valid and broken).
 #![allow(dead_code)]
 
+pub mod parity;
+
 use std::path::{Path, PathBuf};
 
 /// Writes `8-byte length + header + data` to `path`, header given as raw text.
