@@ -8,6 +8,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod classify;
 pub mod error;
 pub mod models;
 pub mod npy;

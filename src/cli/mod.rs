@@ -1,6 +1,7 @@
 //! Subcommands. Each returns `anyhow::Result`; `run` turns an error into one line on stderr and a non-zero
 //! exit status, and a closed stdout (`wstream ... | head`) into a quiet exit.
 
+mod classify;
 mod inspect;
 
 use std::io::Write;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// List the tensors of a safetensors file or model folder, and how much of each is in memory.
     Inspect(inspect::Args),
+    /// Classify preprocessed inputs with one model or an ensemble.
+    Classify(classify::Args),
 }
 
 pub fn run() -> ExitCode {
@@ -46,6 +49,7 @@ pub fn run() -> ExitCode {
     };
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Classify(args) => classify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +66,15 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Sizes rayon's global pool (and so the GEMM threads): `threads` or all cores.
+pub(crate) fn set_threads(threads: Option<u64>) -> anyhow::Result<()> {
+    let n = threads.map_or(0, |t| t as usize);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot start {n} compute threads: {e}"))
 }
 
 /// Writes a line to stdout, reporting a closed pipe as an error instead of panicking like `println!`.

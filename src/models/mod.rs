@@ -135,11 +135,13 @@ impl Model {
             .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()));
         if let Some(arch) = &config.architecture {
             match Family::from_architecture(arch) {
-                Some(f) if f != family => return Err(model_err(format!(
+                Some(f) if f != family => {
+                    return Err(model_err(format!(
                     "config.json says architecture `{arch}` ({}) but the weights are a {} model",
                     f.name(),
                     family.name()
-                ))),
+                )))
+                }
                 _ => {}
             }
         }
