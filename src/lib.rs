@@ -10,9 +10,11 @@
 
 pub mod classify;
 pub mod error;
+pub mod exec;
 pub mod models;
 pub mod npy;
 pub mod ops;
+pub mod preprocess;
 pub mod residency;
 pub mod store;
 

@@ -3,13 +3,15 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use wstream::classify::{combine, labels, softmax, top_k, Ensemble, Ranked};
+use wstream::exec::{BlockRecord, Evict, ExecOptions, Executor};
 use wstream::models::{Act, Model};
 use wstream::npy;
+use wstream::residency::MemReading;
 
-use super::out;
+use super::{human_bytes, out, parse_bytes};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,6 +33,18 @@ pub struct Args {
     /// How the models of an ensemble are combined.
     #[arg(long, value_enum, default_value_t = Ensemble::MeanProb)]
     ensemble: Ensemble,
+    /// Most weight bytes resident at once (suffixes K, M, G); the prefetch look-ahead shrinks to fit.
+    #[arg(long, value_parser = parse_bytes)]
+    budget: Option<u64>,
+    /// After a block ran: `rss` unmaps its pages (page cache stays warm), `cache` also drops them from the cache.
+    #[arg(long, value_enum, default_value_t = Evict::Rss)]
+    evict: Evict,
+    /// Inputs run through each block together, so each block's weights are paged in once per batch.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    batch: u64,
+    /// Print peak memory, faults and bytes paged in to stderr at the end.
+    #[arg(long)]
+    memory_report: bool,
     /// Preprocessed .npy f32 arrays, [3, H, W] or [N, 3, H, W].
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
@@ -85,44 +99,120 @@ pub fn run(args: Args) -> Result<()> {
     }
     let model_labels: Vec<Vec<String>> = models.iter().map(labels).collect();
     let items = read_inputs(&args.inputs)?;
+    let executor = Executor::new(
+        &models,
+        ExecOptions {
+            budget: args.budget,
+            evict: args.evict,
+            ..ExecOptions::default()
+        },
+    )?;
     let k = args.top as usize;
-    for item in items {
+    let mut records = Vec::new();
+    for batch in items.chunks(args.batch as usize) {
         let start = Instant::now();
-        let mut all_logits = Vec::with_capacity(models.len());
-        for m in &models {
-            let [c, h, w] = item.shape;
-            let logits = m
-                .forward(Act::new(item.chw.clone(), vec![1, c, h, w]))
-                .with_context(|| format!("{}: model {}", item.name, m.name))?;
-            all_logits.push(logits.data);
-        }
-        let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
-        let answers: Vec<ModelAnswer> = models
+        let inputs = models
             .iter()
-            .zip(&all_logits)
-            .zip(&model_labels)
-            .map(|((m, l), names)| ModelAnswer {
-                name: m.name.clone(),
-                top: top_k(&softmax(l), k, names),
-                logits: args.logits.then(|| l.clone()),
-            })
-            .collect();
-        let views: Vec<&[f32]> = all_logits.iter().map(Vec::as_slice).collect();
-        let answer = Answer {
-            input: item.name,
-            elapsed_ms,
-            models: answers,
-            ensemble: EnsembleAnswer {
-                top: top_k(&combine(&views, args.ensemble), k, &model_labels[0]),
-            },
-        };
-        if args.json {
-            out(serde_json::to_string(&answer)?)?;
-        } else {
-            print_answer(&answer, models.len() > 1)?;
+            .map(|m| batch_input(m, batch))
+            .collect::<Result<Vec<_>>>()?;
+        let (outputs, recs) = executor.run(inputs)?;
+        records.extend(recs);
+        let elapsed_ms = start.elapsed().as_secs_f64() * 1e3 / batch.len() as f64;
+        for (bi, item) in batch.iter().enumerate() {
+            let all_logits: Vec<&[f32]> = outputs
+                .iter()
+                .zip(&models)
+                .map(|(o, m)| &o.data[bi * m.num_classes..(bi + 1) * m.num_classes])
+                .collect();
+            let answers: Vec<ModelAnswer> = models
+                .iter()
+                .zip(&all_logits)
+                .zip(&model_labels)
+                .map(|((m, l), names)| ModelAnswer {
+                    name: m.name.clone(),
+                    top: top_k(&softmax(l), k, names),
+                    logits: args.logits.then(|| l.to_vec()),
+                })
+                .collect();
+            let answer = Answer {
+                input: item.name.clone(),
+                elapsed_ms,
+                models: answers,
+                ensemble: EnsembleAnswer {
+                    top: top_k(&combine(&all_logits, args.ensemble), k, &model_labels[0]),
+                },
+            };
+            if args.json {
+                out(serde_json::to_string(&answer)?)?;
+            } else {
+                print_answer(&answer, models.len() > 1)?;
+            }
         }
     }
+    if args.memory_report {
+        eprint!("{}", memory_report(&models, &records));
+    }
     Ok(())
+}
+
+/// A batch as one model's input `[n, 3, h, w]`, checked against the size the model expects.
+fn batch_input(model: &Model, batch: &[Item]) -> Result<Act> {
+    let [c, h, w] = batch[0].shape;
+    let want = model.input_size();
+    for item in batch {
+        if item.shape != want {
+            bail!(
+                "{}: input is {:?} but {} expects {:?}",
+                item.name,
+                item.shape,
+                model.name,
+                want
+            );
+        }
+    }
+    let data = batch.iter().flat_map(|i| i.chw.iter().copied()).collect();
+    Ok(Act::new(data, vec![batch.len(), c, h, w]))
+}
+
+/// Peak memory, faults and paging over a run, as the demo and `--memory-report` print it.
+pub fn memory_report(models: &[Model], records: &[BlockRecord]) -> String {
+    let mem = MemReading::now();
+    let peak_anon = records
+        .iter()
+        .map(|r| r.mem_after.rss_anon)
+        .max()
+        .unwrap_or(0);
+    let peak_file = records
+        .iter()
+        .map(|r| r.mem_after.rss_file)
+        .max()
+        .unwrap_or(0);
+    let weights: u64 = models.iter().map(|m| m.store.total_bytes()).sum();
+    let major: u64 = records
+        .iter()
+        .map(|r| r.compute_faults.major + r.prefetch_faults.major)
+        .sum();
+    let minor: u64 = records
+        .iter()
+        .map(|r| r.compute_faults.minor + r.prefetch_faults.minor)
+        .sum();
+    let paged: u64 = records
+        .iter()
+        .map(|r| r.weight_bytes - r.resident_before.min(r.weight_bytes))
+        .sum();
+    let read = records.iter().filter_map(|r| r.storage_read).sum::<u64>();
+    format!(
+        "memory: peak RSS (VmHWM) {}; after blocks, peak RssFile {} and RssAnon {}\n\
+         weights: {} in {} model(s), mapped read-only; {} paged in from outside the page cache, {} read from storage\n\
+         faults: {major} major, {minor} minor\n",
+        human_bytes(mem.vm_hwm),
+        human_bytes(peak_file),
+        human_bytes(peak_anon),
+        human_bytes(weights),
+        models.len(),
+        human_bytes(paged),
+        human_bytes(read),
+    )
 }
 
 fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Item>> {

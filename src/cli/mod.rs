@@ -82,6 +82,29 @@ pub(crate) fn out(line: impl std::fmt::Display) -> std::io::Result<()> {
     writeln!(std::io::stdout().lock(), "{line}")
 }
 
+/// A byte count with an optional K, M or G suffix (powers of 1024): `512M`, `1.5G`, `4096`.
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("`{s}`: unknown size suffix `{c}` (use K, M or G)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    match num.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v * (mult as f64) < 1.8e19 => {
+            Ok((v * mult as f64) as u64)
+        }
+        _ => Err(format!("`{s}` is not a positive size such as 512M or 2G")),
+    }
+}
+
 /// Bytes as a short human figure: 1536 -> "1.5 KiB".
 pub(crate) fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

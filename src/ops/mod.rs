@@ -101,7 +101,7 @@ pub fn softmax_rows(x: &mut [f32], n: usize) {
 }
 
 /// Adds to one `[tokens, tokens]` score matrix, given (group, head).
-pub type ScoreBias = dyn Fn(usize, usize, &mut [f32]) + Sync;
+pub type ScoreBias<'a> = dyn Fn(usize, usize, &mut [f32]) + Sync + 'a;
 
 /// Multi-head self-attention over `groups` independent sequences of `tokens` tokens (batch items, or Swin
 /// windows), reading q, k, v in place from a fused qkv projection `[groups * tokens, 3 * heads * head_dim]`
@@ -114,7 +114,7 @@ pub fn attention(
     tokens: usize,
     heads: usize,
     head_dim: usize,
-    bias: Option<&ScoreBias>,
+    bias: Option<&ScoreBias<'_>>,
 ) -> Vec<f32> {
     let c = heads * head_dim;
     assert_eq!(qkv.len(), groups * tokens * 3 * c, "qkv size");

@@ -1,0 +1,272 @@
+//! The streaming executor: runs models block by block with the weights of only a few blocks resident.
+//!
+//! All models are mapped up front (cheap: nothing is read). The blocks of every model form one schedule; a
+//! prefetch thread walks ahead of the compute thread, asking the kernel for each block's pages (madvise
+//! WILLNEED) and touching them so major faults land on the prefetch thread, not on compute. Once a block has
+//! run, its pages are released (madvise DONTNEED, rounded inward so a page shared with a neighbour stays;
+//! with [`Evict::Cache`] also dropped from the page cache). How far the prefetcher may run ahead is bounded by
+//! a byte budget, so resident weights stay at about one block plus the look-ahead, whatever the model size.
+//!
+//! Streaming changes memory, not numerics: each block runs the same code as [`Model::forward`].
+
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::models::{Act, Model};
+use crate::residency::{self, Faults, MemReading, Released};
+use crate::store::FileRange;
+
+/// What happens to a block's pages after it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Evict {
+    /// Unmap them from the process; the page cache keeps them warm for the next run.
+    #[default]
+    Rss,
+    /// Also drop them from the page cache, for boxes where the cache itself must stay small.
+    Cache,
+}
+
+/// Executor settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// Most weight bytes resident at once (current block + look-ahead); `None`: no bound beyond `lookahead`.
+    pub budget: Option<u64>,
+    /// Most blocks prefetched ahead of the one computing.
+    pub lookahead: usize,
+    pub evict: Evict,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions {
+            budget: None,
+            lookahead: 2,
+            evict: Evict::Rss,
+        }
+    }
+}
+
+/// What one block's run cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockRecord {
+    pub model: String,
+    pub block: String,
+    /// Page-rounded bytes of the block's weights.
+    pub weight_bytes: u64,
+    /// Of those, in the page cache when the block was scheduled for prefetch (mincore).
+    pub resident_before: u64,
+    pub compute_faults: Faults,
+    pub prefetch_faults: Faults,
+    /// Bytes read from storage by the process while the block was prefetched and computed, where the kernel
+    /// accounts them.
+    pub storage_read: Option<u64>,
+    pub wait: Duration,
+    pub compute: Duration,
+    /// Since the start of the run.
+    pub end: Duration,
+    pub mem_after: MemReading,
+    pub released: Released,
+}
+
+/// One block of the schedule: which model, which block, which byte ranges.
+struct Step {
+    model: usize,
+    block: usize,
+    ranges: Vec<FileRange>,
+    bytes: u64,
+}
+
+/// Runs models block by block within a memory budget.
+pub struct Executor<'m> {
+    models: &'m [Model],
+    opts: ExecOptions,
+    steps: Vec<Step>,
+}
+
+fn page_rounded(ranges: &[FileRange]) -> u64 {
+    let p = residency::page_size();
+    ranges
+        .iter()
+        .map(|r| ((r.range.end.div_ceil(p) - r.range.start / p) * p) as u64)
+        .sum()
+}
+
+impl<'m> Executor<'m> {
+    /// Plans the schedule; refuses a budget below what the largest block needs, before any work.
+    pub fn new(models: &'m [Model], opts: ExecOptions) -> Result<Self> {
+        let mut steps = Vec::new();
+        for (mi, m) in models.iter().enumerate() {
+            for bi in 0..m.blocks.len() {
+                let ranges = m.block_ranges(bi)?;
+                let bytes = page_rounded(&ranges);
+                steps.push(Step {
+                    model: mi,
+                    block: bi,
+                    ranges,
+                    bytes,
+                });
+            }
+        }
+        if let (Some(budget), Some(big)) = (opts.budget, steps.iter().max_by_key(|s| s.bytes)) {
+            if big.bytes > budget {
+                let m = &models[big.model];
+                return Err(Error::Model {
+                    path: m.store.path().to_path_buf(),
+                    msg: format!(
+                        "budget of {budget} bytes is below what block `{}` of {} needs: the minimum budget is {} bytes",
+                        m.blocks[big.block].name(),
+                        m.name,
+                        big.bytes
+                    ),
+                });
+            }
+        }
+        Ok(Executor {
+            models,
+            opts,
+            steps,
+        })
+    }
+
+    /// The largest block's page-rounded weight bytes: the smallest budget that works.
+    pub fn min_budget(&self) -> u64 {
+        self.steps.iter().map(|s| s.bytes).max().unwrap_or(0)
+    }
+
+    /// Runs every model on its input (`inputs[i]` for `models[i]`, each `[batch, 3, h, w]`; a batch goes
+    /// through each block before the next block, so each block is paged in once per batch). Returns each
+    /// model's output and a record per block.
+    pub fn run(&self, inputs: Vec<Act>) -> Result<(Vec<Act>, Vec<BlockRecord>)> {
+        assert_eq!(inputs.len(), self.models.len(), "one input per model");
+        for m in self.models {
+            m.store.check_unchanged()?;
+        }
+        let start = Instant::now();
+        let n = self.steps.len();
+        // Prefetch progress: how many steps are prefetched, and the prefetch thread's faults for each.
+        let progress = Mutex::new((0usize, vec![Faults::default(); n]));
+        let ready = Condvar::new();
+        let mut acts: Vec<Option<Act>> = inputs.into_iter().map(Some).collect();
+        let mut records = Vec::with_capacity(n);
+
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = mpsc::channel::<usize>();
+            let progress = &progress;
+            let ready = &ready;
+            scope.spawn(move || {
+                for i in rx {
+                    let before = Faults::thread();
+                    for r in &self.steps[i].ranges {
+                        let map = self.file(self.steps[i].model, r.file);
+                        // Read-ahead is advisory: a failed madvise only means the touch below faults more.
+                        let _ = residency::prefetch(map, r.range.clone());
+                        residency::touch(map, r.range.clone());
+                    }
+                    let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                    p.1[i] = Faults::thread().since(before);
+                    p.0 = i + 1;
+                    ready.notify_all();
+                }
+            });
+
+            let mut requested = 0;
+            let mut resident_before = vec![0u64; n];
+            for i in 0..n {
+                while requested < n && (requested == i || self.may_prefetch(i, requested)) {
+                    resident_before[requested] = self.resident(requested);
+                    // The receiver lives until this scope ends.
+                    let _ = tx.send(requested);
+                    requested += 1;
+                }
+                let io_before = residency::storage_read_bytes();
+                let wait_start = Instant::now();
+                let prefetch_faults = {
+                    let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                    while p.0 <= i {
+                        p = ready.wait(p).unwrap_or_else(|e| e.into_inner());
+                    }
+                    p.1[i]
+                };
+                let wait = wait_start.elapsed();
+                let step = &self.steps[i];
+                let model = &self.models[step.model];
+                let block = &model.blocks[step.block];
+                let faults_before = Faults::thread();
+                let compute_start = Instant::now();
+                let x = acts[step.model]
+                    .take()
+                    .expect("activation of a running model");
+                acts[step.model] = Some(block.forward(&model.store, x)?);
+                let compute = compute_start.elapsed();
+                let compute_faults = Faults::thread().since(faults_before);
+                let released = self.release(i)?;
+                records.push(BlockRecord {
+                    model: model.name.clone(),
+                    block: block.name().to_string(),
+                    weight_bytes: step.bytes,
+                    resident_before: resident_before[i],
+                    compute_faults,
+                    prefetch_faults,
+                    storage_read: io_before
+                        .zip(residency::storage_read_bytes())
+                        .map(|(a, b)| b.saturating_sub(a)),
+                    wait,
+                    compute,
+                    end: start.elapsed(),
+                    mem_after: MemReading::now(),
+                    released,
+                });
+            }
+            drop(tx);
+            Ok(())
+        })?;
+        let outputs = acts
+            .into_iter()
+            .map(|a| a.expect("every model ran"))
+            .collect();
+        Ok((outputs, records))
+    }
+
+    fn file(&self, model: usize, file: usize) -> &[u8] {
+        self.models[model].store.files()[file].bytes()
+    }
+
+    /// Whether step `j` may be prefetched while step `i` computes: within the look-ahead and the budget.
+    fn may_prefetch(&self, i: usize, j: usize) -> bool {
+        if j - i > self.opts.lookahead {
+            return false;
+        }
+        let bytes: u64 = self.steps[i..=j].iter().map(|s| s.bytes).sum();
+        self.opts.budget.is_none_or(|b| bytes <= b)
+    }
+
+    fn resident(&self, i: usize) -> u64 {
+        let s = &self.steps[i];
+        s.ranges
+            .iter()
+            .map(|r| {
+                residency::resident_bytes(self.file(s.model, r.file), r.range.clone()).unwrap_or(0)
+            })
+            .sum()
+    }
+
+    fn release(&self, i: usize) -> Result<Released> {
+        let s = &self.steps[i];
+        let store = &self.models[s.model].store;
+        let mut total = Released::default();
+        for r in &s.ranges {
+            let f = &store.files()[r.file];
+            let drop_cache = (self.opts.evict == Evict::Cache).then(|| f.file());
+            let rel = residency::release(f.bytes(), r.range.clone(), drop_cache)
+                .map_err(|e| Error::io(&f.path, e))?;
+            total.unmapped += rel.unmapped;
+            total.dropped_from_cache += rel.dropped_from_cache;
+        }
+        Ok(total)
+    }
+}
