@@ -14,9 +14,9 @@ pub mod exec;
 pub mod models;
 pub mod npy;
 pub mod ops;
-pub mod preprocess;
 pub mod residency;
 pub mod store;
+pub mod synth;
 
 pub use error::{Error, Result};
 pub use store::Store;

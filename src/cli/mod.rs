@@ -3,6 +3,7 @@
 
 mod classify;
 mod inspect;
+mod synth;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Classify preprocessed inputs with one model or an ensemble.
     Classify(classify::Args),
+    /// Write a synthetic checkpoint (timm's exact names and shapes, random values) for an architecture.
+    Synth(synth::Args),
 }
 
 pub fn run() -> ExitCode {
@@ -50,6 +53,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Classify(args) => classify::run(args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
