@@ -6,6 +6,8 @@
 //! run, its pages are released (madvise DONTNEED, rounded inward so a page shared with a neighbour stays;
 //! with [`Evict::Cache`] also dropped from the page cache). How far the prefetcher may run ahead is bounded by
 //! a byte budget, so resident weights stay at about one block plus the look-ahead, whatever the model size.
+//! A next block that does not fit the budget is still announced to the kernel (WILLNEED without the touch):
+//! it is read into the page cache, which the budget does not count, but not mapped into the process.
 //!
 //! Streaming changes memory, not numerics: each block runs the same code as [`Model::forward`].
 
@@ -34,7 +36,8 @@ pub enum Evict {
 /// Executor settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExecOptions {
-    /// Most weight bytes resident at once (current block + look-ahead); `None`: no bound beyond `lookahead`.
+    /// Most weight bytes mapped into the process at once (current block + look-ahead); the look-ahead grows
+    /// to fill it. `None`: [`DEFAULT_BUDGET`], or the largest block if that is bigger.
     pub budget: Option<u64>,
     /// Most blocks prefetched ahead of the one computing.
     pub lookahead: usize,
@@ -45,11 +48,18 @@ impl Default for ExecOptions {
     fn default() -> Self {
         ExecOptions {
             budget: None,
-            lookahead: 2,
+            lookahead: MAX_LOOKAHEAD,
             evict: Evict::Rss,
         }
     }
 }
+
+/// The furthest the prefetcher runs ahead.
+pub const MAX_LOOKAHEAD: usize = 16;
+
+/// The budget when none is given: room for two blocks of the Large models' usual size, so the ensemble's
+/// peak RSS stays well under 256 MiB.
+pub const DEFAULT_BUDGET: u64 = 160 << 20;
 
 /// What one block's run cost.
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +95,8 @@ struct Step {
 pub struct Executor<'m> {
     models: &'m [Model],
     opts: ExecOptions,
+    /// The budget in force: the given one, or the default.
+    budget: u64,
     steps: Vec<Step>,
 }
 
@@ -126,9 +138,12 @@ impl<'m> Executor<'m> {
                 });
             }
         }
+        let largest = steps.iter().map(|s| s.bytes).max().unwrap_or(0);
+        let budget = opts.budget.unwrap_or(DEFAULT_BUDGET.max(largest));
         Ok(Executor {
             models,
             opts,
+            budget,
             steps,
         })
     }
@@ -175,6 +190,7 @@ impl<'m> Executor<'m> {
             });
 
             let mut requested = 0;
+            let mut hinted = 0;
             let mut resident_before = vec![0u64; n];
             for i in 0..n {
                 while requested < n && (requested == i || self.may_prefetch(i, requested)) {
@@ -182,6 +198,10 @@ impl<'m> Executor<'m> {
                     // The receiver lives until this scope ends.
                     let _ = tx.send(requested);
                     requested += 1;
+                }
+                if requested == i + 1 && requested < n && hinted < requested {
+                    self.hint(requested);
+                    hinted = requested;
                 }
                 let io_before = residency::storage_read_bytes();
                 let wait_start = Instant::now();
@@ -238,11 +258,16 @@ impl<'m> Executor<'m> {
 
     /// Whether step `j` may be prefetched while step `i` computes: within the look-ahead and the budget.
     fn may_prefetch(&self, i: usize, j: usize) -> bool {
-        if j - i > self.opts.lookahead {
-            return false;
+        j - i <= self.opts.lookahead
+            && self.steps[i..=j].iter().map(|s| s.bytes).sum::<u64>() <= self.budget
+    }
+
+    /// Asks the kernel to read step `i` into the page cache without mapping it (advisory).
+    fn hint(&self, i: usize) {
+        let s = &self.steps[i];
+        for r in &s.ranges {
+            let _ = residency::prefetch(self.file(s.model, r.file), r.range.clone());
         }
-        let bytes: u64 = self.steps[i..=j].iter().map(|s| s.bytes).sum();
-        self.opts.budget.is_none_or(|b| bytes <= b)
     }
 
     fn resident(&self, i: usize) -> u64 {
