@@ -14,6 +14,7 @@ pub mod exec;
 pub mod models;
 pub mod npy;
 pub mod ops;
+pub mod preprocess;
 pub mod residency;
 pub mod store;
 pub mod synth;

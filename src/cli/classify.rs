@@ -1,6 +1,6 @@
 //! `wstream classify`: top-K classes per model and for the ensemble, as text or JSON lines.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -9,14 +9,23 @@ use wstream::classify::{combine, labels, softmax, top_k, Ensemble, Ranked};
 use wstream::exec::{BlockRecord, Evict, ExecOptions, Executor};
 use wstream::models::{Act, Model};
 use wstream::npy;
+use wstream::preprocess::{self, Preprocess};
 use wstream::residency::MemReading;
 
 use super::{human_bytes, out, parse_bytes};
 
+/// The models `classify` and `demo` use when no `--model` is given: timm's Hugging Face layout under weights/.
+pub const DEFAULT_MODELS: [&str; 3] = [
+    "weights/vit_large_patch16_224",
+    "weights/convnext_large",
+    "weights/swin_large_patch4_window7_224",
+];
+
 #[derive(clap::Args)]
 pub struct Args {
     /// A model folder in timm's Hugging Face layout, or a .safetensors file. Repeat for an ensemble.
-    #[arg(long = "model", required = true)]
+    /// Default: the three Large models under weights/ (see weights/README.md).
+    #[arg(long = "model")]
     models: Vec<PathBuf>,
     /// Print one JSON object per input per line.
     #[arg(long)]
@@ -27,61 +36,134 @@ pub struct Args {
     /// How many classes to list.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     top: u64,
-    /// Compute threads (default: all cores).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    threads: Option<u64>,
-    /// How the models of an ensemble are combined.
-    #[arg(long, value_enum, default_value_t = Ensemble::MeanProb)]
-    ensemble: Ensemble,
-    /// Most weight bytes resident at once (suffixes K, M, G); the prefetch look-ahead shrinks to fit.
-    #[arg(long, value_parser = parse_bytes)]
-    budget: Option<u64>,
-    /// After a block ran: `rss` unmaps its pages (page cache stays warm), `cache` also drops them from the cache.
-    #[arg(long, value_enum, default_value_t = Evict::Rss)]
-    evict: Evict,
-    /// Inputs run through each block together, so each block's weights are paged in once per batch.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    batch: u64,
+    #[command(flatten)]
+    run: RunArgs,
     /// Print peak memory, faults and bytes paged in to stderr at the end.
     #[arg(long)]
     memory_report: bool,
-    /// Preprocessed .npy f32 arrays, [3, H, W] or [N, 3, H, W].
+    /// JPEG/PNG images, folders of them (sorted), or preprocessed .npy f32 arrays [3, H, W] / [N, 3, H, W].
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
 }
 
-/// One image to classify, already preprocessed.
-struct Item {
-    name: String,
-    chw: Vec<f32>,
-    shape: [usize; 3],
+/// How models are run: shared by `classify`, `demo` and `profile`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Compute threads (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: Option<u64>,
+    /// How the models of an ensemble are combined.
+    #[arg(long, value_enum, default_value_t = Ensemble::MeanProb)]
+    pub ensemble: Ensemble,
+    /// Most weight bytes resident at once (suffixes K, M, G); the prefetch look-ahead grows to fit it.
+    #[arg(long, value_parser = parse_bytes)]
+    pub budget: Option<u64>,
+    /// After a block ran: `rss` unmaps its pages (page cache stays warm), `cache` also drops them from the cache.
+    #[arg(long, value_enum, default_value_t = Evict::Rss)]
+    pub evict: Evict,
+    /// Inputs run through each block together, so each block's weights are paged in once per batch.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub batch: u64,
 }
 
-#[derive(Serialize)]
-struct ModelAnswer {
-    name: String,
-    top: Vec<Ranked>,
+impl RunArgs {
+    pub fn exec_options(&self) -> ExecOptions {
+        ExecOptions {
+            budget: self.budget,
+            evict: self.evict,
+            ..ExecOptions::default()
+        }
+    }
+}
+
+/// One input to classify.
+pub enum Source {
+    /// Already preprocessed: used as is by every model.
+    Tensor { chw: Vec<f32>, shape: [usize; 3] },
+    /// Decoded once per batch, then preprocessed per model as its config says.
+    Image(PathBuf),
+    /// An image held in memory (the demo's bundled photo).
+    Decoded(image::RgbImage),
+}
+
+pub struct Item {
+    pub name: String,
+    pub source: Source,
+}
+
+#[derive(Serialize, Clone)]
+pub struct ModelAnswer {
+    pub name: String,
+    pub top: Vec<Ranked>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    logits: Option<Vec<f32>>,
+    pub logits: Option<Vec<f32>>,
 }
 
-#[derive(Serialize)]
-struct EnsembleAnswer {
-    top: Vec<Ranked>,
+#[derive(Serialize, Clone)]
+pub struct EnsembleAnswer {
+    pub top: Vec<Ranked>,
 }
 
-#[derive(Serialize)]
-struct Answer {
-    input: String,
-    elapsed_ms: f64,
-    models: Vec<ModelAnswer>,
-    ensemble: EnsembleAnswer,
+#[derive(Serialize, Clone)]
+pub struct Answer {
+    pub input: String,
+    pub elapsed_ms: f64,
+    pub models: Vec<ModelAnswer>,
+    pub ensemble: EnsembleAnswer,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    super::set_threads(args.threads)?;
-    let models = args
-        .models
+    super::set_threads(args.run.threads)?;
+    let paths: Vec<PathBuf> = if args.models.is_empty() {
+        DEFAULT_MODELS.iter().map(PathBuf::from).collect()
+    } else {
+        args.models.clone()
+    };
+    if args.models.is_empty() {
+        if let Some(missing) = paths.iter().find(|p| !p.exists()) {
+            bail!(
+                "{}: default model not found; run `wstream demo` (it synthesises missing models) or see weights/README.md",
+                missing.display()
+            );
+        }
+    }
+    let models = load_models(&paths)?;
+    let items = read_inputs(&args.inputs)?;
+    let show_progress = !args.json && items.len() > 1;
+    let bar = if show_progress {
+        indicatif::ProgressBar::new(items.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let records = classify(&models, &items, &args.run, |answer| {
+        let k = args.top as usize;
+        let text = if args.json {
+            let mut a = answer;
+            for m in &mut a.models {
+                m.top.truncate(k);
+                if !args.logits {
+                    m.logits = None;
+                }
+            }
+            a.ensemble.top.truncate(k);
+            serde_json::to_string(&a)?
+        } else {
+            format_answer(&answer, k, models.len() > 1)
+        };
+        bar.suspend(|| out(text))?;
+        bar.inc(1);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    if args.memory_report {
+        eprint!("{}", memory_report(&models, &records));
+    }
+    Ok(())
+}
+
+/// Loads models for an ensemble, refusing mixed class counts.
+pub fn load_models(paths: &[PathBuf]) -> Result<Vec<Model>> {
+    let models = paths
         .iter()
         .map(Model::load)
         .collect::<wstream::Result<Vec<_>>>()?;
@@ -97,23 +179,31 @@ pub fn run(args: Args) -> Result<()> {
             m.num_classes
         );
     }
+    Ok(models)
+}
+
+/// Runs the items through the executor in batches, calling `emit` with each input's answer (every class
+/// ranked, logits included; the caller trims). Returns the executor's block records.
+pub fn classify(
+    models: &[Model],
+    items: &[Item],
+    run: &RunArgs,
+    mut emit: impl FnMut(Answer) -> Result<()>,
+) -> Result<Vec<BlockRecord>> {
     let model_labels: Vec<Vec<String>> = models.iter().map(labels).collect();
-    let items = read_inputs(&args.inputs)?;
-    let executor = Executor::new(
-        &models,
-        ExecOptions {
-            budget: args.budget,
-            evict: args.evict,
-            ..ExecOptions::default()
-        },
-    )?;
-    let k = args.top as usize;
+    let preprocess = models
+        .iter()
+        .map(|m| Preprocess::from_config(&m.config, m.store.path()))
+        .collect::<wstream::Result<Vec<_>>>()?;
+    let executor = Executor::new(models, run.exec_options())?;
     let mut records = Vec::new();
-    for batch in items.chunks(args.batch as usize) {
+    for batch in items.chunks(run.batch as usize) {
         let start = Instant::now();
+        let images = batch.iter().map(decode).collect::<Result<Vec<_>>>()?;
         let inputs = models
             .iter()
-            .map(|m| batch_input(m, batch))
+            .zip(&preprocess)
+            .map(|(m, pre)| batch_input(m, pre, batch, &images))
             .collect::<Result<Vec<_>>>()?;
         let (outputs, recs) = executor.run(inputs)?;
         records.extend(recs);
@@ -121,57 +211,140 @@ pub fn run(args: Args) -> Result<()> {
         for (bi, item) in batch.iter().enumerate() {
             let all_logits: Vec<&[f32]> = outputs
                 .iter()
-                .zip(&models)
+                .zip(models)
                 .map(|(o, m)| &o.data[bi * m.num_classes..(bi + 1) * m.num_classes])
                 .collect();
-            let answers: Vec<ModelAnswer> = models
+            let n = models[0].num_classes;
+            let answers = models
                 .iter()
                 .zip(&all_logits)
                 .zip(&model_labels)
                 .map(|((m, l), names)| ModelAnswer {
                     name: m.name.clone(),
-                    top: top_k(&softmax(l), k, names),
-                    logits: args.logits.then(|| l.to_vec()),
+                    top: top_k(&softmax(l), n, names),
+                    logits: Some(l.to_vec()),
                 })
                 .collect();
-            let answer = Answer {
+            emit(Answer {
                 input: item.name.clone(),
                 elapsed_ms,
                 models: answers,
                 ensemble: EnsembleAnswer {
-                    top: top_k(&combine(&all_logits, args.ensemble), k, &model_labels[0]),
+                    top: top_k(&combine(&all_logits, run.ensemble), n, &model_labels[0]),
                 },
-            };
-            if args.json {
-                out(serde_json::to_string(&answer)?)?;
-            } else {
-                print_answer(&answer, models.len() > 1)?;
-            }
+            })?;
         }
     }
-    if args.memory_report {
-        eprint!("{}", memory_report(&models, &records));
-    }
-    Ok(())
+    Ok(records)
 }
 
-/// A batch as one model's input `[n, 3, h, w]`, checked against the size the model expects.
-fn batch_input(model: &Model, batch: &[Item]) -> Result<Act> {
-    let [c, h, w] = batch[0].shape;
+fn decode(item: &Item) -> Result<Option<image::RgbImage>> {
+    Ok(match &item.source {
+        Source::Image(path) => Some(preprocess::load_rgb(path)?),
+        Source::Decoded(img) => Some(img.clone()),
+        Source::Tensor { .. } => None,
+    })
+}
+
+/// A batch as one model's input `[n, 3, h, w]`: images preprocessed for this model, tensors checked
+/// against the size it expects.
+fn batch_input(
+    model: &Model,
+    pre: &Preprocess,
+    batch: &[Item],
+    images: &[Option<image::RgbImage>],
+) -> Result<Act> {
     let want = model.input_size();
-    for item in batch {
-        if item.shape != want {
-            bail!(
-                "{}: input is {:?} but {} expects {:?}",
-                item.name,
-                item.shape,
-                model.name,
-                want
-            );
+    let mut data = Vec::with_capacity(batch.len() * want.iter().product::<usize>());
+    for (item, img) in batch.iter().zip(images) {
+        match (&item.source, img) {
+            (Source::Tensor { chw, shape }, _) => {
+                if *shape != want {
+                    bail!(
+                        "{}: input is {:?} but {} expects {:?}",
+                        item.name,
+                        shape,
+                        model.name,
+                        want
+                    );
+                }
+                data.extend_from_slice(chw);
+            }
+            (_, Some(img)) => data.extend(pre.apply(img)),
+            (_, None) => unreachable!("images are decoded before batching"),
         }
     }
-    let data = batch.iter().flat_map(|i| i.chw.iter().copied()).collect();
+    let [c, h, w] = want;
     Ok(Act::new(data, vec![batch.len(), c, h, w]))
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+}
+
+/// Expands the command line's inputs: folders into their images (sorted), .npy arrays into their items.
+fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    for path in paths {
+        let meta =
+            std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if meta.is_dir() {
+            let mut images: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_image(p))
+                .collect();
+            if images.is_empty() {
+                bail!(
+                    "{}: folder holds no .jpg, .jpeg or .png images",
+                    path.display()
+                );
+            }
+            images.sort();
+            items.extend(images.into_iter().map(|p| Item {
+                name: p.display().to_string(),
+                source: Source::Image(p),
+            }));
+        } else if path.extension().is_some_and(|e| e == "npy") {
+            items.extend(read_npy(path)?);
+        } else {
+            items.push(Item {
+                name: path.display().to_string(),
+                source: Source::Image(path.clone()),
+            });
+        }
+    }
+    Ok(items)
+}
+
+fn read_npy(path: &Path) -> Result<Vec<Item>> {
+    let (data, shape) = npy::read_f32(path)?;
+    let name = path.display().to_string();
+    let tensor = |chw: Vec<f32>, h, w| Source::Tensor {
+        chw,
+        shape: [3, h, w],
+    };
+    Ok(match shape.as_slice() {
+        &[3, h, w] => vec![Item {
+            name,
+            source: tensor(data, h, w),
+        }],
+        &[n, 3, h, w] => data
+            .chunks_exact(3 * h * w)
+            .enumerate()
+            .map(|(i, chw)| Item {
+                name: if n == 1 {
+                    name.clone()
+                } else {
+                    format!("{name}[{i}]")
+                },
+                source: tensor(chw.to_vec(), h, w),
+            })
+            .collect(),
+        other => bail!("{name}: array of shape {other:?} is not a [3, H, W] or [N, 3, H, W] image"),
+    })
 }
 
 /// Peak memory, faults and paging over a run, as the demo and `--memory-report` print it.
@@ -215,57 +388,28 @@ pub fn memory_report(models: &[Model], records: &[BlockRecord]) -> String {
     )
 }
 
-fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Item>> {
-    let mut items = Vec::new();
-    for path in paths {
-        let (data, shape) = npy::read_f32(path)?;
-        let name = path.display().to_string();
-        match shape.as_slice() {
-            &[3, h, w] => items.push(Item {
-                name,
-                chw: data,
-                shape: [3, h, w],
-            }),
-            &[n, 3, h, w] => {
-                for (i, chw) in data.chunks_exact(3 * h * w).enumerate() {
-                    items.push(Item {
-                        name: if n == 1 {
-                            name.clone()
-                        } else {
-                            format!("{name}[{i}]")
-                        },
-                        chw: chw.to_vec(),
-                        shape: [3, h, w],
-                    });
-                }
-            }
-            other => {
-                bail!("{name}: array of shape {other:?} is not a [3, H, W] or [N, 3, H, W] image")
-            }
-        }
-    }
-    Ok(items)
-}
-
-fn print_answer(a: &Answer, ensemble: bool) -> std::io::Result<()> {
-    out(format_args!("{} ({:.1} ms)", a.input, a.elapsed_ms))?;
-    let print_top = |title: &str, top: &[Ranked]| -> std::io::Result<()> {
-        out(format_args!("  {title}"))?;
-        for r in top {
-            out(format_args!(
+/// An answer as text: the top `k` per model, and for the ensemble when there are several models.
+pub fn format_answer(a: &Answer, k: usize, ensemble: bool) -> String {
+    use std::fmt::Write;
+    let mut s = format!("{} ({:.1} ms)\n", a.input, a.elapsed_ms);
+    let mut top = |title: &str, ranked: &[Ranked]| {
+        let _ = writeln!(s, "  {title}");
+        for r in ranked.iter().take(k) {
+            let _ = writeln!(
+                s,
                 "    {:>6.2}%  {:>4}  {}",
                 r.prob * 100.0,
                 r.class,
                 r.label
-            ))?;
+            );
         }
-        Ok(())
     };
     for m in &a.models {
-        print_top(&m.name, &m.top)?;
+        top(&m.name, &m.top);
     }
     if ensemble {
-        print_top("ensemble", &a.ensemble.top)?;
+        top("ensemble", &a.ensemble.top);
     }
-    Ok(())
+    s.pop();
+    s
 }

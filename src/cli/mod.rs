@@ -2,6 +2,7 @@
 //! exit status, and a closed stdout (`wstream ... | head`) into a quiet exit.
 
 mod classify;
+mod demo;
 mod inspect;
 mod synth;
 
@@ -27,6 +28,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Classify preprocessed inputs with one model or an ensemble.
     Classify(classify::Args),
+    /// Run the three-model ensemble on a bundled photo and report memory (synthesises missing models).
+    Demo(demo::Args),
     /// Write a synthetic checkpoint (timm's exact names and shapes, random values) for an architecture.
     Synth(synth::Args),
 }
@@ -54,6 +57,7 @@ pub fn run() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

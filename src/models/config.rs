@@ -15,6 +15,8 @@ pub struct ModelConfig {
     pub model_args: serde_json::Map<String, serde_json::Value>,
     pub pretrained_cfg: Option<PretrainedCfg>,
     pub label_names: Option<Vec<String>>,
+    /// Set by `wstream synth`: the weights are random.
+    pub wstream_synthetic: Option<serde_json::Value>,
 }
 
 /// The preprocessing a checkpoint was trained with.

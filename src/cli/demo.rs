@@ -1,0 +1,61 @@
+//! `wstream demo`: the three-model ensemble on a bundled photo, with a memory report. Missing default models
+//! are synthesised first (timm's exact layout, random values), so it runs on a fresh clone.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::classify::{
+    classify, format_answer, load_models, memory_report, Item, RunArgs, Source, DEFAULT_MODELS,
+};
+use super::out;
+
+/// A real photo (a cat, CC0; see tests/data/README.md) so the demo needs no files of its own.
+const PHOTO: &[u8] = include_bytes!("../../tests/data/cat.jpg");
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    super::set_threads(args.run.threads)?;
+    for dir in DEFAULT_MODELS {
+        let dir = Path::new(dir);
+        if !dir.join("model.safetensors").exists() {
+            let arch = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            eprintln!(
+                "{}: missing; writing synthetic weights (see weights/README.md for the real ones)",
+                dir.display()
+            );
+            super::synth::synthesize(arch, dir, 0)?;
+        }
+    }
+    let paths: Vec<_> = DEFAULT_MODELS
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    let models = load_models(&paths)?;
+    let photo = image::load_from_memory(PHOTO)?.to_rgb8();
+    let items = [Item {
+        name: "bundled photo: a tabby cat (tests/data/cat.jpg)".into(),
+        source: Source::Decoded(photo),
+    }];
+    let records = classify(&models, &items, &args.run, |answer| {
+        Ok(out(format_answer(&answer, 3, true))?)
+    })?;
+    let synthetic: Vec<&str> = models
+        .iter()
+        .filter(|m| m.config.wstream_synthetic.is_some())
+        .map(|m| m.name.as_str())
+        .collect();
+    if !synthetic.is_empty() {
+        out(format_args!(
+            "note: synthetic weights (random values) for {}: the classes above mean nothing, the memory figures are real",
+            synthetic.join(", ")
+        ))?;
+    }
+    out(memory_report(&models, &records).trim_end())?;
+    Ok(())
+}

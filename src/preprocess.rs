@@ -1,0 +1,662 @@
+//! Image inputs: decoding JPEG/PNG files the way Pillow does, and timm's eval transform
+//! (`transforms_imagenet_eval`) from a model's `pretrained_cfg`, pixel for pixel.
+//!
+//! timm opens an image with Pillow, calls `.convert("RGB")` and runs
+//! `Resize(floor(size / crop_pct))` -> `CenterCrop(size)` -> `ToTensor` -> `Normalize(mean, std)`.
+//! The resize is Pillow's `Image.resize(..., BICUBIC)` on 8-bit data: a separable convolution whose
+//! filter support widens with the downscale factor (antialiasing), coefficients normalised to sum to one
+//! and turned into 22-bit fixed point, one pass per axis with the intermediate image rounded and clipped
+//! to `u8` (horizontal first, except when Pillow 13 chooses vertical first). [`Preprocess::apply`]
+//! reproduces that arithmetic (`Resample.c`), so on the same decoded pixels it gives timm's tensor
+//! bit for bit; JPEG decoding itself (zune-jpeg here, libjpeg-turbo in Pillow) differs by a level or two
+//! on some pixels.
+
+use std::fmt;
+use std::io::Cursor;
+use std::ops::Range;
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::models::ModelConfig;
+
+/// Images wider or taller than this are refused before decoding.
+pub const MAX_SIDE: u32 = 20_000;
+/// Images with more pixels than this are refused before decoding.
+pub const MAX_PIXELS: u64 = 100_000_000;
+/// Files larger than this are refused before reading.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+/// The most the decoder may allocate (the decoded image included).
+const MAX_DECODE_BYTES: u64 = 1 << 30;
+
+/// timm's defaults when `pretrained_cfg` leaves a field out (`timm.data.constants`).
+pub const DEFAULT_CROP_PCT: f64 = 0.875;
+pub const IMAGENET_DEFAULT_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_DEFAULT_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Pillow's resampling filters that timm's eval transform uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// Triangle filter, support 1 (`Image.BILINEAR`).
+    Bilinear,
+    /// Keys cubic, a = -0.5, support 2 (`Image.BICUBIC`).
+    Bicubic,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    /// `bilinear_filter` / `bicubic_filter` of Pillow's `Resample.c`, same operations in the same order.
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Filter::Bilinear => "bilinear",
+            Filter::Bicubic => "bicubic",
+        }
+    }
+}
+
+/// How the resized image is fitted to the model's input (timm's `crop_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CropMode {
+    /// Keep the aspect ratio, scale the shorter side to `scale_size`, crop the centre.
+    Center,
+    /// Scale each side to `scale_size` (aspect ratio not kept), crop the centre.
+    Squash,
+    /// Keep the aspect ratio, scale the longer side to `scale_size`, pad with the mean colour, crop the
+    /// centre.
+    Border,
+}
+
+/// A model's eval-time preprocessing: a decoded RGB image in, its `[3, h, w]` input tensor out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    /// The model's input `[h, w]` (the crop).
+    pub size: [usize; 2],
+    /// `[h, w]` the image is resized to before cropping: `floor(size / crop_pct)` per side. With
+    /// [`CropMode::Center`] and a square `size` only the shorter side gets this length.
+    pub scale_size: [usize; 2],
+    pub crop_mode: CropMode,
+    pub interpolation: Filter,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    /// The preprocessing `pretrained_cfg` asks for, resolved as timm's `resolve_data_config` does:
+    /// input 3x224x224, crop_pct 0.875, bicubic, crop mode `center` and ImageNet mean/std where the config
+    /// leaves them out. Errors (an interpolation other than bicubic/bilinear, an unknown crop mode, sizes
+    /// or statistics that cannot work) name `path`, the model the config belongs to.
+    pub fn from_config(cfg: &ModelConfig, path: &Path) -> Result<Self> {
+        let err = |msg: String| Error::Model {
+            path: path.into(),
+            msg: format!("config.json pretrained_cfg: {msg}"),
+        };
+        let pre = cfg.pretrained_cfg.clone().unwrap_or_default();
+        let [chans, h, w] = cfg.input_size();
+        if chans != 3 {
+            return Err(err(format!(
+                "input_size has {chans} channels; only 3-channel (RGB) models take images"
+            )));
+        }
+        if h == 0 || w == 0 || h > MAX_SIDE as usize || w > MAX_SIDE as usize {
+            return Err(err(format!(
+                "input_size {h}x{w} is not usable (each side must be 1..={MAX_SIDE})"
+            )));
+        }
+        // timm: `crop_pct or DEFAULT_CROP_PCT`, so a 0 means the default too.
+        let crop_pct = pre
+            .crop_pct
+            .filter(|&p| p != 0.0)
+            .unwrap_or(DEFAULT_CROP_PCT);
+        if !(crop_pct.is_finite() && crop_pct > 0.0) {
+            return Err(err(format!("crop_pct {crop_pct} is not a positive number")));
+        }
+        // `math.floor(img_size / crop_pct)`
+        let scale = |side: usize| (side as f64 / crop_pct).floor();
+        let (sh, sw) = (scale(h), scale(w));
+        let limit = MAX_SIDE as f64;
+        if !(1.0..=limit).contains(&sh) || !(1.0..=limit).contains(&sw) {
+            return Err(err(format!(
+                "crop_pct {crop_pct} makes the resize size {sh}x{sw} for input {h}x{w} \
+                 (each side must be 1..={MAX_SIDE})"
+            )));
+        }
+        let interpolation = match pre.interpolation.as_deref() {
+            None | Some("") | Some("bicubic") => Filter::Bicubic,
+            Some("bilinear") => Filter::Bilinear,
+            Some(other) => {
+                return Err(err(format!(
+                    "interpolation `{other}` is not supported (only bicubic and bilinear)"
+                )))
+            }
+        };
+        let crop_mode = match pre.crop_mode.as_deref() {
+            None | Some("") | Some("center") => CropMode::Center,
+            Some("squash") => CropMode::Squash,
+            Some("border") => CropMode::Border,
+            Some(other) => {
+                return Err(err(format!(
+                    "crop_mode `{other}` is not supported \
+                     (timm's modes are center, squash and border)"
+                )))
+            }
+        };
+        let mean = pre.mean.unwrap_or(IMAGENET_DEFAULT_MEAN);
+        let std = pre.std.unwrap_or(IMAGENET_DEFAULT_STD);
+        if mean.iter().any(|m| !m.is_finite()) {
+            return Err(err(format!("mean {mean:?} is not finite")));
+        }
+        if std.iter().any(|s| !s.is_finite() || *s == 0.0) {
+            return Err(err(format!("std {std:?} must be finite and non-zero")));
+        }
+        Ok(Preprocess {
+            size: [h, w],
+            scale_size: [sh as usize, sw as usize],
+            crop_mode,
+            interpolation,
+            mean,
+            std,
+        })
+    }
+
+    /// The `[h, w]` the image is resized to before the crop (torchvision's `Resize` / timm's
+    /// `ResizeKeepRatio` size rules).
+    pub fn resized_size(&self, img_h: usize, img_w: usize) -> [usize; 2] {
+        let [th, tw] = self.scale_size;
+        // ResizeKeepRatio.get_params: ratio = max * longest + min * (1 - longest); round(side / ratio)
+        let keep_ratio = |longest: bool| {
+            let (rh, rw) = (img_h as f64 / th as f64, img_w as f64 / tw as f64);
+            let ratio = if longest { rh.max(rw) } else { rh.min(rw) };
+            [img_h, img_w].map(|s| (s as f64 / ratio).round_ties_even() as usize)
+        };
+        match self.crop_mode {
+            CropMode::Squash => self.scale_size,
+            CropMode::Border => keep_ratio(true),
+            CropMode::Center if th == tw => {
+                // torchvision `_compute_resized_output_size` with a single int: the shorter side gets
+                // it, the longer `int(size * long / short)`.
+                let long_of = |long: usize, short: usize| {
+                    ((th as u64 * long as u64) as f64 / short as f64) as usize
+                };
+                if img_w <= img_h {
+                    [long_of(img_h, img_w), th]
+                } else {
+                    [th, long_of(img_w, img_h)]
+                }
+            }
+            CropMode::Center => keep_ratio(false),
+        }
+    }
+
+    /// The model input for `img`: `[3, h, w]` floats in CHW order, as timm's eval transform makes it.
+    ///
+    /// # Panics
+    /// If `img` has no pixels ([`load_rgb`] never returns such an image).
+    pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
+        let (in_w, in_h) = (img.width() as usize, img.height() as usize);
+        assert!(in_w > 0 && in_h > 0, "Preprocess::apply: empty image");
+        let [out_h, out_w] = self.size;
+        let [rh, rw] = self.resized_size(in_h, in_w);
+        let (ys, xs) = (crop_axis(rh, out_h), crop_axis(rw, out_w));
+        let part = resize_part(
+            img,
+            [rh, rw],
+            ys.src.clone(),
+            xs.src.clone(),
+            self.interpolation,
+        );
+        // torchvision pads with 0; timm's border mode with round(255 * mean).
+        let fill = match self.crop_mode {
+            CropMode::Border => self
+                .mean
+                .map(|m| (255.0 * m as f64).round_ties_even() as u8),
+            _ => [0; 3],
+        };
+        let part_w = xs.src.len();
+        let plane = out_h * out_w;
+        let mut out = vec![0f32; 3 * plane];
+        for y in 0..out_h {
+            for x in 0..out_w {
+                let px = match (ys.source_of(y), xs.source_of(x)) {
+                    (Some(sy), Some(sx)) => {
+                        let at = (sy * part_w + sx) * 3;
+                        [part[at], part[at + 1], part[at + 2]]
+                    }
+                    _ => fill,
+                };
+                for c in 0..3 {
+                    // ToTensor (`/ 255` in f32), then Normalize (`(x - mean) / std` in f32).
+                    out[c * plane + y * out_w + x] =
+                        (px[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
+                }
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Preprocess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [sh, sw] = self.scale_size;
+        let [h, w] = self.size;
+        let filter = self.interpolation.name();
+        match self.crop_mode {
+            CropMode::Center if sh == sw => write!(f, "resize shorter side to {sh} ({filter})")?,
+            CropMode::Center => write!(f, "resize to cover {sh}x{sw} ({filter})")?,
+            CropMode::Squash => write!(f, "resize to {sh}x{sw} ({filter})")?,
+            CropMode::Border => write!(f, "resize to fit {sh}x{sw} ({filter})")?,
+        }
+        let pad = if self.crop_mode == CropMode::Border {
+            " (padded with the mean colour)"
+        } else {
+            ""
+        };
+        write!(
+            f,
+            ", centre crop {h}x{w}{pad}, normalise mean {:?} std {:?}",
+            self.mean, self.std
+        )
+    }
+}
+
+/// One axis of torchvision's `center_crop` (timm's `center_crop_or_pad`) of a resized side of length
+/// `resized` to `crop`: pad both ends when the crop is longer, else start at `round((resized - crop) / 2)`.
+struct CropAxis {
+    /// The resized pixels the crop uses.
+    src: Range<usize>,
+    /// The crop index that receives `src.start`.
+    dst: usize,
+}
+
+impl CropAxis {
+    /// The index into `src` of crop pixel `i`, or `None` for padding.
+    fn source_of(&self, i: usize) -> Option<usize> {
+        let j = i.checked_sub(self.dst)?;
+        (j < self.src.len()).then_some(j)
+    }
+}
+
+fn crop_axis(resized: usize, crop: usize) -> CropAxis {
+    if crop > resized {
+        CropAxis {
+            src: 0..resized,
+            dst: (crop - resized) / 2,
+        }
+    } else {
+        // `int(round((image_height - crop_height) / 2.0))`: Python rounds halves to even.
+        let start = ((resized - crop) as f64 / 2.0).round_ties_even() as usize;
+        CropAxis {
+            src: start..start + crop,
+            dst: 0,
+        }
+    }
+}
+
+/// Pillow's `PRECISION_BITS` for 8-bit resampling.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// The resampling taps of some outputs of one axis (`precompute_coeffs` + `normalize_coeffs_8bpc`).
+struct Taps {
+    /// Per output: first input index and the range of its coefficients in `k`.
+    bounds: Vec<(usize, Range<usize>)>,
+    k: Vec<i32>,
+}
+
+impl Taps {
+    /// Taps for outputs `outs` of resizing `in_size` samples to `out_size` (`out_size > 0`).
+    fn new(in_size: usize, out_size: usize, outs: Range<usize>, filter: Filter) -> Taps {
+        // Pillow's box is `float`; `(double)(in1 - in0) / outSize`.
+        let scale = (in_size as f32) as f64 / out_size as f64;
+        let filterscale = scale.max(1.0);
+        let support = filter.support() * filterscale;
+        let ss = 1.0 / filterscale;
+        let mut bounds = Vec::with_capacity(outs.len());
+        let mut k = Vec::new();
+        let mut w = Vec::new();
+        for xx in outs {
+            let center = (xx as f64 + 0.5) * scale; // in0 = 0
+                                                    // `(int)` truncates toward zero, as `as` does.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
+            w.clear();
+            let mut ww = 0.0;
+            for x in xmin..xmax.max(xmin) {
+                let v = filter.weight((x as f64 - center + 0.5) * ss);
+                w.push(v);
+                ww += v;
+            }
+            let start = k.len();
+            k.extend(w.iter().map(|&v| {
+                let v = if ww != 0.0 { v / ww } else { v };
+                let scaled = v * (1u32 << PRECISION_BITS) as f64;
+                if v < 0.0 {
+                    (-0.5 + scaled) as i32
+                } else {
+                    (0.5 + scaled) as i32
+                }
+            }));
+            bounds.push((xmin as usize, start..k.len()));
+        }
+        Taps { bounds, k }
+    }
+
+    /// The input range all the outputs read.
+    fn input_range(&self) -> Range<usize> {
+        let first = self.bounds.first().map_or(0, |b| b.0);
+        let last = self.bounds.last().map_or(0, |b| b.0 + b.1.len());
+        first..last.max(first)
+    }
+}
+
+/// `clip8`: the accumulator (which started at half a unit) shifted down and clamped to a byte.
+fn clip8(acc: i64) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Rows `ys` and columns `xs` of `img` resized to `[h, w]` = `out` as Pillow's `ImagingResample` does,
+/// as an interleaved RGB buffer `ys.len() x xs.len()`. Two passes, each rounded and clipped to `u8`;
+/// a pass whose size does not change is skipped (it would be the identity). Pillow 13 runs the vertical
+/// pass first when the height shrinks by more than twice as many pixels as the width
+/// (python-pillow/Pillow#9549); earlier versions always ran the horizontal pass first.
+/// Computing only the pixels the crop keeps gives the same values, since every output pixel depends on
+/// its own taps alone.
+fn resize_part(
+    img: &RgbImage,
+    out: [usize; 2],
+    ys: Range<usize>,
+    xs: Range<usize>,
+    filter: Filter,
+) -> Vec<u8> {
+    let (in_w, in_h) = (img.width() as usize, img.height() as usize);
+    let [out_h, out_w] = out;
+    if ys.is_empty() || xs.is_empty() {
+        return Vec::new();
+    }
+    let src = img.as_raw();
+    let vert = (out_h != in_h).then(|| Taps::new(in_h, out_h, ys.clone(), filter));
+    let horiz = (out_w != in_w).then(|| Taps::new(in_w, out_w, xs.clone(), filter));
+    let vertical_first = out_h < in_h && (in_h - out_h) as i64 > 2 * (in_w as i64 - out_w as i64);
+    match (&vert, &horiz) {
+        (None, None) => region(src, in_w, ys, xs),
+        (None, Some(h)) => horizontal(src, in_w, 0, ys, h),
+        (Some(v), None) => vertical(src, in_w, 0, xs, v),
+        (Some(v), Some(h)) if vertical_first => {
+            let cols = h.input_range();
+            let tmp = vertical(src, in_w, 0, cols.clone(), v);
+            horizontal(&tmp, cols.len(), cols.start, 0..ys.len(), h)
+        }
+        (Some(v), Some(h)) => {
+            let rows = v.input_range();
+            let tmp = horizontal(src, in_w, 0, rows.clone(), h);
+            vertical(&tmp, xs.len(), rows.start, 0..xs.len(), v)
+        }
+    }
+}
+
+/// Rows `rows` and columns `cols` of an RGB buffer `src_w` pixels wide.
+fn region(src: &[u8], src_w: usize, rows: Range<usize>, cols: Range<usize>) -> Vec<u8> {
+    rows.flat_map(|y| &src[(y * src_w + cols.start) * 3..(y * src_w + cols.end) * 3])
+        .copied()
+        .collect()
+}
+
+/// `ImagingResampleHorizontal_8bpc` over rows `rows` of `src` (RGB, `src_w` pixels wide, holding the
+/// input columns from `src_x0` on): one output row per row, one output pixel per tap set.
+fn horizontal(src: &[u8], src_w: usize, src_x0: usize, rows: Range<usize>, taps: &Taps) -> Vec<u8> {
+    let row_len = taps.bounds.len() * 3;
+    let mut out = vec![0u8; rows.len() * row_len];
+    out.par_chunks_mut(row_len).zip(rows).for_each(|(dst, y)| {
+        let line = &src[y * src_w * 3..(y + 1) * src_w * 3];
+        for (px, (xmin, kr)) in dst.chunks_exact_mut(3).zip(&taps.bounds) {
+            let first = (xmin - src_x0) * 3;
+            let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
+            for (p, &k) in line[first..].chunks_exact(3).zip(&taps.k[kr.clone()]) {
+                for c in 0..3 {
+                    acc[c] += p[c] as i64 * k as i64;
+                }
+            }
+            for c in 0..3 {
+                px[c] = clip8(acc[c]);
+            }
+        }
+    });
+    out
+}
+
+/// `ImagingResampleVertical_8bpc` over columns `cols` of `src` (RGB, `src_w` pixels wide, holding the
+/// input rows from `src_y0` on): one output row per tap set.
+fn vertical(src: &[u8], src_w: usize, src_y0: usize, cols: Range<usize>, taps: &Taps) -> Vec<u8> {
+    let row_len = cols.len() * 3;
+    let mut out = vec![0u8; taps.bounds.len() * row_len];
+    out.par_chunks_mut(row_len)
+        .zip(&taps.bounds)
+        .for_each(|(dst, (ymin, kr))| {
+            let ks = &taps.k[kr.clone()];
+            let first = ymin - src_y0;
+            for (i, v) in dst.iter_mut().enumerate() {
+                let at = cols.start * 3 + i;
+                let mut acc = 1i64 << (PRECISION_BITS - 1);
+                for (j, &k) in ks.iter().enumerate() {
+                    acc += src[(first + j) * src_w * 3 + at] as i64 * k as i64;
+                }
+                *v = clip8(acc);
+            }
+        });
+    out
+}
+
+/// Reads a JPEG or PNG file (recognised by its content, not its name) as 8-bit RGB, the way Pillow's
+/// `Image.open(path).convert("RGB")` sees it: grey is replicated into R, G and B, an alpha channel is
+/// dropped (not composited), palettes are expanded, 16-bit samples keep their high byte. EXIF
+/// orientation and ICC profiles are ignored, as timm ignores them.
+///
+/// Refused with [`Error::Input`] and one message saying what is wrong: an empty, unreadable, truncated
+/// or corrupt file, another format, or an image over [`MAX_SIDE`] on a side or [`MAX_PIXELS`] in all
+/// (checked from the header, before decoding).
+///
+/// Deliberate difference: Pillow opens a 16-bit greyscale PNG as mode `I;16`, whose `convert("RGB")`
+/// clips every value above 255 to white; here it keeps the high byte, like every other 16-bit image.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let input_err = |msg: String| Error::Input {
+        path: path.into(),
+        msg,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(input_err("is a folder, not an image file".into()));
+    }
+    if meta.len() == 0 {
+        return Err(input_err("file is empty (0 bytes), not an image".into()));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(input_err(format!(
+            "file is {} bytes, over the {} MiB limit for an image",
+            meta.len(),
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // The decoders are not supposed to panic on any input; should one still do so, report it as a
+    // bad file rather than taking the process down.
+    std::panic::catch_unwind(|| decode_rgb(&bytes))
+        .unwrap_or_else(|_| Err("the image decoder failed on this file (corrupt data?)".into()))
+        .map_err(input_err)
+}
+
+/// [`load_rgb`] on the bytes of a file; the error is the message.
+fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let format = match image::guess_format(bytes) {
+        Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
+        Ok(other) => {
+            return Err(format!(
+                "is a {} image; only JPEG and PNG are supported",
+                other
+                    .extensions_str()
+                    .first()
+                    .map_or("other", |e| e)
+                    .to_uppercase()
+            ))
+        }
+        Err(_) => {
+            let head = &bytes[..bytes.len().min(512)];
+            let text = head
+                .iter()
+                .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace() || b >= 0x80);
+            return Err(format!(
+                "not a JPEG or PNG image (unrecognised content{})",
+                if text { ", it looks like text" } else { "" }
+            ));
+        }
+    };
+    let name = if format == ImageFormat::Jpeg {
+        "JPEG"
+    } else {
+        "PNG"
+    };
+    if format == ImageFormat::Jpeg {
+        // zune-jpeg (in lenient mode) fills a cut-off JPEG with grey; Pillow refuses it.
+        jpeg_check_complete(bytes).map_err(|what| format!("truncated or corrupt JPEG: {what}"))?;
+    }
+    let describe = |e: ImageError| match e {
+        ImageError::Decoding(e) => format!("corrupt {name} data: {e}"),
+        ImageError::Limits(e) => format!(
+            "{name} image too large to decode within {} MiB: {e}",
+            MAX_DECODE_BYTES >> 20
+        ),
+        ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            format!("truncated {name}: the data ends early")
+        }
+        ImageError::Unsupported(e) => format!("unsupported kind of {name}: {e}"),
+        e => format!("cannot decode {name}: {e}"),
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let decoder = reader.into_decoder().map_err(describe)?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(format!("{name} image has no pixels ({w}x{h})"));
+    }
+    if w > MAX_SIDE || h > MAX_SIDE || w as u64 * h as u64 > MAX_PIXELS {
+        return Err(format!(
+            "{name} image is {w}x{h}, over the limit of {MAX_SIDE} pixels a side and {} megapixels",
+            MAX_PIXELS / 1_000_000
+        ));
+    }
+    let img = DynamicImage::from_decoder(decoder).map_err(describe)?;
+    Ok(to_rgb_like_pil(img))
+}
+
+/// Pillow's `convert("RGB")` of what Pillow would have opened.
+fn to_rgb_like_pil(img: DynamicImage) -> RgbImage {
+    fn gather<T: Copy>(
+        w: u32,
+        h: u32,
+        raw: &[T],
+        chans: usize,
+        pick: [usize; 3],
+        to8: impl Fn(T) -> u8,
+    ) -> RgbImage {
+        let data = raw
+            .chunks_exact(chans)
+            .flat_map(|p| pick.map(|i| to8(p[i])))
+            .collect();
+        RgbImage::from_raw(w, h, data).expect("buffer size matches the dimensions")
+    }
+    let (w, h) = (img.width(), img.height());
+    let id = |v: u8| v;
+    let high = |v: u16| (v >> 8) as u8;
+    match img {
+        DynamicImage::ImageRgb8(i) => i,
+        DynamicImage::ImageRgba8(i) => gather(w, h, i.as_raw(), 4, [0, 1, 2], id),
+        DynamicImage::ImageLuma8(i) => gather(w, h, i.as_raw(), 1, [0; 3], id),
+        DynamicImage::ImageLumaA8(i) => gather(w, h, i.as_raw(), 2, [0; 3], id),
+        DynamicImage::ImageRgb16(i) => gather(w, h, i.as_raw(), 3, [0, 1, 2], high),
+        DynamicImage::ImageRgba16(i) => gather(w, h, i.as_raw(), 4, [0, 1, 2], high),
+        DynamicImage::ImageLuma16(i) => gather(w, h, i.as_raw(), 1, [0; 3], high),
+        DynamicImage::ImageLumaA16(i) => gather(w, h, i.as_raw(), 2, [0; 3], high),
+        other => other.to_rgb8(),
+    }
+}
+
+/// Walks a JPEG's marker segments and entropy-coded scans up to the end-of-image marker; a file that
+/// stops before it is truncated.
+fn jpeg_check_complete(b: &[u8]) -> std::result::Result<(), String> {
+    const EOF: &str = "the file ends before the JPEG end-of-image marker";
+    let mut i = 2; // past SOI (FF D8), which guess_format checked
+    loop {
+        // Find the next marker: FF, any fill FFs, then a code that is not 00.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1; // stray bytes between segments; decoders skip them
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&code) = b.get(i) else {
+            return Err(EOF.into());
+        };
+        i += 1;
+        match code {
+            0xD9 => return Ok(()),
+            0x00 | 0x01 | 0xD0..=0xD8 => continue, // no length field
+            _ => {}
+        }
+        let len = match b.get(i..i + 2) {
+            Some(l) => u16::from_be_bytes([l[0], l[1]]) as usize,
+            None => return Err(EOF.into()),
+        };
+        if len < 2 {
+            return Err(format!(
+                "marker FF{code:02X} at byte {} has a bad length {len}",
+                i - 2
+            ));
+        }
+        i += len;
+        if i > b.len() {
+            return Err(EOF.into());
+        }
+        if code == 0xDA {
+            // Entropy-coded data follows start-of-scan; it ends at a marker other than a stuffed
+            // zero (FF 00) or a restart marker (FF D0..D7).
+            loop {
+                match (b.get(i), b.get(i + 1)) {
+                    (Some(0xFF), Some(0x00 | 0xD0..=0xD7)) => i += 2,
+                    (Some(0xFF), Some(_)) => break,
+                    (Some(_), _) => i += 1,
+                    (None, _) => return Err(EOF.into()),
+                }
+            }
+        }
+    }
+}
