@@ -268,6 +268,18 @@ fn rusage(who: libc::c_int) -> Faults {
     }
 }
 
+/// The largest peak RSS (bytes) of the child processes this process has waited for (getrusage
+/// RUSAGE_CHILDREN): how tools and tests measure a command's VmHWM without sampling it.
+pub fn children_peak_rss() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: as in `rusage`: the struct is zero-initialised and getrusage only writes into it.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    ru.ru_maxrss as u64 * 1024
+}
+
 /// Bytes this process caused to be read from storage (`read_bytes` of /proc/self/io), where the kernel
 /// accounts it.
 pub fn storage_read_bytes() -> Option<u64> {
