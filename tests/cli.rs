@@ -1,0 +1,182 @@
+//! User-facing errors of `classify`: one line on stderr naming what is wrong, a non-zero exit, no output.
+
+mod common;
+
+use std::path::Path;
+
+use common::parity::fixture;
+use common::{write_f32, wstream};
+use wstream::Store;
+
+fn vit() -> String {
+    fixture("vit_tiny").display().to_string()
+}
+
+fn image() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/cat.jpg")
+        .display()
+        .to_string()
+}
+
+/// A copy of the tiny ViT whose head has `classes` outputs.
+fn vit_with_classes(dir: &Path, classes: usize) -> String {
+    let store = Store::open(fixture("vit_tiny")).unwrap();
+    let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = store
+        .tensors()
+        .iter()
+        .map(|t| {
+            let mut shape = t.shape.clone();
+            let mut values = store.view::<f32>(&t.name).unwrap().to_vec();
+            if t.name.starts_with("head.") {
+                shape[0] = classes;
+                values.truncate(shape.iter().product());
+            }
+            (t.name.as_str(), shape, values)
+        })
+        .collect();
+    let out = dir.join("vit10");
+    std::fs::create_dir_all(&out).unwrap();
+    write_f32(&out.join("model.safetensors"), &tensors);
+    std::fs::copy(
+        fixture("vit_tiny").join("config.json"),
+        out.join("config.json"),
+    )
+    .unwrap();
+    out.display().to_string()
+}
+
+fn expect_one_line(args: &[&str], expected: &str) {
+    let (code, stdout, stderr) = wstream(args);
+    assert_ne!(code, 0, "{args:?} succeeded");
+    assert!(stdout.is_empty(), "{args:?}: no answer on stdout: {stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: `{stderr}` lacks `{expected}`"
+    );
+}
+
+#[test]
+fn bad_inputs_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).display().to_string();
+    std::fs::write(d("notes.jpg"), "not an image").unwrap();
+    std::fs::write(d("empty.png"), "").unwrap();
+    let jpeg = std::fs::read(image()).unwrap();
+    std::fs::write(d("half.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+    std::fs::create_dir(d("no_images")).unwrap();
+    let (vit, img) = (vit(), image());
+
+    expect_one_line(&["classify", "--model", &vit, &d("notes.jpg")], "notes.jpg");
+    expect_one_line(&["classify", "--model", &vit, &d("empty.png")], "empty.png");
+    expect_one_line(&["classify", "--model", &vit, &d("half.jpg")], "half.jpg");
+    expect_one_line(
+        &["classify", "--model", &vit, &d("missing.jpg")],
+        "missing.jpg",
+    );
+    expect_one_line(
+        &["classify", "--model", &vit, &d("no_images")],
+        "holds no .jpg, .jpeg or .png images",
+    );
+    expect_one_line(
+        &["classify", "--model", &d("nowhere"), &img],
+        "nowhere: no such file or folder",
+    );
+    expect_one_line(
+        &["classify", "--model", &vit, "--budget", "1K", &img],
+        "the minimum budget is",
+    );
+    expect_one_line(
+        &["classify", "--model", &vit, "--budget", "12Q", &img],
+        "unknown size suffix",
+    );
+    expect_one_line(&["classify", "--model", &vit, "--top", "0", &img], "--top");
+    expect_one_line(
+        &["classify", "--model", &vit, "--batch", "0", &img],
+        "--batch",
+    );
+    let npy = fixture("convnext_tiny")
+        .join("reference/cat.input.npy")
+        .display()
+        .to_string();
+    expect_one_line(
+        &["classify", "--model", &vit, &npy],
+        "input is [3, 64, 64] but vit_tiny_patch16_224 expects [3, 32, 32]",
+    );
+    let ten = vit_with_classes(dir.path(), 10);
+    expect_one_line(
+        &["classify", "--model", &vit, "--model", &ten, &img],
+        "models disagree on the number of classes",
+    );
+}
+
+#[test]
+fn config_that_disagrees_with_the_weights_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    std::fs::copy(
+        fixture("vit_tiny").join("model.safetensors"),
+        m.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        m.join("config.json"),
+        r#"{"architecture": "convnext_large"}"#,
+    )
+    .unwrap();
+    expect_one_line(
+        &["classify", "--model", m.to_str().unwrap(), &image()],
+        "config.json says architecture `convnext_large` (convnext) but the weights are a vit model",
+    );
+    std::fs::write(m.join("config.json"), "{ not json").unwrap();
+    expect_one_line(
+        &["classify", "--model", m.to_str().unwrap(), &image()],
+        "not a valid timm config.json",
+    );
+}
+
+#[test]
+fn images_and_tensors_give_the_same_answer() {
+    let (vit, img) = (vit(), image());
+    let npy = fixture("vit_tiny")
+        .join("reference/cat.input.npy")
+        .display()
+        .to_string();
+    let (code, stdout, stderr) = wstream(&[
+        "classify", "--json", "--top", "3", "--model", &vit, &img, &npy,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let answers: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 2);
+    let top = |a: &serde_json::Value| -> Vec<u64> {
+        a["models"][0]["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["class"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        top(&answers[0]),
+        top(&answers[1]),
+        "JPEG decode differences do not change the ranking"
+    );
+    assert_eq!(
+        top(&answers[0]),
+        [515, 669, 709],
+        "timm's top-3 for this fixture"
+    );
+    assert_eq!(
+        answers[0]["models"][0]["top"][0]["label"],
+        "cowboy hat, ten-gallon hat"
+    );
+    assert!(
+        answers[0]["models"][0].get("logits").is_none(),
+        "logits only with --logits"
+    );
+}
