@@ -72,15 +72,55 @@ pub struct BlockRecord {
     pub resident_before: u64,
     pub compute_faults: Faults,
     pub prefetch_faults: Faults,
-    /// Bytes read from storage by the process while the block was prefetched and computed, where the kernel
-    /// accounts them.
+    /// Bytes read from storage for this block, by the prefetch thread and by the compute thread while it ran,
+    /// where the kernel accounts them (/proc/thread-self/io).
     pub storage_read: Option<u64>,
+    /// Time the compute thread waited for the block's prefetch.
+    #[serde(serialize_with = "as_ms")]
     pub wait: Duration,
+    #[serde(serialize_with = "as_ms")]
     pub compute: Duration,
-    /// Since the start of the run.
+    /// When the block was due (it then waited, then computed) and when it was released, since the run began.
+    #[serde(serialize_with = "as_ms")]
+    pub start: Duration,
+    #[serde(serialize_with = "as_ms")]
     pub end: Duration,
     pub mem_after: MemReading,
     pub released: Released,
+}
+
+/// What the executor is doing, as it happens. Steps number the blocks of all models in schedule order.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The prefetch thread was asked for a step's pages.
+    PrefetchIssued { step: usize, at: Duration },
+    /// A step's pages were in place (reported when the compute thread reaches it).
+    PrefetchDone { step: usize, at: Duration },
+    BlockStart {
+        step: usize,
+        model: &'a str,
+        block: &'a str,
+        at: Duration,
+    },
+    /// The block ran and its pages were released.
+    BlockEnd(&'a BlockRecord),
+}
+
+/// What prefetching one step cost the prefetch thread.
+#[derive(Debug, Default, Clone, Copy)]
+struct Prefetched {
+    faults: Faults,
+    storage_read: Option<u64>,
+    at: Duration,
+}
+
+/// Durations serialise as milliseconds.
+pub fn as_ms<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e3)
+}
+
+fn read_since(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    before.zip(after).map(|(a, b)| b.saturating_sub(a))
 }
 
 /// One block of the schedule: which model, which block, which byte ranges.
@@ -157,14 +197,23 @@ impl<'m> Executor<'m> {
     /// through each block before the next block, so each block is paged in once per batch). Returns each
     /// model's output and a record per block.
     pub fn run(&self, inputs: Vec<Act>) -> Result<(Vec<Act>, Vec<BlockRecord>)> {
+        self.run_observed(inputs, |_| {})
+    }
+
+    /// [`Executor::run`], telling `observe` what happens as it happens (on the calling thread).
+    pub fn run_observed(
+        &self,
+        inputs: Vec<Act>,
+        mut observe: impl FnMut(Event),
+    ) -> Result<(Vec<Act>, Vec<BlockRecord>)> {
         assert_eq!(inputs.len(), self.models.len(), "one input per model");
         for m in self.models {
             m.store.check_unchanged()?;
         }
         let start = Instant::now();
         let n = self.steps.len();
-        // Prefetch progress: how many steps are prefetched, and the prefetch thread's faults for each.
-        let progress = Mutex::new((0usize, vec![Faults::default(); n]));
+        // Prefetch progress: how many steps are done, and what each cost the prefetch thread.
+        let progress = Mutex::new((0usize, vec![Prefetched::default(); n]));
         let ready = Condvar::new();
         let mut acts: Vec<Option<Act>> = inputs.into_iter().map(Some).collect();
         let mut records = Vec::with_capacity(n);
@@ -175,15 +224,20 @@ impl<'m> Executor<'m> {
             let ready = &ready;
             scope.spawn(move || {
                 for i in rx {
-                    let before = Faults::thread();
+                    let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
                     for r in &self.steps[i].ranges {
                         let map = self.file(self.steps[i].model, r.file);
                         // Read-ahead is advisory: a failed madvise only means the touch below faults more.
                         let _ = residency::prefetch(map, r.range.clone());
                         residency::touch(map, r.range.clone());
                     }
+                    let done = Prefetched {
+                        faults: Faults::thread().since(faults),
+                        storage_read: read_since(read, residency::thread_storage_read_bytes()),
+                        at: start.elapsed(),
+                    };
                     let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
-                    p.1[i] = Faults::thread().since(before);
+                    p.1[i] = done;
                     p.0 = i + 1;
                     ready.notify_all();
                 }
@@ -197,15 +251,28 @@ impl<'m> Executor<'m> {
                     resident_before[requested] = self.resident(requested);
                     // The receiver lives until this scope ends.
                     let _ = tx.send(requested);
+                    observe(Event::PrefetchIssued {
+                        step: requested,
+                        at: start.elapsed(),
+                    });
                     requested += 1;
                 }
                 if requested == i + 1 && requested < n && hinted < requested {
                     self.hint(requested);
                     hinted = requested;
                 }
-                let io_before = residency::storage_read_bytes();
+                let step = &self.steps[i];
+                let model = &self.models[step.model];
+                let block = &model.blocks[step.block];
+                let begin = start.elapsed();
+                observe(Event::BlockStart {
+                    step: i,
+                    model: &model.name,
+                    block: block.name(),
+                    at: begin,
+                });
                 let wait_start = Instant::now();
-                let prefetch_faults = {
+                let prefetched = {
                     let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
                     while p.0 <= i {
                         p = ready.wait(p).unwrap_or_else(|e| e.into_inner());
@@ -213,34 +280,40 @@ impl<'m> Executor<'m> {
                     p.1[i]
                 };
                 let wait = wait_start.elapsed();
-                let step = &self.steps[i];
-                let model = &self.models[step.model];
-                let block = &model.blocks[step.block];
-                let faults_before = Faults::thread();
+                observe(Event::PrefetchDone {
+                    step: i,
+                    at: prefetched.at,
+                });
+                let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
                 let compute_start = Instant::now();
                 let x = acts[step.model]
                     .take()
                     .expect("activation of a running model");
                 acts[step.model] = Some(block.forward(&model.store, x)?);
                 let compute = compute_start.elapsed();
-                let compute_faults = Faults::thread().since(faults_before);
+                let compute_faults = Faults::thread().since(faults);
+                let compute_read = read_since(read, residency::thread_storage_read_bytes());
                 let released = self.release(i)?;
-                records.push(BlockRecord {
+                let record = BlockRecord {
                     model: model.name.clone(),
                     block: block.name().to_string(),
                     weight_bytes: step.bytes,
                     resident_before: resident_before[i],
                     compute_faults,
-                    prefetch_faults,
-                    storage_read: io_before
-                        .zip(residency::storage_read_bytes())
-                        .map(|(a, b)| b.saturating_sub(a)),
+                    prefetch_faults: prefetched.faults,
+                    storage_read: prefetched
+                        .storage_read
+                        .zip(compute_read)
+                        .map(|(a, b)| a + b),
                     wait,
                     compute,
+                    start: begin,
                     end: start.elapsed(),
                     mem_after: MemReading::now(),
                     released,
-                });
+                };
+                observe(Event::BlockEnd(&record));
+                records.push(record);
             }
             drop(tx);
             Ok(())

@@ -15,6 +15,7 @@ pub mod models;
 pub mod npy;
 pub mod ops;
 pub mod preprocess;
+pub mod profile;
 pub mod residency;
 pub mod store;
 pub mod synth;

@@ -283,7 +283,16 @@ pub fn children_peak_rss() -> u64 {
 /// Bytes this process caused to be read from storage (`read_bytes` of /proc/self/io), where the kernel
 /// accounts it.
 pub fn storage_read_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/io").ok()?;
+    io_read_bytes("/proc/self/io")
+}
+
+/// The same for the calling thread only (/proc/thread-self/io).
+pub fn thread_storage_read_bytes() -> Option<u64> {
+    io_read_bytes("/proc/thread-self/io")
+}
+
+fn io_read_bytes(path: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("read_bytes:"))
         .and_then(|v| v.trim().parse().ok())

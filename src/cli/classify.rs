@@ -10,6 +10,7 @@ use wstream::exec::{BlockRecord, Evict, ExecOptions, Executor};
 use wstream::models::{Act, Model};
 use wstream::npy;
 use wstream::preprocess::{self, Preprocess};
+use wstream::profile::Totals;
 use wstream::residency::MemReading;
 
 use super::{human_bytes, out, parse_bytes};
@@ -285,7 +286,7 @@ fn is_image(p: &Path) -> bool {
 }
 
 /// Expands the command line's inputs: folders into their images (sorted), .npy arrays into their items.
-fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Item>> {
+pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     for path in paths {
         let meta =
@@ -349,42 +350,21 @@ fn read_npy(path: &Path) -> Result<Vec<Item>> {
 
 /// Peak memory, faults and paging over a run, as the demo and `--memory-report` print it.
 pub fn memory_report(models: &[Model], records: &[BlockRecord]) -> String {
-    let mem = MemReading::now();
-    let peak_anon = records
-        .iter()
-        .map(|r| r.mem_after.rss_anon)
-        .max()
-        .unwrap_or(0);
-    let peak_file = records
-        .iter()
-        .map(|r| r.mem_after.rss_file)
-        .max()
-        .unwrap_or(0);
+    let t = Totals::of(records);
     let weights: u64 = models.iter().map(|m| m.store.total_bytes()).sum();
-    let major: u64 = records
-        .iter()
-        .map(|r| r.compute_faults.major + r.prefetch_faults.major)
-        .sum();
-    let minor: u64 = records
-        .iter()
-        .map(|r| r.compute_faults.minor + r.prefetch_faults.minor)
-        .sum();
-    let paged: u64 = records
-        .iter()
-        .map(|r| r.weight_bytes - r.resident_before.min(r.weight_bytes))
-        .sum();
-    let read = records.iter().filter_map(|r| r.storage_read).sum::<u64>();
     format!(
         "memory: peak RSS (VmHWM) {}; after blocks, peak RssFile {} and RssAnon {}\n\
          weights: {} in {} model(s), mapped read-only; {} paged in from outside the page cache, {} read from storage\n\
-         faults: {major} major, {minor} minor\n",
-        human_bytes(mem.vm_hwm),
-        human_bytes(peak_file),
-        human_bytes(peak_anon),
+         faults: {} major, {} minor\n",
+        human_bytes(MemReading::now().vm_hwm.max(t.peak_rss_after_block)),
+        human_bytes(t.peak_rss_file),
+        human_bytes(t.peak_rss_anon),
         human_bytes(weights),
         models.len(),
-        human_bytes(paged),
-        human_bytes(read),
+        human_bytes(t.paged_in),
+        human_bytes(t.storage_read),
+        t.major_faults(),
+        t.minor_faults(),
     )
 }
 

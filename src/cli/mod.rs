@@ -4,6 +4,7 @@
 mod classify;
 mod demo;
 mod inspect;
+mod profile;
 mod synth;
 
 use std::io::Write;
@@ -30,6 +31,8 @@ enum Command {
     Classify(classify::Args),
     /// Run the three-model ensemble on a bundled photo and report memory (synthesises missing models).
     Demo(demo::Args),
+    /// Classify, then report block by block what was paged in, what it cost and what stayed resident.
+    Profile(profile::Args),
     /// Write a synthetic checkpoint (timm's exact names and shapes, random values) for an architecture.
     Synth(synth::Args),
 }
@@ -58,6 +61,7 @@ pub fn run() -> ExitCode {
         Command::Classify(args) => classify::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Profile(args) => profile::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,72 @@
+//! `wstream profile`: classify's run, reported block by block: what was paged in, what it cost, what stayed.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use wstream::profile::Profile;
+use wstream::residency::{drop_file_cache, MemReading};
+
+use super::classify::{classify, load_models, read_inputs, RunArgs};
+use super::out;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A model folder in timm's Hugging Face layout, or a .safetensors file. Repeat for an ensemble.
+    #[arg(long = "model", required = true)]
+    models: Vec<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Drop the weight files from the page cache first (posix_fadvise), so every page is read from storage.
+    #[arg(long)]
+    cold: bool,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Also draw the timeline as SVG into this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// JPEG/PNG images, folders of them, or preprocessed .npy arrays, as for classify.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    super::set_threads(args.run.threads)?;
+    if let Some(svg) = &args.svg {
+        if svg.is_dir() {
+            bail!(
+                "{}: --svg needs a file name, this is a folder",
+                svg.display()
+            );
+        }
+    }
+    let models = load_models(&args.models)?;
+    let items = read_inputs(&args.inputs)?;
+    if args.cold {
+        for m in &models {
+            for f in m.store.files() {
+                drop_file_cache(f.file()).map_err(|e| {
+                    anyhow::anyhow!("{}: cannot drop from the page cache: {e}", f.path.display())
+                })?;
+            }
+        }
+    }
+    let records = classify(&models, &items, &args.run, |_| Ok(()))?;
+    let profile = Profile::new(records, MemReading::now().vm_hwm);
+    match args.format {
+        Format::Table => out(profile.table().trim_end())?,
+        Format::Json => out(serde_json::to_string(&profile)?)?,
+        Format::Csv => out(profile.csv().trim_end())?,
+    }
+    if let Some(svg) = &args.svg {
+        profile.svg(svg).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,403 @@
+//! The page-fault profiler's views of the executor's block records: totals per model and overall, a table
+//! for a 100-column terminal, JSON, CSV, and an SVG timeline.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::exec::{as_ms, BlockRecord};
+use crate::residency::Faults;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Sums over a set of block records.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Totals {
+    pub blocks: usize,
+    pub weight_bytes: u64,
+    /// Weight bytes that were not in the page cache when their block was scheduled: paged in from storage.
+    pub paged_in: u64,
+    pub storage_read: u64,
+    pub compute_faults: Faults,
+    pub prefetch_faults: Faults,
+    #[serde(serialize_with = "as_ms")]
+    pub wait: Duration,
+    #[serde(serialize_with = "as_ms")]
+    pub compute: Duration,
+    /// From the first block's start to the last block's end.
+    #[serde(serialize_with = "as_ms")]
+    pub wall: Duration,
+    /// Largest VmRSS / RssFile / RssAnon seen after a block.
+    pub peak_rss_after_block: u64,
+    pub peak_rss_file: u64,
+    pub peak_rss_anon: u64,
+}
+
+impl Totals {
+    pub fn of<'a>(records: impl IntoIterator<Item = &'a BlockRecord>) -> Totals {
+        let mut t = Totals::default();
+        let (mut first, mut last) = (None, Duration::ZERO);
+        for r in records {
+            t.blocks += 1;
+            t.weight_bytes += r.weight_bytes;
+            t.paged_in += r.weight_bytes.saturating_sub(r.resident_before);
+            t.storage_read += r.storage_read.unwrap_or(0);
+            t.compute_faults = add(t.compute_faults, r.compute_faults);
+            t.prefetch_faults = add(t.prefetch_faults, r.prefetch_faults);
+            t.wait += r.wait;
+            t.compute += r.compute;
+            first = Some(first.map_or(r.start, |f: Duration| f.min(r.start)));
+            last = last.max(r.end);
+            t.peak_rss_after_block = t.peak_rss_after_block.max(r.mem_after.vm_rss);
+            t.peak_rss_file = t.peak_rss_file.max(r.mem_after.rss_file);
+            t.peak_rss_anon = t.peak_rss_anon.max(r.mem_after.rss_anon);
+        }
+        t.wall = last.saturating_sub(first.unwrap_or_default());
+        t
+    }
+
+    pub fn major_faults(&self) -> u64 {
+        self.compute_faults.major + self.prefetch_faults.major
+    }
+
+    pub fn minor_faults(&self) -> u64 {
+        self.compute_faults.minor + self.prefetch_faults.minor
+    }
+
+    /// Bytes paged in per second of wall time, in MiB/s.
+    pub fn paged_in_rate(&self) -> f64 {
+        let s = self.wall.as_secs_f64();
+        if s > 0.0 {
+            self.paged_in as f64 / MIB / s
+        } else {
+            0.0
+        }
+    }
+
+    /// Share of the compute thread's time spent computing rather than waiting for pages.
+    pub fn compute_share(&self) -> f64 {
+        let busy = (self.wait + self.compute).as_secs_f64();
+        if busy > 0.0 {
+            self.compute.as_secs_f64() / busy
+        } else {
+            1.0
+        }
+    }
+}
+
+fn add(a: Faults, b: Faults) -> Faults {
+    Faults {
+        minor: a.minor + b.minor,
+        major: a.major + b.major,
+    }
+}
+
+/// Totals of one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelTotals {
+    pub model: String,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// A whole profile: every block record, totals per model and overall, and the process's peak RSS.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    pub blocks: Vec<BlockRecord>,
+    pub models: Vec<ModelTotals>,
+    pub totals: Totals,
+    /// The process's peak RSS: VmHWM at the end (which includes moments inside a block), or the largest
+    /// VmRSS seen after a block if that is higher (the kernel updates VmHWM lazily).
+    pub peak_rss: u64,
+}
+
+impl Profile {
+    pub fn new(blocks: Vec<BlockRecord>, vm_hwm: u64) -> Profile {
+        let mut names: Vec<&str> = Vec::new();
+        for r in &blocks {
+            if !names.contains(&r.model.as_str()) {
+                names.push(&r.model);
+            }
+        }
+        let models = names
+            .iter()
+            .map(|&m| ModelTotals {
+                model: m.to_string(),
+                totals: Totals::of(blocks.iter().filter(|r| r.model == m)),
+            })
+            .collect();
+        let totals = Totals::of(&blocks);
+        Profile {
+            peak_rss: vm_hwm.max(totals.peak_rss_after_block),
+            totals,
+            models,
+            blocks,
+        }
+    }
+
+    /// One line per block, a totals line per model and overall; fits 100 columns.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let header = format!(
+            "{:<26} {:>7} {:>6} {:>13} {:>8} {:>8} {:>8} {:>7} {:>6}",
+            "block",
+            "MiB",
+            "cached",
+            "major c/p",
+            "read MiB",
+            "wait ms",
+            "comp ms",
+            "RSS MiB",
+            "file"
+        );
+        let mib = |b: u64| b as f64 / MIB;
+        for m in &self.models {
+            let _ = writeln!(s, "{}", m.model);
+            let _ = writeln!(s, "{header}");
+            for r in self.blocks.iter().filter(|r| r.model == m.model) {
+                let cached = if r.weight_bytes > 0 {
+                    100.0 * r.resident_before.min(r.weight_bytes) as f64 / r.weight_bytes as f64
+                } else {
+                    100.0
+                };
+                let _ = writeln!(
+                    s,
+                    "{:<26} {:>7.1} {:>5.0}% {:>13} {:>8.1} {:>8.1} {:>8.1} {:>7.1} {:>6.1}",
+                    clip(&r.block, 26),
+                    mib(r.weight_bytes),
+                    cached,
+                    format!("{}/{}", r.compute_faults.major, r.prefetch_faults.major),
+                    mib(r.storage_read.unwrap_or(0)),
+                    r.wait.as_secs_f64() * 1e3,
+                    r.compute.as_secs_f64() * 1e3,
+                    mib(r.mem_after.vm_rss),
+                    mib(r.mem_after.rss_file),
+                );
+            }
+            let _ = writeln!(
+                s,
+                "{}",
+                totals_line(&format!("total {}", m.model), &m.totals)
+            );
+            let _ = writeln!(s);
+        }
+        let _ = writeln!(s, "{}", totals_line("total", &self.totals));
+        let _ = writeln!(
+            s,
+            "peak RSS (VmHWM) {:.1} MiB; after blocks: RssFile <= {:.1} MiB, RssAnon <= {:.1} MiB",
+            mib(self.peak_rss),
+            mib(self.totals.peak_rss_file),
+            mib(self.totals.peak_rss_anon)
+        );
+        s
+    }
+
+    /// One CSV row per block, with a header.
+    pub fn csv(&self) -> String {
+        let mut s = String::from(
+            "model,block,weight_bytes,resident_before,compute_minor_faults,compute_major_faults,\
+             prefetch_minor_faults,prefetch_major_faults,storage_read,wait_ms,compute_ms,start_ms,end_ms,\
+             vm_rss,rss_file,rss_anon,released_unmapped,released_dropped_from_cache\n",
+        );
+        for r in &self.blocks {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{}",
+                csv_field(&r.model),
+                csv_field(&r.block),
+                r.weight_bytes,
+                r.resident_before,
+                r.compute_faults.minor,
+                r.compute_faults.major,
+                r.prefetch_faults.minor,
+                r.prefetch_faults.major,
+                r.storage_read.map_or(String::new(), |v| v.to_string()),
+                r.wait.as_secs_f64() * 1e3,
+                r.compute.as_secs_f64() * 1e3,
+                r.start.as_secs_f64() * 1e3,
+                r.end.as_secs_f64() * 1e3,
+                r.mem_after.vm_rss,
+                r.mem_after.rss_file,
+                r.mem_after.rss_anon,
+                r.released.unmapped,
+                r.released.dropped_from_cache,
+            );
+        }
+        s
+    }
+
+    /// A timeline: one lane per model with its blocks along time (the wait for pages shaded), major faults
+    /// marked; below, RSS, the weight pages mapped (RssFile) and anonymous memory after each block.
+    pub fn svg(&self, path: &Path) -> Result<(), String> {
+        let err = |e: &dyn std::fmt::Display| {
+            format!("{}: cannot draw the timeline: {e}", path.display())
+        };
+        let lanes = self.models.len().max(1);
+        let height = 200 + 60 * lanes as u32 + 260;
+        let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (top, bottom) = root.split_vertically(120 + 60 * lanes as u32);
+        let end = self
+            .blocks
+            .iter()
+            .map(|r| r.end.as_secs_f64())
+            .fold(0.0, f64::max)
+            .max(1e-3);
+        let names: Vec<String> = self.models.iter().map(|m| m.model.clone()).collect();
+
+        let mut lanes_chart = ChartBuilder::on(&top)
+            .caption(
+                format!(
+                    "wstream profile: {} blocks, {:.1} MiB paged in, {} major faults, peak RSS {:.0} MiB",
+                    self.totals.blocks,
+                    self.totals.paged_in as f64 / MIB,
+                    self.totals.major_faults(),
+                    self.peak_rss as f64 / MIB
+                ),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(230)
+            .build_cartesian_2d(0.0..end, 0.0..lanes as f64)
+            .map_err(|e| err(&e))?;
+        lanes_chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("time (s)")
+            .y_labels(lanes * 2 + 1)
+            .y_label_formatter(&|y| {
+                let lane = (*y - 0.5).round();
+                if (y - 0.5 - lane).abs() < 1e-6 && lane >= 0.0 {
+                    names.get(lane as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .draw()
+            .map_err(|e| err(&e))?;
+        let palette = [
+            RGBColor(66, 133, 244),
+            RGBColor(52, 168, 83),
+            RGBColor(251, 188, 5),
+        ];
+        for (i, r) in self.blocks.iter().enumerate() {
+            let lane = names.iter().position(|m| *m == r.model).unwrap_or(0) as f64;
+            let (start, compute_start, stop) = (
+                r.start.as_secs_f64(),
+                (r.start + r.wait).as_secs_f64(),
+                r.end.as_secs_f64(),
+            );
+            let colour = palette[i % 2 + usize::from(r.block == "head")];
+            lanes_chart
+                .draw_series([
+                    Rectangle::new(
+                        [(start, lane + 0.15), (compute_start, lane + 0.85)],
+                        RGBColor(200, 200, 200).filled(),
+                    ),
+                    Rectangle::new(
+                        [(compute_start, lane + 0.15), (stop, lane + 0.85)],
+                        colour.filled(),
+                    ),
+                ])
+                .map_err(|e| err(&e))?;
+            let major = r.compute_faults.major + r.prefetch_faults.major;
+            if major > 0 {
+                lanes_chart
+                    .draw_series([TriangleMarker::new(
+                        ((start + stop) / 2.0, lane + 0.95),
+                        5,
+                        RED.filled(),
+                    )])
+                    .map_err(|e| err(&e))?;
+            }
+        }
+
+        let peak = self
+            .blocks
+            .iter()
+            .map(|r| r.mem_after.vm_rss)
+            .max()
+            .unwrap_or(0)
+            .max(self.peak_rss);
+        let mut mem = ChartBuilder::on(&bottom)
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(230)
+            .build_cartesian_2d(0.0..end, 0.0..(peak as f64 / MIB * 1.1).max(1.0))
+            .map_err(|e| err(&e))?;
+        mem.configure_mesh()
+            .x_desc("time (s)")
+            .y_desc("MiB after each block")
+            .draw()
+            .map_err(|e| err(&e))?;
+        let series: [(&str, RGBColor, Reading); 3] = [
+            ("RSS (VmRSS)", RGBColor(0, 0, 0), |r| r.mem_after.vm_rss),
+            ("weights mapped (RssFile)", RGBColor(66, 133, 244), |r| {
+                r.mem_after.rss_file
+            }),
+            ("anonymous (RssAnon)", RGBColor(234, 67, 53), |r| {
+                r.mem_after.rss_anon
+            }),
+        ];
+        for (label, colour, get) in series {
+            mem.draw_series(LineSeries::new(
+                self.blocks
+                    .iter()
+                    .map(|r| (r.end.as_secs_f64(), get(r) as f64 / MIB)),
+                colour.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+        }
+        mem.configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+        Ok(())
+    }
+}
+
+/// Two lines of totals, each under 100 columns for model names of usual length.
+/// Picks one memory reading from a block record.
+type Reading = fn(&BlockRecord) -> u64;
+
+fn totals_line(title: &str, t: &Totals) -> String {
+    format!(
+        "{title}: {:.1} MiB of weights, {:.1} MiB paged in at {:.0} MiB/s\n    faults {} major / {} minor; \
+         compute {:.0}% (waiting for pages {:.0}%) of {:.0} ms",
+        t.weight_bytes as f64 / MIB,
+        t.paged_in as f64 / MIB,
+        t.paged_in_rate(),
+        t.major_faults(),
+        t.minor_faults(),
+        100.0 * t.compute_share(),
+        100.0 * (1.0 - t.compute_share()),
+        t.wall.as_secs_f64() * 1e3,
+    )
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut c: String = s.chars().take(n - 1).collect();
+        c.push('~');
+        c
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
