@@ -56,30 +56,53 @@ pub fn layer_norm(x: &mut [f32], dim: usize, weight: &[f32], bias: &[f32], eps: 
 }
 
 /// The error function, to about 1e-7 absolute: the branch-free rational approximation used by Eigen and
-/// XLA, so loops over it vectorise. Exact GELU needs it.
+/// XLA, so loops over it vectorise. Exact GELU needs it. Plain multiplies and adds, not `mul_add`: without
+/// FMA enabled at compile time (the default x86-64 target) `f32::mul_add` is a libm `fmaf` call per step and
+/// keeps the loop scalar (about 35% of Swin-L's time, measured).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
-    let mut p = x2.mul_add(-2.726_142_3e-10, 2.770_681_4e-8);
-    p = x2.mul_add(p, -2.101_024e-6);
-    p = x2.mul_add(p, -5.692_506_4e-5);
-    p = x2.mul_add(p, -7.349_906_3e-4);
-    p = x2.mul_add(p, -2.954_600_1e-3);
-    p = x2.mul_add(p, -1.609_603_3e-2);
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906_3e-4;
+    p = x2 * p + -2.954_600_1e-3;
+    p = x2 * p + -1.609_603_3e-2;
     p *= x;
-    let mut q = x2.mul_add(-1.456_607_2e-5, -2.133_740_6e-4);
-    q = x2.mul_add(q, -1.682_827e-3);
-    q = x2.mul_add(q, -7.373_329_4e-3);
-    q = x2.mul_add(q, -1.426_474e-2);
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329_4e-3;
+    q = x2 * q + -1.426_474e-2;
     p / q
 }
 
-/// Exact (erf) GELU, in place: `x * 0.5 * (1 + erf(x / sqrt 2))`, as torch's default `nn.GELU`.
+/// Exact (erf) GELU of one value: `x * 0.5 * (1 + erf(x / sqrt 2))`, as torch's default `nn.GELU`.
+#[inline(always)]
+fn gelu1(x: f32) -> f32 {
+    x * 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// Exact (erf) GELU, in place.
 pub fn gelu(x: &mut [f32]) {
-    x.par_chunks_mut(16384).for_each(|c| {
-        for v in c {
-            *v = *v * 0.5 * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+    x.par_chunks_mut(16384)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = gelu1(*v)));
+}
+
+/// `x = gelu(x + bias)` over rows of `bias.len()` values, in place: a linear layer's bias and the exact GELU
+/// after it in one pass (the GEMM then writes without reading a bias-filled output).
+pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
+    let n = bias.len();
+    assert!(
+        n > 0 && x.len() % n == 0,
+        "{} values are not rows of {n}",
+        x.len()
+    );
+    x.par_chunks_mut(n * rows_per_task(n)).for_each(|c| {
+        for row in c.chunks_exact_mut(n) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = gelu1(*v + b);
+            }
         }
     });
 }
@@ -227,7 +250,10 @@ pub fn patch_conv(
 }
 
 /// Depthwise `k x k` convolution, stride 1, zero padding `k / 2`, on NHWC input `[b, h, w, c]` with the
-/// weight `[c, 1, k, k]`. Channels are innermost so the loop vectorises over them; rayon splits rows.
+/// weight `[c, 1, k, k]`. Channels are innermost so the loops vectorise over them; rayon splits rows. For
+/// k = 3, 5, 7 each output row goes in register blocks of [`DW_OUT`] pixels ([`dw_block`]): ConvNeXt-Large's
+/// 7x7 at `[1, 56, 56, 192]` takes about 2.4 ms on one x86-64 core (1.3 ms on two; baseline SSE2 build),
+/// half the time of one-tap-at-a-time accumulation. The sums run in the same order either way.
 pub fn depthwise_conv(
     x: &[f32],
     (b, h, w, c): (usize, usize, usize, usize),
@@ -242,6 +268,10 @@ pub fn depthwise_conv(
         "depthwise weight is not [c, 1, k, k]"
     );
     assert_eq!(bias.len(), c, "bias length");
+    let mut y = vec![0.0f32; x.len()];
+    if y.is_empty() {
+        return y;
+    }
     // Tap-major copy of the (small) weight, [k*k, c], so the inner loop reads it contiguously.
     let mut taps = vec![0.0f32; k * k * c];
     for ci in 0..c {
@@ -249,31 +279,143 @@ pub fn depthwise_conv(
             taps[t * c + ci] = weight[ci * k * k + t];
         }
     }
+    // Padding columns read this row of zeros; padding rows are skipped.
+    let zeros = vec![0.0f32; c];
     let pad = k / 2;
-    let mut y = vec![0.0f32; x.len()];
     y.par_chunks_mut(w * c).enumerate().for_each(|(row, dst)| {
         let (bi, oy) = (row / h, row % h);
-        for ox in 0..w {
-            let acc = &mut dst[ox * c..(ox + 1) * c];
-            acc.copy_from_slice(bias);
-            for ky in 0..k {
-                let Some(iy) = (oy + ky).checked_sub(pad).filter(|&v| v < h) else {
-                    continue;
-                };
-                for kx in 0..k {
-                    let Some(ix) = (ox + kx).checked_sub(pad).filter(|&v| v < w) else {
-                        continue;
-                    };
-                    let src = &x[((bi * h + iy) * w + ix) * c..][..c];
-                    let tap = &taps[(ky * k + kx) * c..][..c];
-                    for ((a, s), t) in acc.iter_mut().zip(src).zip(tap) {
-                        *a += s * t;
-                    }
-                }
-            }
+        let img = &x[bi * h * w * c..][..h * w * c];
+        let line = |ky: usize| {
+            (oy + ky)
+                .checked_sub(pad)
+                .filter(|&iy| iy < h)
+                .map(|iy| &img[iy * w * c..][..w * c])
+        };
+        let rows = DwRows {
+            line: &line,
+            zeros: &zeros,
+            w,
+            c,
+            pad,
+        };
+        match k {
+            7 => dw_row::<7>(&rows, &taps, bias, dst),
+            5 => dw_row::<5>(&rows, &taps, bias, dst),
+            3 => dw_row::<3>(&rows, &taps, bias, dst),
+            _ => dw_row_any(&rows, k, &taps, bias, dst),
         }
     });
     y
+}
+
+/// Output pixels per register block of the depthwise kernel (4 measured best; 6 and 8 run out of registers).
+const DW_OUT: usize = 4;
+
+/// The input of one output row of the depthwise conv.
+struct DwRows<'a> {
+    /// Input row `oy + ky - pad` (`[w, c]`) for kernel row `ky`, `None` where it is padding.
+    line: &'a dyn Fn(usize) -> Option<&'a [f32]>,
+    zeros: &'a [f32],
+    w: usize,
+    c: usize,
+    pad: usize,
+}
+
+impl<'a> DwRows<'a> {
+    /// Input column `ox + i - pad` of `line` (`c` values), zeros where it is padding.
+    #[inline(always)]
+    fn col(&self, line: &'a [f32], ox: usize, i: usize) -> &'a [f32] {
+        match (ox + i).checked_sub(self.pad).filter(|&ix| ix < self.w) {
+            Some(ix) => &line[ix * self.c..][..self.c],
+            None => &self.zeros[..self.c],
+        }
+    }
+}
+
+/// One output row `[w, c]` of the depthwise conv with kernel `K`: blocks of [`DW_OUT`] pixels, then one
+/// smaller block for the rest.
+fn dw_row<const K: usize>(rows: &DwRows, taps: &[f32], bias: &[f32], dst: &mut [f32]) {
+    let (w, c) = (rows.w, rows.c);
+    let full = w - w % DW_OUT;
+    for (blk, out) in dst[..full * c].chunks_exact_mut(DW_OUT * c).enumerate() {
+        dw_block::<K, DW_OUT>(rows, blk * DW_OUT, taps, bias, out);
+    }
+    let rest = &mut dst[full * c..w * c];
+    match w - full {
+        0 => {}
+        1 => dw_block::<K, 1>(rows, full, taps, bias, rest),
+        2 => dw_block::<K, 2>(rows, full, taps, bias, rest),
+        3 => dw_block::<K, 3>(rows, full, taps, bias, rest),
+        _ => {
+            for (i, out) in rest.chunks_exact_mut(c).enumerate() {
+                dw_block::<K, 1>(rows, full + i, taps, bias, out);
+            }
+        }
+    }
+}
+
+/// Outputs `ox0 .. ox0 + OB` of a row, all channels. Per kernel row, each input column that reaches the
+/// block is loaded once and multiplied into every output it feeds, and each tap once for all of them: about
+/// one load per multiply-add instead of three loads and a store. All slices are cut to `c` values before the
+/// channel loop, so it runs without bounds checks and vectorises.
+#[inline(always)]
+fn dw_block<const K: usize, const OB: usize>(
+    rows: &DwRows,
+    ox0: usize,
+    taps: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    let c = rows.c;
+    let bias = &bias[..c];
+    let mut it = out.chunks_exact_mut(c);
+    let mut acc: [&mut [f32]; OB] = std::array::from_fn(|_| it.next().unwrap());
+    for a in acc.iter_mut() {
+        a.copy_from_slice(bias);
+    }
+    for ky in 0..K {
+        let Some(line) = (rows.line)(ky) else {
+            continue;
+        };
+        // Columns ox0 - pad .. ox0 - pad + K + OB - 1: the first K, then the OB - 1 after them.
+        let s: [&[f32]; K] = std::array::from_fn(|i| rows.col(line, ox0, i));
+        let s2: [&[f32]; OB] = std::array::from_fn(|i| rows.col(line, ox0, K + i - 1));
+        let t: [&[f32]; K] = std::array::from_fn(|kx| &taps[(ky * K + kx) * c..][..c]);
+        for l in 0..c {
+            let mut v: [f32; OB] = std::array::from_fn(|j| acc[j][l]);
+            for ix in 0..K + OB - 1 {
+                let sv = if ix < K { s[ix][l] } else { s2[ix - K + 1][l] };
+                for (j, vj) in v.iter_mut().enumerate() {
+                    if ix >= j && ix - j < K {
+                        *vj += sv * t[ix - j][l];
+                    }
+                }
+            }
+            for (a, vj) in acc.iter_mut().zip(v) {
+                a[l] = vj;
+            }
+        }
+    }
+}
+
+/// [`dw_row`] for any kernel size: one output pixel, one tap at a time.
+fn dw_row_any(rows: &DwRows, k: usize, taps: &[f32], bias: &[f32], dst: &mut [f32]) {
+    let c = rows.c;
+    for (ox, acc) in dst.chunks_exact_mut(c).enumerate() {
+        acc.copy_from_slice(bias);
+        for ky in 0..k {
+            let Some(line) = (rows.line)(ky) else {
+                continue;
+            };
+            for kx in 0..k {
+                let src = rows.col(line, ox, kx);
+                let tap = &taps[(ky * k + kx) * c..][..c];
+                for ((a, s), t) in acc.iter_mut().zip(src).zip(tap) {
+                    *a += s * t;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +431,21 @@ mod tests {
                 (erf(x) - want).abs() < 5e-7,
                 "erf({x}) = {} want {want}",
                 erf(x)
+            );
+        }
+    }
+
+    #[test]
+    fn gelu_matches_exact_gelu() {
+        let xs: Vec<f32> = (-800..=800).map(|i| i as f32 / 100.0).collect();
+        let mut y = xs.clone();
+        gelu(&mut y);
+        for (x, y) in xs.iter().zip(&y) {
+            let x64 = *x as f64;
+            let want = x64 * 0.5 * (1.0 + libm::erf(x64 / std::f64::consts::SQRT_2));
+            assert!(
+                (*y as f64 - want).abs() < 2e-6,
+                "gelu({x}) = {y} want {want}"
             );
         }
     }
@@ -325,6 +482,68 @@ mod tests {
                         }
                     }
                     assert!((y[(oy * w + ox) * c + ci] - want).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bias_gelu_is_gelu_of_the_sum() {
+        let bias = [0.5f32, -1.0, 2.0];
+        let x: Vec<f32> = (0..12).map(|i| (i as f32 * 0.9).sin() * 3.0).collect();
+        let mut want: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + bias[i % 3]).collect();
+        gelu(&mut want);
+        let mut got = x.clone();
+        bias_gelu(&mut got, &bias);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn depthwise_matches_naive_across_shapes_and_kernels() {
+        // Widths below, at and above the register block, borders wider than the image, k = 1 .. 9,
+        // channel counts that are not multiples of the vector width, batch > 1.
+        let cases = [
+            (2, 9, 11, 13, 7),
+            (1, 7, 7, 24, 7),
+            (1, 1, 2, 4, 7),
+            (1, 3, 3, 7, 5),
+            (2, 6, 5, 3, 3),
+            (1, 8, 6, 12, 9),
+            (1, 4, 4, 5, 1),
+            (1, 14, 14, 16, 7),
+        ];
+        for (b, h, w, c, k) in cases {
+            let x: Vec<f32> = (0..b * h * w * c)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect();
+            let wt: Vec<f32> = (0..c * k * k).map(|i| (i as f32 * 0.11).cos()).collect();
+            let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.01).collect();
+            let y = depthwise_conv(&x, (b, h, w, c), k, &wt, &bias);
+            let pad = (k / 2) as i64;
+            for bi in 0..b {
+                for oy in 0..h {
+                    for ox in 0..w {
+                        for ci in 0..c {
+                            let mut want = bias[ci];
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = oy as i64 + ky as i64 - pad;
+                                    let ix = ox as i64 + kx as i64 - pad;
+                                    if (0..h as i64).contains(&iy) && (0..w as i64).contains(&ix) {
+                                        let (iy, ix) = (iy as usize, ix as usize);
+                                        want += x[((bi * h + iy) * w + ix) * c + ci]
+                                            * wt[(ci * k + ky) * k + kx];
+                                    }
+                                }
+                            }
+                            let got = y[((bi * h + oy) * w + ox) * c + ci];
+                            assert!(
+                                (got - want).abs() < 1e-4,
+                                "{:?} at ({bi},{oy},{ox},{ci}): {got} vs {want}",
+                                (b, h, w, c, k)
+                            );
+                        }
+                    }
                 }
             }
         }
