@@ -1,9 +1,752 @@
-//! Swin Transformer as timm's `SwinTransformer` computes it.
+//! Swin Transformer as timm's `SwinTransformer` computes it (`swin_{tiny,small,base,large}_patch4_window7_224`,
+//! `*_window12_384`): a `p x p` stride-`p` patch embedding + LayerNorm, stages that open (from the second on)
+//! with patch merging (2x2 neighbourhood concat -> LayerNorm -> bias-free linear), Swin blocks with window
+//! attention (relative position bias, cyclic shift by `window // 2` on odd blocks with timm's -100 region
+//! mask, windows and shifts clamped to the feature map as `_calc_window_shift` does, zero padding to whole
+//! windows), exact-GELU MLPs, LayerNorm eps 1e-5 everywhere, a final norm, global average pooling and
+//! `head.fc`. Activations stay NHWC `[b, h, w, c]` as in timm.
+//!
+//! Everything comes from tensor names and shapes: stages and depths from `layers.{s}.blocks.{b}`, widths from
+//! the norms, heads from `relative_position_bias_table` (`[(2w-1)^2, heads]`), the window from its length.
+//! The image size (which fixes the windows, shifts and masks) comes from `config.json`.
+//!
+//! The relative position index and the shift masks are timm's non-persistent buffers: they are computed here
+//! at build (small), so forward only reads the bias table from the mapping. Checkpoints in the original
+//! Microsoft layout (patch merging stored at the end of stage `s` as `layers.{s}.downsample`, classifier as
+//! `head.`) are remapped as timm's `checkpoint_filter_fn` does; stale `relative_position_index` /
+//! `attn_mask` buffers stored as f32 are claimed and ignored, other dtypes are refused with an explanation.
+
+use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::models::{Block, BuildCtx};
+use crate::models::{Act, Block, BuildCtx};
+use crate::ops::{self, Layout};
+use crate::store::Store;
 
-/// Builds the blocks in execution order.
+/// `nn.LayerNorm`'s default, used by every norm in timm's Swin.
+const EPS: f32 = 1e-5;
+
+/// timm's `get_relative_position_index(win_h, win_w)`, flattened: entry `i * n + j` (n = win_h * win_w,
+/// tokens row-major in the window) is the row of `relative_position_bias_table` that biases the score of
+/// query token `i` against key token `j`: `(yi - yj + win_h - 1) * (2 win_w - 1) + (xi - xj + win_w - 1)`.
+pub fn relative_position_index(win_h: usize, win_w: usize) -> Vec<u32> {
+    let n = win_h * win_w;
+    let mut idx = Vec::with_capacity(n * n);
+    for i in 0..n {
+        let (yi, xi) = (i / win_w, i % win_w);
+        for j in 0..n {
+            let (yj, xj) = (j / win_w, j % win_w);
+            let dy = yi + win_h - 1 - yj;
+            let dx = xi + win_w - 1 - xj;
+            idx.push((dy * (2 * win_w - 1) + dx) as u32);
+        }
+    }
+    idx
+}
+
+/// Python's `range(len)[start:end]` for the slice bounds timm's `get_attn_mask` uses (negative = from the
+/// end; `-0` is `0`, so a zero shift makes `(-shift, None)` the whole axis, as in timm).
+fn py_slice(start: isize, end: Option<isize>, len: usize) -> std::ops::Range<usize> {
+    let len = len as isize;
+    let fix = |v: isize| if v < 0 { (v + len).max(0) } else { v.min(len) };
+    let (a, b) = (fix(start), end.map_or(len, fix));
+    a as usize..b.max(a) as usize
+}
+
+/// timm's `SwinTransformerBlock.get_attn_mask` for a `(h, w)` feature map, window `(win_h, win_w)` and shift
+/// `(shift_h, shift_w)`: `[num_windows, n, n]` (n = win_h * win_w), 0 where query and key come from the same
+/// region of the shifted, padded map and -100 elsewhere. Empty when there is no shift (timm's `None`).
+pub fn shift_mask(
+    (h, w): (usize, usize),
+    (win_h, win_w): (usize, usize),
+    (shift_h, shift_w): (usize, usize),
+) -> Vec<f32> {
+    if shift_h == 0 && shift_w == 0 {
+        return Vec::new();
+    }
+    let hp = h.div_ceil(win_h) * win_h;
+    let wp = w.div_ceil(win_w) * win_w;
+    let mut img = vec![0u32; hp * wp];
+    let bounds = |win: usize, shift: usize| {
+        let (win, shift) = (win as isize, shift as isize);
+        [(0, Some(-win)), (-win, Some(-shift)), (-shift, None)]
+    };
+    let mut cnt = 0;
+    for (h0, h1) in bounds(win_h, shift_h) {
+        for (w0, w1) in bounds(win_w, shift_w) {
+            for y in py_slice(h0, h1, hp) {
+                for x in py_slice(w0, w1, wp) {
+                    img[y * wp + x] = cnt;
+                }
+            }
+            cnt += 1;
+        }
+    }
+    let (nwh, nww) = (hp / win_h, wp / win_w);
+    let n = win_h * win_w;
+    let mut mask = vec![0.0f32; nwh * nww * n * n];
+    for (wi, m) in mask.chunks_exact_mut(n * n).enumerate() {
+        let (wy, wx) = (wi / nww, wi % nww);
+        let label = |t: usize| img[(wy * win_h + t / win_w) * wp + wx * win_w + t % win_w];
+        for i in 0..n {
+            for j in 0..n {
+                if label(i) != label(j) {
+                    m[i * n + j] = -100.0;
+                }
+            }
+        }
+    }
+    mask
+}
+
+/// The image size the model is built for: `model_args.img_size`, else `pretrained_cfg.input_size`, else
+/// timm's default 224. Both given and different is refused (timm would refuse every input of one of them).
+fn image_size(ctx: &BuildCtx) -> Result<(usize, usize)> {
+    let from_args = match ctx.config.model_args.get("img_size") {
+        None => None,
+        Some(_) => match ctx.config.arg_usizes("img_size", 2).as_deref() {
+            Some(&[h, w]) => Some((h, w)),
+            _ => {
+                return Err(ctx.err(format!(
+                    "config.json model_args.img_size is {}, expected a size or [height, width]",
+                    ctx.config.model_args["img_size"]
+                )))
+            }
+        },
+    };
+    let from_cfg = ctx
+        .config
+        .pretrained_cfg
+        .as_ref()
+        .and_then(|p| p.input_size);
+    match (from_args, from_cfg) {
+        (Some(a), Some([_, h, w])) if a != (h, w) => Err(ctx.err(format!(
+            "config.json disagrees on the image size: model_args.img_size {}x{} but pretrained_cfg.input_size \
+             {h}x{w}; Swin's windows and masks are fixed for one size",
+            a.0, a.1
+        ))),
+        (Some(a), _) => Ok(a),
+        (None, _) => {
+            let [_, h, w] = ctx.config.input_size();
+            Ok((h, w))
+        }
+    }
+}
+
+/// The (clamped) window of a block on an `res` feature map and the target window `t` it was clamped from,
+/// found from the bias table's row count: timm builds the table for `min(res, t)` per axis.
+fn block_window(
+    ctx: &BuildCtx,
+    table: &str,
+    rows: usize,
+    res: (usize, usize),
+) -> Result<((usize, usize), usize)> {
+    let clamp = |t: usize| (res.0.min(t), res.1.min(t));
+    let rows_for = |(wh, ww): (usize, usize)| (2 * wh - 1) * (2 * ww - 1);
+    if let Some(t) = ctx.config.arg_usize("window_size") {
+        let win = clamp(t.max(1));
+        if rows_for(win) != rows {
+            return Err(ctx.err(format!(
+                "`{table}` has {rows} rows, but config.json's window_size {t} on the {}x{} feature map gives a \
+                 {}x{} window with {} rows",
+                res.0,
+                res.1,
+                win.0,
+                win.1,
+                rows_for(win)
+            )));
+        }
+        return Ok((win, t));
+    }
+    (1..=res.0.max(res.1))
+        .find(|&t| rows_for(clamp(t)) == rows)
+        .map(|t| (clamp(t), t))
+        .ok_or_else(|| {
+            ctx.err(format!(
+                "`{table}` has {rows} rows, which is (2w-1)^2 for no window w that fits the {}x{} feature map \
+                 (wrong image size in config.json?)",
+                res.0, res.1
+            ))
+        })
+}
+
+/// Old checkpoints may still hold timm's non-persistent buffers. f32 copies are claimed (shape-checked) and
+/// ignored: wstream recomputes them. Others cannot be claimed, so they are refused with the reason.
+fn claim_buffer(ctx: &mut BuildCtx, name: &str, shape: &[usize]) -> Result<()> {
+    let Ok(info) = ctx.store.info(name) else {
+        return Ok(());
+    };
+    if info.dtype != safetensors::Dtype::F32 {
+        return Err(ctx.err(format!(
+            "`{name}` is timm's non-persistent buffer, stored here as {}; wstream recomputes it and can only \
+             skip f32 copies: drop it from the checkpoint (timm's checkpoint_filter_fn skips it too)",
+            info.dtype
+        )));
+    }
+    ctx.expect(name, shape).map(drop)
+}
+
+/// Builds the blocks: `patch_embed`, per stage `layers.{s}.downsample` (s >= 1) and `layers.{s}.blocks.{b}`,
+/// then `head`.
 pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
-    Err(ctx.err("this family is not implemented yet"))
+    let w = ctx.shape("patch_embed.proj.weight")?;
+    let &[dim0, in_chans, patch, patch_w] = w.as_slice() else {
+        return Err(ctx.err(format!(
+            "patch_embed.proj.weight has shape {w:?}, expected [dim, 3, p, p]"
+        )));
+    };
+    if patch != patch_w || in_chans != 3 || patch == 0 {
+        return Err(ctx.err(format!(
+            "patch_embed.proj.weight has shape {w:?}, expected square patches over 3 channels"
+        )));
+    }
+    if ctx.config.model_args.get("always_partition") == Some(&serde_json::Value::Bool(true)) {
+        return Err(ctx.err("model_args.always_partition = true is not supported"));
+    }
+    let img = image_size(ctx)?;
+    let grid = (img.0 / patch, img.1 / patch);
+    if grid.0 == 0 || grid.1 == 0 {
+        return Err(ctx.err(format!(
+            "image size {}x{} is smaller than one {patch}x{patch} patch",
+            img.0, img.1
+        )));
+    }
+    let stages = ctx.count("layers.", "blocks.0.norm1.weight");
+    if stages == 0 {
+        return Err(ctx.err("no Swin stages (`layers.0.blocks.0.*`) found"));
+    }
+    // The original layout (timm's checkpoint_filter_fn tells it by this tensor) stores stage s+1's patch
+    // merging at the end of stage s and the classifier as `head.`.
+    let old = ctx.store.contains("layers.0.downsample.reduction.weight");
+    if old
+        && ctx.store.contains(&format!(
+            "layers.{}.downsample.reduction.weight",
+            stages - 1
+        ))
+    {
+        return Err(ctx.err(format!(
+            "original-layout checkpoint has a patch merging after its last stage (`layers.{}.downsample`), \
+             which no Swin has",
+            stages - 1
+        )));
+    }
+
+    let mut blocks: Vec<Box<dyn Block>> = Vec::new();
+    blocks.push(Box::new(PatchEmbed {
+        tensors: vec![
+            ctx.expect("patch_embed.proj.weight", &[dim0, 3, patch, patch])?,
+            ctx.expect("patch_embed.proj.bias", &[dim0])?,
+            ctx.expect("patch_embed.norm.weight", &[dim0])?,
+            ctx.expect("patch_embed.norm.bias", &[dim0])?,
+        ],
+        dim: dim0,
+        patch,
+        img,
+    }));
+
+    let (mut res, mut dim) = (grid, dim0);
+    for s in 0..stages {
+        let norm1 = ctx.shape(&format!("layers.{s}.blocks.0.norm1.weight"))?;
+        let &[sdim] = norm1.as_slice() else {
+            return Err(ctx.err(format!(
+                "layers.{s}.blocks.0.norm1.weight has shape {norm1:?}, expected [dim]"
+            )));
+        };
+        if s > 0 {
+            let src = if old { s - 1 } else { s };
+            let prefix = format!("layers.{src}.downsample.");
+            let n = |t: &str| format!("{prefix}{t}");
+            let tensors = vec![
+                ctx.expect(&n("norm.weight"), &[4 * dim])?,
+                ctx.expect(&n("norm.bias"), &[4 * dim])?,
+                ctx.expect(&n("reduction.weight"), &[sdim, 4 * dim])?,
+            ];
+            blocks.push(Box::new(PatchMerging {
+                name: format!("layers.{s}.downsample"),
+                prefix,
+                tensors,
+                dim,
+                out_dim: sdim,
+                res,
+            }));
+            res = (res.0.div_ceil(2), res.1.div_ceil(2));
+            dim = sdim;
+        } else if sdim != dim0 {
+            return Err(ctx.err(format!(
+                "layers.0 is {sdim} wide but the patch embedding gives {dim0} (no patch merging in layers.0)"
+            )));
+        }
+        let depth = ctx.count(&format!("layers.{s}.blocks."), "norm1.weight");
+        for b in 0..depth {
+            blocks.push(Box::new(SwinBlock::build(ctx, s, b, dim, res)?));
+        }
+    }
+
+    let pool = ctx
+        .config
+        .model_args
+        .get("global_pool")
+        .and_then(|v| v.as_str());
+    if !matches!(pool, None | Some("avg")) {
+        return Err(ctx.err(format!(
+            "global_pool `{}` is not supported (avg)",
+            pool.unwrap_or_default()
+        )));
+    }
+    let fc = if old { "head." } else { "head.fc." };
+    let head_w = format!("{fc}weight");
+    let hs = ctx.shape(&head_w)?;
+    let &[classes, head_in] = hs.as_slice() else {
+        return Err(ctx.err(format!(
+            "{head_w} has shape {hs:?}, expected [classes, {dim}]"
+        )));
+    };
+    if head_in != dim {
+        return Err(ctx.err(format!(
+            "{head_w} has shape {hs:?}, expected [classes, {dim}]"
+        )));
+    }
+    blocks.push(Box::new(Head {
+        tensors: vec![
+            ctx.expect("norm.weight", &[dim])?,
+            ctx.expect("norm.bias", &[dim])?,
+            ctx.expect(&head_w, &[classes, dim])?,
+            ctx.expect(&format!("{fc}bias"), &[classes])?,
+        ],
+        fc: fc.to_string(),
+        dim,
+        classes,
+    }));
+    ctx.num_classes = Some(classes);
+    Ok(blocks)
+}
+
+fn model_error(s: &Store, msg: String) -> crate::Error {
+    crate::Error::Model {
+        path: s.path().to_path_buf(),
+        msg,
+    }
+}
+
+/// Checks that `x` is `[b, h, w, c]` for this block; returns `b`.
+fn check_nhwc(s: &Store, block: &str, x: &Act, (h, w): (usize, usize), c: usize) -> Result<usize> {
+    match x.shape.as_slice() {
+        &[b, xh, xw, xc] if (xh, xw, xc) == (h, w, c) => Ok(b),
+        other => Err(model_error(
+            s,
+            format!("{block}: expected a [batch, {h}, {w}, {c}] input, got {other:?}"),
+        )),
+    }
+}
+
+/// `x += y` elementwise, in parallel.
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(16384)
+        .zip(y.par_chunks(16384))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+}
+
+/// Conv patch embedding + LayerNorm: `[b, 3, H, W]` -> `[b, H/p, W/p, dim]`.
+struct PatchEmbed {
+    tensors: Vec<String>,
+    dim: usize,
+    patch: usize,
+    img: (usize, usize),
+}
+
+impl Block for PatchEmbed {
+    fn name(&self) -> &str {
+        "patch_embed"
+    }
+
+    fn tensors(&self) -> &[String] {
+        &self.tensors
+    }
+
+    fn forward(&self, s: &Store, x: Act) -> Result<Act> {
+        let (ih, iw) = self.img;
+        let &[b, c, h, w] = x.shape.as_slice() else {
+            return Err(model_error(
+                s,
+                format!("expected a [batch, 3, {ih}, {iw}] image, got {:?}", x.shape),
+            ));
+        };
+        if (c, h, w) != (3, ih, iw) {
+            return Err(model_error(
+                s,
+                format!(
+                    "input {c}x{h}x{w} does not fit: this Swin is built for 3x{ih}x{iw} images \
+                     (its windows and shift masks are fixed for that size)"
+                ),
+            ));
+        }
+        let (gh, gw) = (h / self.patch, w / self.patch);
+        let mut out = ops::patch_conv(
+            &x.data,
+            Layout::Nchw,
+            (b, c, h, w),
+            self.patch,
+            &s.view::<f32>("patch_embed.proj.weight")?,
+            Some(&s.view::<f32>("patch_embed.proj.bias")?),
+            self.dim,
+        );
+        ops::layer_norm(
+            &mut out,
+            self.dim,
+            &s.view("patch_embed.norm.weight")?,
+            &s.view("patch_embed.norm.bias")?,
+            EPS,
+        );
+        Ok(Act::new(out, vec![b, gh, gw, self.dim]))
+    }
+}
+
+/// timm's `PatchMerging`: pad to even, concat each 2x2 neighbourhood as (y0 x0, y1 x0, y0 x1, y1 x1),
+/// LayerNorm over `4 dim`, bias-free linear to `out_dim`: `[b, h, w, dim]` -> `[b, ceil(h/2), ceil(w/2), out]`.
+struct PatchMerging {
+    name: String,
+    /// Where its tensors live: `layers.{s}.downsample.`, or `layers.{s-1}.downsample.` in the original layout.
+    prefix: String,
+    tensors: Vec<String>,
+    dim: usize,
+    out_dim: usize,
+    res: (usize, usize),
+}
+
+impl Block for PatchMerging {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tensors(&self) -> &[String] {
+        &self.tensors
+    }
+
+    fn forward(&self, s: &Store, x: Act) -> Result<Act> {
+        let (h, w, c) = (self.res.0, self.res.1, self.dim);
+        let b = check_nhwc(s, &self.name, &x, self.res, c)?;
+        let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
+        let mut cat = vec![0.0f32; b * h2 * w2 * 4 * c];
+        cat.par_chunks_mut(w2 * 4 * c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (bi, y2) = (row / h2, row % h2);
+                for x2 in 0..w2 {
+                    for k in 0..4 {
+                        // timm: reshape(B, H/2, 2, W/2, 2, C).permute(0, 1, 3, 4, 2, 5): w offset major.
+                        let (y, xx) = (2 * y2 + k % 2, 2 * x2 + k / 2);
+                        if y < h && xx < w {
+                            dst[(x2 * 4 + k) * c..][..c]
+                                .copy_from_slice(&x.data[((bi * h + y) * w + xx) * c..][..c]);
+                        }
+                    }
+                }
+            });
+        let f = |t: &str| s.view::<f32>(&format!("{}{t}", self.prefix));
+        ops::layer_norm(&mut cat, 4 * c, &f("norm.weight")?, &f("norm.bias")?, EPS);
+        let out = ops::linear(
+            &cat,
+            b * h2 * w2,
+            &f("reduction.weight")?,
+            self.out_dim,
+            None,
+        );
+        Ok(Act::new(out, vec![b, h2, w2, self.out_dim]))
+    }
+}
+
+/// timm's `SwinTransformerBlock`: `x + attn(norm1(x))` over (shifted) windows, then `x + mlp(norm2(x))`.
+struct SwinBlock {
+    name: String,
+    prefix: String,
+    tensors: Vec<String>,
+    dim: usize,
+    /// Width of q, k, v and of the attention output: `heads * head_dim`.
+    attn_dim: usize,
+    heads: usize,
+    hidden: usize,
+    qkv_bias: bool,
+    /// Feature map, window and cyclic shift, all after timm's clamp.
+    res: (usize, usize),
+    window: (usize, usize),
+    shift: (usize, usize),
+    /// Rows of the bias table per (query, key) pair, `[n * n]`.
+    rel_index: Vec<u32>,
+    /// The shift mask `[num_windows, n, n]`, empty without a shift.
+    mask: std::sync::Arc<[f32]>,
+}
+
+impl SwinBlock {
+    fn build(
+        ctx: &mut BuildCtx,
+        s: usize,
+        b: usize,
+        dim: usize,
+        res: (usize, usize),
+    ) -> Result<SwinBlock> {
+        let prefix = format!("layers.{s}.blocks.{b}.");
+        let n = |t: &str| format!("{prefix}{t}");
+        let table = n("attn.relative_position_bias_table");
+        let ts = ctx.shape(&table)?;
+        let &[rows, heads] = ts.as_slice() else {
+            return Err(ctx.err(format!(
+                "{table} has shape {ts:?}, expected [(2w-1)^2, heads]"
+            )));
+        };
+        let (window, target) = block_window(ctx, &table, rows, res)?;
+        // timm: shift window//2 on odd blocks, 0 along an axis the window covers whole.
+        let shift = if b % 2 == 1 {
+            (
+                if res.0 > window.0 { target / 2 } else { 0 },
+                if res.1 > window.1 { target / 2 } else { 0 },
+            )
+        } else {
+            (0, 0)
+        };
+        let qs = ctx.shape(&n("attn.qkv.weight"))?;
+        let attn_dim = qs[0] / 3;
+        if qs.len() != 2 || qs[1] != dim || qs[0] % 3 != 0 || heads == 0 || attn_dim % heads != 0 {
+            return Err(ctx.err(format!(
+                "{} has shape {qs:?}, expected [3 * heads * head_dim, {dim}] with {heads} heads (from the bias \
+                 table)",
+                n("attn.qkv.weight")
+            )));
+        }
+        let hidden = ctx.shape(&n("mlp.fc1.weight"))?[0];
+        let mut tensors = vec![
+            table.clone(),
+            ctx.expect(&n("norm1.weight"), &[dim])?,
+            ctx.expect(&n("norm1.bias"), &[dim])?,
+            ctx.expect(&n("attn.qkv.weight"), &[3 * attn_dim, dim])?,
+            ctx.expect(&n("attn.proj.weight"), &[dim, attn_dim])?,
+            ctx.expect(&n("attn.proj.bias"), &[dim])?,
+            ctx.expect(&n("norm2.weight"), &[dim])?,
+            ctx.expect(&n("norm2.bias"), &[dim])?,
+            ctx.expect(&n("mlp.fc1.weight"), &[hidden, dim])?,
+            ctx.expect(&n("mlp.fc1.bias"), &[hidden])?,
+            ctx.expect(&n("mlp.fc2.weight"), &[dim, hidden])?,
+            ctx.expect(&n("mlp.fc2.bias"), &[dim])?,
+        ];
+        let qkv_bias = ctx.optional(&n("attn.qkv.bias"), &[3 * attn_dim])?;
+        tensors.extend(qkv_bias.iter().cloned());
+
+        let tokens = window.0 * window.1;
+        let mask = shift_mask(res, window, shift);
+        claim_buffer(ctx, &n("attn.relative_position_index"), &[tokens, tokens])?;
+        let windows = mask.len() / (tokens * tokens).max(1);
+        claim_buffer(ctx, &n("attn_mask"), &[windows, tokens, tokens])?;
+        Ok(SwinBlock {
+            name: format!("layers.{s}.blocks.{b}"),
+            prefix,
+            tensors,
+            dim,
+            attn_dim,
+            heads,
+            hidden,
+            qkv_bias: qkv_bias.is_some(),
+            res,
+            window,
+            shift,
+            rel_index: relative_position_index(window.0, window.1),
+            mask: mask.into(),
+        })
+    }
+}
+
+impl Block for SwinBlock {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tensors(&self) -> &[String] {
+        &self.tensors
+    }
+
+    fn forward(&self, s: &Store, mut x: Act) -> Result<Act> {
+        let (h, w, c) = (self.res.0, self.res.1, self.dim);
+        let b = check_nhwc(s, &self.name, &x, self.res, c)?;
+        let f = |t: &str| s.view::<f32>(&format!("{}{t}", self.prefix));
+        let (wh, ww) = self.window;
+        let (sh, sw) = self.shift;
+        let (nwh, nww) = (h.div_ceil(wh), w.div_ceil(ww));
+        let (nw, n) = (nwh * nww, wh * ww);
+        let groups = b * nw;
+
+        // norm1, cyclic shift by -shift, zero padding to whole windows, window partition: [b * nw, n, c].
+        let mut normed = x.data.clone();
+        ops::layer_norm(&mut normed, c, &f("norm1.weight")?, &f("norm1.bias")?, EPS);
+        let mut win = vec![0.0f32; groups * n * c];
+        win.par_chunks_mut(n * c).enumerate().for_each(|(g, dst)| {
+            let (bi, wy, wx) = (g / nw, g % nw / nww, g % nww);
+            for ty in 0..wh {
+                let py = wy * wh + ty;
+                if py >= h {
+                    break;
+                }
+                let y = (py + sh) % h;
+                for tx in 0..ww {
+                    let px = wx * ww + tx;
+                    if px >= w {
+                        break;
+                    }
+                    let xx = (px + sw) % w;
+                    dst[(ty * ww + tx) * c..][..c]
+                        .copy_from_slice(&normed[((bi * h + y) * w + xx) * c..][..c]);
+                }
+            }
+        });
+        drop(normed);
+
+        let qkv_bias = if self.qkv_bias {
+            Some(f("attn.qkv.bias")?)
+        } else {
+            None
+        };
+        let qkv = ops::linear(
+            &win,
+            groups * n,
+            &f("attn.qkv.weight")?,
+            3 * self.attn_dim,
+            qkv_bias.as_deref(),
+        );
+        drop(win);
+
+        // The relative position bias, gathered once per forward from the mapped table: [heads, n, n].
+        let table = f("attn.relative_position_bias_table")?;
+        let heads = self.heads;
+        let mut rel = vec![0.0f32; heads * n * n];
+        for (i, &r) in self.rel_index.iter().enumerate() {
+            let row = &table[r as usize * heads..][..heads];
+            for (hd, &v) in row.iter().enumerate() {
+                rel[hd * n * n + i] = v;
+            }
+        }
+        // ops::ScoreBias is a 'static closure type: it owns its bias and shares the mask.
+        let mask = std::sync::Arc::clone(&self.mask);
+        let add_bias = move |g: usize, hd: usize, scores: &mut [f32]| {
+            for (sc, r) in scores.iter_mut().zip(&rel[hd * n * n..][..n * n]) {
+                *sc += r;
+            }
+            if !mask.is_empty() {
+                for (sc, m) in scores.iter_mut().zip(&mask[(g % nw) * n * n..][..n * n]) {
+                    *sc += m;
+                }
+            }
+        };
+        let attn = ops::attention(
+            &qkv,
+            groups,
+            n,
+            heads,
+            self.attn_dim / heads,
+            Some(&add_bias),
+        );
+        drop(qkv);
+        let proj = ops::linear(
+            &attn,
+            groups * n,
+            &f("attn.proj.weight")?,
+            c,
+            Some(&f("attn.proj.bias")?),
+        );
+        drop(attn);
+
+        // Window reverse, crop, cyclic shift by +shift, residual.
+        x.data
+            .par_chunks_mut(w * c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (bi, y) = (row / h, row % h);
+                let py = (y + h - sh) % h;
+                for xx in 0..w {
+                    let px = (xx + w - sw) % w;
+                    let g = bi * nw + (py / wh) * nww + px / ww;
+                    let t = (py % wh) * ww + px % ww;
+                    let src = &proj[(g * n + t) * c..][..c];
+                    dst[xx * c..][..c]
+                        .iter_mut()
+                        .zip(src)
+                        .for_each(|(a, v)| *a += v);
+                }
+            });
+        drop(proj);
+
+        // MLP.
+        let rows = b * h * w;
+        let mut normed = x.data.clone();
+        ops::layer_norm(&mut normed, c, &f("norm2.weight")?, &f("norm2.bias")?, EPS);
+        let mut hid = ops::linear(
+            &normed,
+            rows,
+            &f("mlp.fc1.weight")?,
+            self.hidden,
+            Some(&f("mlp.fc1.bias")?),
+        );
+        drop(normed);
+        ops::gelu(&mut hid);
+        let out = ops::linear(
+            &hid,
+            rows,
+            &f("mlp.fc2.weight")?,
+            c,
+            Some(&f("mlp.fc2.bias")?),
+        );
+        add_assign(&mut x.data, &out);
+        Ok(x)
+    }
+}
+
+/// Final norm, global average pool over the map, `head.fc`: `[b, h, w, dim]` -> `[b, classes]`.
+struct Head {
+    tensors: Vec<String>,
+    /// `head.fc.`, or `head.` in the original layout.
+    fc: String,
+    dim: usize,
+    classes: usize,
+}
+
+impl Block for Head {
+    fn name(&self) -> &str {
+        "head"
+    }
+
+    fn tensors(&self) -> &[String] {
+        &self.tensors
+    }
+
+    fn forward(&self, s: &Store, x: Act) -> Result<Act> {
+        let dim = self.dim;
+        let (b, tokens) = match x.shape.as_slice() {
+            &[b, h, w, c] if c == dim => (b, h * w),
+            other => {
+                return Err(model_error(
+                    s,
+                    format!("head: expected a [batch, h, w, {dim}] input, got {other:?}"),
+                ))
+            }
+        };
+        let mut normed = x.data;
+        ops::layer_norm(
+            &mut normed,
+            dim,
+            &s.view("norm.weight")?,
+            &s.view("norm.bias")?,
+            EPS,
+        );
+        let mut pooled = vec![0.0f32; b * dim];
+        for (bi, dst) in pooled.chunks_exact_mut(dim).enumerate() {
+            for row in normed[bi * tokens * dim..(bi + 1) * tokens * dim].chunks_exact(dim) {
+                dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+            }
+            dst.iter_mut().for_each(|d| *d /= tokens as f32);
+        }
+        let logits = ops::linear(
+            &pooled,
+            b,
+            &s.view(&format!("{}weight", self.fc))?,
+            self.classes,
+            Some(&s.view(&format!("{}bias", self.fc))?),
+        );
+        Ok(Act::new(logits, vec![b, self.classes]))
+    }
 }
