@@ -28,7 +28,7 @@ fn batch_of(a: &Act, n: usize) -> Act {
 
 #[test]
 fn streaming_equals_plain_runner_bit_for_bit() {
-    let names = ["vit_tiny"];
+    let names = ["vit_tiny", "convnext_tiny", "swin_tiny"];
     let models: Vec<Model> = names
         .iter()
         .map(|n| Model::load(fixture(n)).unwrap())
