@@ -297,70 +297,10 @@ fn wrong_input_shape_is_an_error_not_a_panic() {
     assert!(err.contains("stages.0.blocks.0"), "{err}");
 }
 
-/// Full-size convnext_large (timm random weights from tools/export_timm.py):
-/// `WSTREAM_FULLSIZE=/work/fullsize cargo test --release --test convnext -- --ignored --nocapture`.
+/// Full-size parity and speed: `WSTREAM_FULLSIZE=/work/fullsize cargo test --release --test convnext --
+/// --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "needs WSTREAM_FULLSIZE (timm exports made by tools/export_timm.py)"]
 fn convnext_large_fullsize() {
-    let Ok(root) = std::env::var("WSTREAM_FULLSIZE") else {
-        eprintln!("WSTREAM_FULLSIZE is not set; skipping");
-        return;
-    };
-    let dir = Path::new(&root).join("convnext_large");
-    let model = Model::load(&dir).unwrap();
-    assert_eq!(model.blocks.len(), 1 + (3 + 3 + 27 + 3) + 3 + 1);
-    let (input, shape) = npy::read_f32(&dir.join("reference/cat.input.npy")).unwrap();
-    let (want, _) = npy::read_f32(&dir.join("reference/cat.logits.npy")).unwrap();
-    let run = || {
-        model
-            .forward(Act::new(input.clone(), shape.clone()))
-            .unwrap()
-    };
-    let logits = run(); // warm-up (also pages the weights in)
-    let diff = logits
-        .data
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    let mut times = Vec::new();
-    let mut per_block = vec![0.0f64; model.blocks.len()];
-    for _ in 0..3 {
-        let t = std::time::Instant::now();
-        let mut last = std::time::Instant::now();
-        let out = model
-            .forward_with(Act::new(input.clone(), shape.clone()), |i, _| {
-                per_block[i] += last.elapsed().as_secs_f64() * 1e3 / 3.0;
-                last = std::time::Instant::now();
-            })
-            .unwrap();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        assert_eq!(out.data, logits.data, "runs differ");
-    }
-    times.sort_by(f64::total_cmp);
-    let mut by_kind = std::collections::BTreeMap::<String, f64>::new();
-    for (b, ms) in model.blocks.iter().zip(&per_block) {
-        let name = b.name();
-        let kind = match name.split('.').collect::<Vec<_>>().as_slice() {
-            ["stages", s, "blocks", _] => format!("stages.{s}.blocks"),
-            _ => name.to_string(),
-        };
-        *by_kind.entry(kind).or_default() += ms;
-    }
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/meta.json")).unwrap())
-            .unwrap();
-    let timm_ms = meta["timm_forward_ms"]["median"]
-        .as_f64()
-        .unwrap_or(f64::NAN);
-    eprintln!(
-        "convnext_large cat: max abs logit diff {diff:e}; median of 3 {:.1} ms (runs {times:.1?}, \
-         {} threads), timm {timm_ms:.1} ms",
-        times[1],
-        rayon::current_num_threads()
-    );
-    for (kind, ms) in &by_kind {
-        eprintln!("  {kind:<22} {ms:8.1} ms");
-    }
-    assert!(diff <= 1e-4, "logits max abs diff {diff} > 1e-4");
+    parity::fullsize("convnext_large");
 }

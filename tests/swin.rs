@@ -218,66 +218,7 @@ fn original_layout_checkpoint_is_remapped() {
 /// Full-size parity and speed: `WSTREAM_FULLSIZE=/work/fullsize cargo test --release --test swin --
 /// --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "needs WSTREAM_FULLSIZE (timm exports made by tools/export_timm.py)"]
 fn swin_large_fullsize() {
-    let root =
-        std::env::var("WSTREAM_FULLSIZE").expect("set WSTREAM_FULLSIZE to the full-size folder");
-    let dir = Path::new(&root).join("swin_large_patch4_window7_224");
-    let model = Model::load(&dir).unwrap();
-    let names: Vec<&str> = model.blocks.iter().map(|b| b.name()).collect();
-    eprintln!("{} blocks: {names:?}", names.len());
-    let (input, shape) = npy::read_f32(&dir.join("reference/cat.input.npy")).unwrap();
-    let (want, _) = npy::read_f32(&dir.join("reference/cat.logits.npy")).unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/meta.json")).unwrap())
-            .unwrap();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
-    let x = Act::new(input, shape);
-    let (logits, times) = pool.install(|| {
-        let logits = model.forward(x.clone()).unwrap(); // warm-up: pages in the weights
-        let mut times: Vec<f64> = (0..3)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                model.forward(x.clone()).unwrap();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        // Where the time goes: one more run, summed per stage and block kind.
-        let mut per: Vec<(String, f64)> = Vec::new();
-        let mut last = std::time::Instant::now();
-        model
-            .forward_with(x.clone(), |i, _| {
-                let name = model.blocks[i].name();
-                let kind = match name.rsplit_once(".blocks.") {
-                    Some((stage, _)) => format!("{stage}.blocks"),
-                    None => name.to_string(),
-                };
-                let ms = last.elapsed().as_secs_f64() * 1e3;
-                match per.iter_mut().find(|(k, _)| *k == kind) {
-                    Some((_, t)) => *t += ms,
-                    None => per.push((kind, ms)),
-                }
-                last = std::time::Instant::now();
-            })
-            .unwrap();
-        let per: Vec<String> = per.iter().map(|(k, t)| format!("{k} {t:.0}")).collect();
-        eprintln!("time per part (ms): {}", per.join(", "));
-        (logits, times)
-    });
-    let d = logits
-        .data
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
-    eprintln!(
-        "swin_large_patch4_window7_224: logits max abs diff {d:e}; {:.1} ms per image (median of 3, 2 threads; \
-         runs {times:?}); timm {} ms",
-        times[1], meta["timm_forward_ms"]["median"]
-    );
-    assert!(d <= 1e-4, "logits max abs diff {d}");
+    parity::fullsize("swin_large_patch4_window7_224");
 }

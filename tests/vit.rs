@@ -8,3 +8,11 @@ use common::parity;
 fn vit_tiny_matches_timm_block_by_block() {
     parity::check("vit_tiny", |_, act| act.clone(), 1e-4, 1e-4);
 }
+
+/// Full-size parity and speed: `WSTREAM_FULLSIZE=/work/fullsize cargo test --release --test vit --
+/// --ignored --nocapture`.
+#[test]
+#[ignore = "needs WSTREAM_FULLSIZE (timm exports made by tools/export_timm.py)"]
+fn vit_large_fullsize() {
+    parity::fullsize("vit_large_patch16_224");
+}

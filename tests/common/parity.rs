@@ -88,3 +88,64 @@ pub fn check(model_dir: &str, to_timm: impl Fn(&str, &Act) -> Act, block_tol: f3
     }
     assert!(images > 0, "no reference inputs in {}", dir.display());
 }
+
+/// Full-size parity and speed against a timm export in `$WSTREAM_FULLSIZE/<name>` (tools/export_timm.py):
+/// max abs logit diff on reference/cat.input.npy (<= 1e-4), and the plain runner's time per image at 2
+/// threads (median of 3 after a warm-up that pages the weights in) next to timm's from reference/meta.json,
+/// with the time per kind of block. Skips when WSTREAM_FULLSIZE is not set.
+pub fn fullsize(name: &str) {
+    let Ok(root) = std::env::var("WSTREAM_FULLSIZE") else {
+        eprintln!("WSTREAM_FULLSIZE is not set; skipping {name}");
+        return;
+    };
+    let dir = Path::new(&root).join(name);
+    let model = Model::load(&dir).unwrap();
+    let (input, shape) = npy::read_f32(&dir.join("reference/cat.input.npy")).unwrap();
+    let (want, _) = npy::read_f32(&dir.join("reference/cat.logits.npy")).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/meta.json")).unwrap())
+            .unwrap();
+    let x = Act::new(input, shape);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let (logits, mut times, parts) = pool.install(|| {
+        let logits = model.forward(x.clone()).unwrap();
+        let mut times = Vec::new();
+        let mut parts: Vec<(String, f64)> = Vec::new();
+        for _ in 0..3 {
+            let start = std::time::Instant::now();
+            let mut last = start;
+            let out = model
+                .forward_with(x.clone(), |i, _| {
+                    let name = model.blocks[i].name();
+                    let kind = name
+                        .trim_end_matches(|c: char| c.is_ascii_digit())
+                        .trim_end_matches('.')
+                        .to_string();
+                    let ms = last.elapsed().as_secs_f64() * 1e3 / 3.0;
+                    match parts.iter_mut().find(|(k, _)| *k == kind) {
+                        Some((_, t)) => *t += ms,
+                        None => parts.push((kind, ms)),
+                    }
+                    last = std::time::Instant::now();
+                })
+                .unwrap();
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(out.data, logits.data, "repeated runs differ");
+        }
+        (logits, times, parts)
+    });
+    times.sort_by(f64::total_cmp);
+    let d = max_abs_diff(&logits.data, &want);
+    let parts: Vec<String> = parts.iter().map(|(k, t)| format!("{k} {t:.0}")).collect();
+    eprintln!(
+        "{name}: logits max abs diff {d:e}; {:.0} ms per image (median of 3 at 2 threads, runs {times:.0?}); \
+         timm {} ms\n  time per part (ms): {}",
+        times[1],
+        meta["timm_forward_ms"]["median"],
+        parts.join(", ")
+    );
+    assert!(d <= 1e-4, "{name}: logits max abs diff {d} > 1e-4");
+}
