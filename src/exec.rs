@@ -2,7 +2,8 @@
 //!
 //! All models are mapped up front (cheap: nothing is read). The blocks of every model form one schedule; a
 //! prefetch thread walks ahead of the compute thread, asking the kernel for each block's pages (madvise
-//! WILLNEED) and touching them so major faults land on the prefetch thread, not on compute. Once a block has
+//! WILLNEED) and mapping them in (MADV_POPULATE_READ) so page faults land on the prefetch thread, not on
+//! compute. Once a block has
 //! run, its pages are released (madvise DONTNEED, rounded inward so a page shared with a neighbour stays;
 //! with [`Evict::Cache`] also dropped from the page cache). How far the prefetcher may run ahead is bounded by
 //! a byte budget, so resident weights stay at about one block plus the look-ahead, whatever the model size.
@@ -227,9 +228,9 @@ impl<'m> Executor<'m> {
                     let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
                     for r in &self.steps[i].ranges {
                         let map = self.file(self.steps[i].model, r.file);
-                        // Read-ahead is advisory: a failed madvise only means the touch below faults more.
+                        // Read-ahead is advisory: a failed madvise only means populate faults more.
                         let _ = residency::prefetch(map, r.range.clone());
-                        residency::touch(map, r.range.clone());
+                        residency::populate(map, r.range.clone());
                     }
                     let done = Prefetched {
                         faults: Faults::thread().since(faults),
