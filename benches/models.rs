@@ -1,5 +1,6 @@
 //! Each Large model end to end, batch 1, warm page cache, weights streamed from synthetic files with timm's
-//! exact layout (written once into target/bench-weights by `wstream::synth`), plus the three-model ensemble.
+//! exact layout (written once into target/bench-weights by `wstream::synth`), streamed and with the plain
+//! runner, plus the three-model ensemble.
 
 use std::path::PathBuf;
 

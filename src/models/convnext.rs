@@ -16,8 +16,8 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
-use crate::models::{Act, Block, BuildCtx};
+use crate::error::Result;
+use crate::models::{input_error, Act, Block, BuildCtx};
 use crate::ops::{self, Layout};
 use crate::store::Store;
 
@@ -365,13 +365,6 @@ fn claim_bias(ctx: &mut BuildCtx, name: &str, n: usize, conv_bias: bool) -> Resu
         )))
     } else {
         Ok(None)
-    }
-}
-
-fn input_error(s: &Store, msg: String) -> Error {
-    Error::Model {
-        path: s.path().to_path_buf(),
-        msg,
     }
 }
 

@@ -47,6 +47,14 @@ pub trait Block: Send + Sync {
     fn forward(&self, store: &Store, x: Act) -> Result<Act>;
 }
 
+/// An error about what reached a block (input shape, size), naming the model's weights.
+pub(crate) fn input_error(store: &Store, msg: String) -> Error {
+    Error::Model {
+        path: store.path().to_path_buf(),
+        msg,
+    }
+}
+
 /// The architecture families wstream knows, detected from tensor names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {

@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::models::{Act, Block, BuildCtx};
+use crate::models::{input_error, Act, Block, BuildCtx};
 use crate::ops::{self, Layout};
 use crate::store::Store;
 
@@ -321,18 +321,11 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
     Ok(blocks)
 }
 
-fn model_error(s: &Store, msg: String) -> crate::Error {
-    crate::Error::Model {
-        path: s.path().to_path_buf(),
-        msg,
-    }
-}
-
 /// Checks that `x` is `[b, h, w, c]` for this block; returns `b`.
 fn check_nhwc(s: &Store, block: &str, x: &Act, (h, w): (usize, usize), c: usize) -> Result<usize> {
     match x.shape.as_slice() {
         &[b, xh, xw, xc] if (xh, xw, xc) == (h, w, c) => Ok(b),
-        other => Err(model_error(
+        other => Err(input_error(
             s,
             format!("{block}: expected a [batch, {h}, {w}, {c}] input, got {other:?}"),
         )),
@@ -366,13 +359,13 @@ impl Block for PatchEmbed {
     fn forward(&self, s: &Store, x: Act) -> Result<Act> {
         let (ih, iw) = self.img;
         let &[b, c, h, w] = x.shape.as_slice() else {
-            return Err(model_error(
+            return Err(input_error(
                 s,
                 format!("expected a [batch, 3, {ih}, {iw}] image, got {:?}", x.shape),
             ));
         };
         if (c, h, w) != (3, ih, iw) {
-            return Err(model_error(
+            return Err(input_error(
                 s,
                 format!(
                     "input {c}x{h}x{w} does not fit: this Swin is built for 3x{ih}x{iw} images \
@@ -719,7 +712,7 @@ impl Block for Head {
         let (b, tokens) = match x.shape.as_slice() {
             &[b, h, w, c] if c == dim => (b, h * w),
             other => {
-                return Err(model_error(
+                return Err(input_error(
                     s,
                     format!("head: expected a [batch, h, w, {dim}] input, got {other:?}"),
                 ))

@@ -4,7 +4,7 @@
 //! linear head.
 
 use crate::error::Result;
-use crate::models::{Act, Block, BuildCtx};
+use crate::models::{input_error, Act, Block, BuildCtx};
 use crate::ops::{self, Layout};
 use crate::store::Store;
 
@@ -231,13 +231,6 @@ impl Block for PatchEmbed {
             );
         }
         Ok(Act::new(out, vec![b, self.tokens, dim]))
-    }
-}
-
-fn input_error(s: &Store, msg: String) -> crate::Error {
-    crate::Error::Model {
-        path: s.path().to_path_buf(),
-        msg,
     }
 }
 
