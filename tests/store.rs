@@ -298,3 +298,48 @@ fn bad_flags_get_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--bogus"), "{stderr}");
 }
+
+#[test]
+fn inspect_json_lists_every_tensor() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_tiny");
+    let (code, stdout, stderr) = wstream(&["inspect", "--json", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["architecture"], "vit");
+    let tensors = v["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 32);
+    let sum: u64 = tensors.iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(v["total_bytes"].as_u64().unwrap(), sum);
+    let file_len = std::fs::metadata(dir.join("model.safetensors"))
+        .unwrap()
+        .len();
+    let last = tensors
+        .iter()
+        .map(|t| t["offset"].as_u64().unwrap() + t["bytes"].as_u64().unwrap())
+        .max();
+    assert_eq!(last, Some(file_len), "offsets are absolute file offsets");
+    let pos = tensors.iter().find(|t| t["name"] == "pos_embed").unwrap();
+    assert_eq!(pos["shape"], serde_json::json!([1, 17, 32]));
+    assert_eq!(pos["dtype"], "F32");
+    assert!(
+        pos.get("resident_bytes").is_none(),
+        "residency only when asked"
+    );
+
+    let (code, stdout, _) = wstream(&["inspect", "--json", "--residency", dir.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for t in v["tensors"].as_array().unwrap() {
+        assert!(t["resident_bytes"].as_u64().unwrap() <= t["bytes"].as_u64().unwrap());
+    }
+    let groups: Vec<&str> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["group"].as_str().unwrap())
+        .collect();
+    assert!(
+        groups.contains(&"blocks.0.") && groups.contains(&"blocks.1."),
+        "{groups:?}"
+    );
+}
