@@ -41,8 +41,12 @@ fn models(c: &mut Criterion) {
     for m in &all {
         let one = std::slice::from_ref(m);
         let exec = Executor::new(one, ExecOptions::default()).unwrap();
-        g.bench_function(m.name.as_str(), |b| {
+        g.bench_function(format!("{}/streamed", m.name), |b| {
             b.iter(|| exec.run(vec![image()]).unwrap())
+        });
+        // The plain runner keeps every page mapped: the streaming executor's cost is the difference.
+        g.bench_function(format!("{}/plain", m.name), |b| {
+            b.iter(|| m.forward(image()).unwrap())
         });
     }
     let exec = Executor::new(&all, ExecOptions::default()).unwrap();
