@@ -18,7 +18,9 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub struct Totals {
     pub blocks: usize,
     pub weight_bytes: u64,
-    /// Weight bytes that were not in the page cache when their block was scheduled: paged in from storage.
+    /// Weight bytes that were not in the page cache when their block was scheduled for prefetch (mincore).
+    /// Read-ahead of earlier blocks can bring pages in before that, so on a cold run `storage_read` is the
+    /// fuller figure.
     pub paged_in: u64,
     pub storage_read: u64,
     pub compute_faults: Faults,
@@ -251,9 +253,9 @@ impl Profile {
         let mut lanes_chart = ChartBuilder::on(&top)
             .caption(
                 format!(
-                    "wstream profile: {} blocks, {:.1} MiB paged in, {} major faults, peak RSS {:.0} MiB",
+                    "wstream profile: {} blocks, {:.0} MiB read from storage, {} major faults, peak RSS {:.0} MiB",
                     self.totals.blocks,
-                    self.totals.paged_in as f64 / MIB,
+                    self.totals.storage_read as f64 / MIB,
                     self.totals.major_faults(),
                     self.peak_rss as f64 / MIB
                 ),
@@ -324,6 +326,7 @@ impl Profile {
             .unwrap_or(0)
             .max(self.peak_rss);
         let mut mem = ChartBuilder::on(&bottom)
+            .caption("memory after each block (MiB)", ("sans-serif", 14))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(230)
@@ -331,7 +334,6 @@ impl Profile {
             .map_err(|e| err(&e))?;
         mem.configure_mesh()
             .x_desc("time (s)")
-            .y_desc("MiB after each block")
             .draw()
             .map_err(|e| err(&e))?;
         let series: [(&str, RGBColor, Reading); 3] = [
@@ -365,17 +367,18 @@ impl Profile {
     }
 }
 
-/// Two lines of totals, each under 100 columns for model names of usual length.
 /// Picks one memory reading from a block record.
 type Reading = fn(&BlockRecord) -> u64;
 
+/// Three lines of totals, each under 100 columns for model names of usual length.
 fn totals_line(title: &str, t: &Totals) -> String {
     format!(
-        "{title}: {:.1} MiB of weights, {:.1} MiB paged in at {:.0} MiB/s\n    faults {} major / {} minor; \
-         compute {:.0}% (waiting for pages {:.0}%) of {:.0} ms",
+        "{title}: {:.1} MiB of weights\n    paged in {:.1} MiB at {:.0} MiB/s, read from storage {:.1} MiB; \
+         faults {} major / {} minor\n    compute {:.0}% (waiting for pages {:.0}%) of {:.0} ms",
         t.weight_bytes as f64 / MIB,
         t.paged_in as f64 / MIB,
         t.paged_in_rate(),
+        t.storage_read as f64 / MIB,
         t.major_faults(),
         t.minor_faults(),
         100.0 * t.compute_share(),
