@@ -131,6 +131,13 @@ fn config_that_disagrees_with_the_weights_is_refused() {
         "config.json says architecture `convnext_large` (convnext) but the weights are a vit model",
     );
     std::fs::write(m.join("config.json"), "{ not json").unwrap();
+    // Without a config.json, the file name stands for the architecture.
+    let named = dir.path().join("convnext_tiny.safetensors");
+    std::fs::copy(fixture("vit_tiny").join("model.safetensors"), &named).unwrap();
+    expect_one_line(
+        &["classify", "--model", named.to_str().unwrap(), &image()],
+        "the file name says architecture `convnext_tiny` (convnext) but the weights are a vit model",
+    );
     expect_one_line(
         &["classify", "--model", m.to_str().unwrap(), &image()],
         "not a valid timm config.json",

@@ -126,7 +126,7 @@ impl Model {
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from("."))
         };
-        let config = ModelConfig::load_optional(&dir.join("config.json"))?;
+        let mut config = ModelConfig::load_optional(&dir.join("config.json"))?;
         let model_err = |msg: String| Error::Model {
             path: path.to_path_buf(),
             msg,
@@ -137,22 +137,33 @@ impl Model {
                     .into(),
             ));
         };
-        let from_name = config
-            .architecture
-            .clone()
-            .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()));
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        let mut source = "config.json says";
+        if config.architecture.is_none() {
+            // Without config.json, a file named after its architecture (`vit_huge_patch14_224.safetensors`)
+            // still tells what shapes cannot, such as ViT's head count.
+            config.architecture = stem
+                .clone()
+                .filter(|s| Family::from_architecture(s).is_some());
+            source = "the file name says";
+        }
         if let Some(arch) = &config.architecture {
             match Family::from_architecture(arch) {
                 Some(f) if f != family => {
                     return Err(model_err(format!(
-                    "config.json says architecture `{arch}` ({}) but the weights are a {} model",
-                    f.name(),
-                    family.name()
-                )))
+                        "{source} architecture `{arch}` ({}) but the weights are a {} model",
+                        f.name(),
+                        family.name()
+                    )))
                 }
                 _ => {}
             }
         }
+        let name = config
+            .architecture
+            .clone()
+            .or(stem)
+            .unwrap_or_else(|| family.name().to_string());
         let mut ctx = BuildCtx::new(&store, &config, path);
         let blocks = match family {
             Family::Vit => vit::build(&mut ctx)?,
@@ -163,7 +174,6 @@ impl Model {
             .num_classes
             .ok_or_else(|| model_err("no classifier head found".into()))?;
         ctx.finish()?;
-        let name = from_name.unwrap_or_else(|| family.name().to_string());
         Ok(Model {
             name,
             family,
