@@ -168,8 +168,11 @@ pub fn release(
     Ok(out)
 }
 
-/// Drops a whole file from the page cache (posix_fadvise DONTNEED), e.g. before a cold run.
+/// Drops a whole file from the page cache (posix_fadvise DONTNEED), e.g. before a cold run. Dirty pages
+/// (a file written moments ago, such as a fresh checkout) cannot be dropped, so they are written back first
+/// (fdatasync; the contents do not change).
 pub fn drop_file_cache(file: &File) -> std::io::Result<()> {
+    file.sync_data()?;
     // SAFETY: plain syscall on an open file descriptor; len 0 means "to the end of the file".
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     if rc == 0 {
