@@ -210,6 +210,10 @@ impl Model {
     }
 }
 
+/// Padding tensors `wstream convert --layout exec` puts between blocks so each starts on a page boundary;
+/// they hold zeros and no block reads them.
+pub const PAD_PREFIX: &str = "__pad__.";
+
 /// What a family's builder needs: the weights, the config, and a record of which tensors the blocks claim,
 /// so a checkpoint that holds tensors no block uses (a different architecture) is refused.
 pub struct BuildCtx<'a> {
@@ -293,7 +297,7 @@ impl<'a> BuildCtx<'a> {
             .tensors()
             .iter()
             .map(|t| t.name.as_str())
-            .filter(|n| !self.used.contains(*n))
+            .filter(|n| !self.used.contains(*n) && !n.starts_with(PAD_PREFIX))
             .collect();
         if let Some(first) = unused.first() {
             return Err(self.err(format!(
