@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::models::{Act, Model};
 use crate::residency::{self, Faults, MemReading, Released};
 use crate::store::FileRange;
+use crate::weight;
 
 /// What happens to a block's pages after it ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
@@ -38,7 +39,7 @@ pub enum Evict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExecOptions {
     /// Most weight bytes mapped into the process at once (current block + look-ahead); the look-ahead grows
-    /// to fill it. `None`: [`DEFAULT_BUDGET`], or the largest block if that is bigger.
+    /// to fill it. `None`: [`default_budget`].
     pub budget: Option<u64>,
     /// Most blocks prefetched ahead of the one computing.
     pub lookahead: usize,
@@ -58,9 +59,18 @@ impl Default for ExecOptions {
 /// The furthest the prefetcher runs ahead.
 pub const MAX_LOOKAHEAD: usize = 16;
 
-/// The budget when none is given: room for two blocks of the Large models' usual size, so the ensemble's
-/// peak RSS stays well under 256 MiB.
-pub const DEFAULT_BUDGET: u64 = 160 << 20;
+/// The most the default budget allows: two f32 blocks of the Large models' usual size, so the f32
+/// ensemble's peak RSS stays well under 256 MiB.
+pub const DEFAULT_BUDGET_CAP: u64 = 160 << 20;
+
+/// The budget when none is given: the block computing and the next one (twice the largest block), at most
+/// [`DEFAULT_BUDGET_CAP`], never below the largest block. Compact weights (int8: a quarter of the bytes)
+/// get a budget as much smaller, which is what keeps their peak RSS low.
+pub fn default_budget(largest_block: u64) -> u64 {
+    (2 * largest_block)
+        .min(DEFAULT_BUDGET_CAP)
+        .max(largest_block)
+}
 
 /// What one block's run cost.
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +98,9 @@ pub struct BlockRecord {
     pub end: Duration,
     pub mem_after: MemReading,
     pub released: Released,
+    /// f32 scratch the block widened f16/bf16/int8 weights into (bounded chunks + small tensors; an upper
+    /// bound on what it held at once). 0 for f32 weights, which are read in place.
+    pub scratch_bytes: u64,
 }
 
 /// What the executor is doing, as it happens. Steps number the blocks of all models in schedule order.
@@ -180,7 +193,7 @@ impl<'m> Executor<'m> {
             }
         }
         let largest = steps.iter().map(|s| s.bytes).max().unwrap_or(0);
-        let budget = opts.budget.unwrap_or(DEFAULT_BUDGET.max(largest));
+        let budget = opts.budget.unwrap_or(default_budget(largest));
         Ok(Executor {
             models,
             opts,
@@ -287,11 +300,13 @@ impl<'m> Executor<'m> {
                 });
                 let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
                 let compute_start = Instant::now();
+                weight::take_scratch();
                 let x = acts[step.model]
                     .take()
                     .expect("activation of a running model");
                 acts[step.model] = Some(block.forward(&model.store, x)?);
                 let compute = compute_start.elapsed();
+                let scratch_bytes = weight::take_scratch() as u64;
                 let compute_faults = Faults::thread().since(faults);
                 let compute_read = read_since(read, residency::thread_storage_read_bytes());
                 let released = self.release(i)?;
@@ -312,6 +327,7 @@ impl<'m> Executor<'m> {
                     end: start.elapsed(),
                     mem_after: MemReading::now(),
                     released,
+                    scratch_bytes,
                 };
                 observe(Event::BlockEnd(&record));
                 records.push(record);

@@ -19,6 +19,7 @@ pub mod profile;
 pub mod residency;
 pub mod store;
 pub mod synth;
+pub mod weight;
 
 pub use error::{Error, Result};
 pub use store::Store;

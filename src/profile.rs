@@ -36,6 +36,8 @@ pub struct Totals {
     pub peak_rss_after_block: u64,
     pub peak_rss_file: u64,
     pub peak_rss_anon: u64,
+    /// Largest f32 scratch one block widened its f16/bf16/int8 weights into.
+    pub peak_scratch: u64,
 }
 
 impl Totals {
@@ -56,6 +58,7 @@ impl Totals {
             t.peak_rss_after_block = t.peak_rss_after_block.max(r.mem_after.vm_rss);
             t.peak_rss_file = t.peak_rss_file.max(r.mem_after.rss_file);
             t.peak_rss_anon = t.peak_rss_anon.max(r.mem_after.rss_anon);
+            t.peak_scratch = t.peak_scratch.max(r.scratch_bytes);
         }
         t.wall = last.saturating_sub(first.unwrap_or_default());
         t
@@ -194,6 +197,13 @@ impl Profile {
             mib(self.totals.peak_rss_file),
             mib(self.totals.peak_rss_anon)
         );
+        if self.totals.peak_scratch > 0 {
+            let _ = writeln!(
+                s,
+                "widening scratch (f16/bf16/int8 weights to f32) <= {:.1} MiB per block",
+                mib(self.totals.peak_scratch)
+            );
+        }
         s
     }
 
@@ -202,12 +212,12 @@ impl Profile {
         let mut s = String::from(
             "model,block,weight_bytes,resident_before,compute_minor_faults,compute_major_faults,\
              prefetch_minor_faults,prefetch_major_faults,storage_read,wait_ms,compute_ms,start_ms,end_ms,\
-             vm_rss,rss_file,rss_anon,released_unmapped,released_dropped_from_cache\n",
+             vm_rss,rss_file,rss_anon,released_unmapped,released_dropped_from_cache,scratch_bytes\n",
         );
         for r in &self.blocks {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{}",
                 csv_field(&r.model),
                 csv_field(&r.block),
                 r.weight_bytes,
@@ -226,6 +236,7 @@ impl Profile {
                 r.mem_after.rss_anon,
                 r.released.unmapped,
                 r.released.dropped_from_cache,
+                r.scratch_bytes,
             );
         }
         s

@@ -20,6 +20,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::weight::{self, Weight};
 
 /// Headers larger than this are refused before they are parsed (the `safetensors` crate's own cap).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -369,6 +370,69 @@ impl Store {
             });
         }
         self.view(name)
+    }
+
+    /// A weight in its stored dtype, borrowed from the mapping: f32, f16, bf16, or int8 with its
+    /// `<name>_scale` (F32 `[out]`, every value finite and >= 0, else an error naming the scale tensor).
+    pub fn weight(&self, name: &str) -> Result<Weight<'_>> {
+        let t = self.info(name)?;
+        Ok(match t.dtype {
+            Dtype::F32 => Weight::F32(self.view(name)?),
+            Dtype::F16 => Weight::F16(self.view(name)?),
+            Dtype::BF16 => Weight::Bf16(self.view(name)?),
+            Dtype::I8 => {
+                let scale_name = weight::scale_name(name);
+                let scale = self.int8_scale(t, &scale_name)?;
+                if let Some((o, v)) = scale
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+                {
+                    return Err(Error::BadTensor {
+                        path: self.files[t.file].path.clone(),
+                        name: scale_name,
+                        msg: format!(
+                            "scale[{o}] is {v}: corrupted (int8 scales are finite and >= 0)"
+                        ),
+                    });
+                }
+                Weight::I8 {
+                    q: self.view(name)?,
+                    scale,
+                }
+            }
+            other => {
+                return Err(Error::WrongDtype {
+                    path: self.files[t.file].path.clone(),
+                    name: name.into(),
+                    expected: "F32, F16, BF16 or I8".into(),
+                    actual: other.to_string(),
+                })
+            }
+        })
+    }
+
+    /// The scale tensor of int8 weight `t`, checked to be F32 `[out]` (values are checked by the caller).
+    pub fn int8_scale(&self, t: &TensorInfo, scale_name: &str) -> Result<Cow<'_, [f32]>> {
+        let path = || self.files[t.file].path.clone();
+        if !self.contains(scale_name) {
+            return Err(Error::BadTensor {
+                path: path(),
+                name: t.name.clone(),
+                msg: format!("int8 weight without its scale tensor `{scale_name}`"),
+            });
+        }
+        let out = t.shape.first().copied().unwrap_or(1);
+        self.view_shaped::<f32>(scale_name, &[out])
+    }
+
+    /// A (small) tensor as f32 whatever its stored dtype: borrowed when f32, widened otherwise.
+    pub fn floats(&self, name: &str) -> Result<Cow<'_, [f32]>> {
+        let per_row = self.info(name)?.shape.iter().skip(1).product();
+        Ok(match self.weight(name)? {
+            Weight::F32(w) => w,
+            w => Cow::Owned(w.to_f32(per_row).into_owned()),
+        })
     }
 
     pub fn copy_stats(&self) -> CopyStats {

@@ -56,7 +56,8 @@ pub struct RunArgs {
     /// How the models of an ensemble are combined.
     #[arg(long, value_enum, default_value_t = Ensemble::MeanProb)]
     pub ensemble: Ensemble,
-    /// Most weight bytes resident at once (suffixes K, M, G); the prefetch look-ahead grows to fit it.
+    /// Most weight bytes resident at once (suffixes K, M, G; default twice the largest block, at most
+    /// 160M); the prefetch look-ahead grows to fit it.
     #[arg(long, value_parser = parse_bytes)]
     pub budget: Option<u64>,
     /// After a block ran: `rss` unmaps its pages (page cache stays warm), `cache` also drops them from the cache.

@@ -386,7 +386,7 @@ fn nhwc(s: &Store, block: &str, x: &Act, c: usize) -> Result<(usize, usize, usiz
 /// A conv bias, or zeros for `conv_bias=False` checkpoints.
 fn bias_or_zeros<'a>(s: &'a Store, on: bool, name: &str, n: usize) -> Result<Cow<'a, [f32]>> {
     if on {
-        s.view::<f32>(name)
+        s.floats(name)
     } else {
         Ok(Cow::Owned(vec![0.0; n]))
     }
@@ -437,7 +437,7 @@ impl Block for Stem {
             ));
         }
         let bias = if self.bias {
-            Some(s.view::<f32>("stem.0.bias")?)
+            Some(s.floats("stem.0.bias")?)
         } else {
             None
         };
@@ -446,15 +446,15 @@ impl Block for Stem {
             Layout::Nchw,
             (b, c, h, w),
             self.patch,
-            &s.view::<f32>("stem.0.weight")?,
+            &s.weight("stem.0.weight")?,
             bias.as_deref(),
             self.dim,
         );
         ops::layer_norm(
             &mut y,
             self.dim,
-            &s.view("stem.1.weight")?,
-            &s.view("stem.1.bias")?,
+            &s.floats("stem.1.weight")?,
+            &s.floats("stem.1.bias")?,
             self.eps,
         );
         Ok(Act::new(
@@ -497,7 +497,8 @@ impl Block for Downsample {
                 ),
             ));
         }
-        let f = |t: &str| s.view::<f32>(&format!("{}{t}", self.prefix));
+        let f = |t: &str| s.floats(&format!("{}{t}", self.prefix));
+        let m = |t: &str| s.weight(&format!("{}{t}", self.prefix));
         ops::layer_norm(
             &mut x.data,
             self.in_dim,
@@ -511,7 +512,7 @@ impl Block for Downsample {
             Layout::Nhwc,
             (b, self.in_dim, h, w),
             self.k,
-            &f("1.weight")?,
+            &m("1.weight")?,
             bias.as_deref(),
             self.dim,
         );
@@ -545,7 +546,8 @@ impl Block for ConvBlock {
         let dim = self.dim;
         let (b, h, w) = nhwc(s, &self.name, &x, dim)?;
         let rows = b * h * w;
-        let f = |t: &str| s.view::<f32>(&format!("{}{t}", self.prefix));
+        let f = |t: &str| s.floats(&format!("{}{t}", self.prefix));
+        let m = |t: &str| s.weight(&format!("{}{t}", self.prefix));
 
         let dw_bias = bias_or_zeros(s, self.bias, &format!("{}conv_dw.bias", self.prefix), dim)?;
         let mut y = ops::depthwise_conv(
@@ -558,10 +560,10 @@ impl Block for ConvBlock {
         ops::layer_norm(&mut y, dim, &f("norm.weight")?, &f("norm.bias")?, self.eps);
         // fc1 / fc2: Linear [out, in] or 1x1 conv [out, in, 1, 1], the same matrix either way. fc1's bias goes
         // in with the GELU, fc2's with the layer scale and the residual.
-        let mut hid = ops::linear(&y, rows, &f("mlp.fc1.weight")?, self.hidden, None);
+        let mut hid = ops::linear_weight(&y, rows, &m("mlp.fc1.weight")?, self.hidden, None);
         drop(y);
         ops::bias_gelu(&mut hid, &f("mlp.fc1.bias")?);
-        let out = ops::linear(&hid, rows, &f("mlp.fc2.weight")?, dim, None);
+        let out = ops::linear_weight(&hid, rows, &m("mlp.fc2.weight")?, dim, None);
         drop(hid);
         let gamma = if self.gamma { Some(f("gamma")?) } else { None };
         residual(&mut x.data, &out, &f("mlp.fc2.bias")?, gamma.as_deref());
@@ -636,8 +638,8 @@ impl Block for Head {
             ops::layer_norm(
                 &mut x.data,
                 dim,
-                &s.view("norm_pre.weight")?,
-                &s.view("norm_pre.bias")?,
+                &s.floats("norm_pre.weight")?,
+                &s.floats("norm_pre.bias")?,
                 self.eps,
             );
         }
@@ -656,27 +658,27 @@ impl Block for Head {
             ops::layer_norm(
                 &mut pooled,
                 dim,
-                &s.view("head.norm.weight")?,
-                &s.view("head.norm.bias")?,
+                &s.floats("head.norm.weight")?,
+                &s.floats("head.norm.bias")?,
                 self.eps,
             );
         }
         if let Some(hidden) = self.hidden {
-            pooled = ops::linear(
+            pooled = ops::linear_weight(
                 &pooled,
                 b,
-                &s.view("head.pre_logits.fc.weight")?,
+                &s.weight("head.pre_logits.fc.weight")?,
                 hidden,
-                Some(&s.view("head.pre_logits.fc.bias")?),
+                Some(&s.floats("head.pre_logits.fc.bias")?),
             );
             ops::gelu(&mut pooled);
         }
-        let logits = ops::linear(
+        let logits = ops::linear_weight(
             &pooled,
             b,
-            &s.view("head.fc.weight")?,
+            &s.weight("head.fc.weight")?,
             self.classes,
-            Some(&s.view("head.fc.bias")?),
+            Some(&s.floats("head.fc.bias")?),
         );
         Ok(Act::new(logits, vec![b, self.classes]))
     }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::store::{FileRange, Store};
+use crate::weight;
 
 pub use config::ModelConfig;
 
@@ -198,10 +199,26 @@ impl Model {
         Ok(x)
     }
 
+    /// Every tensor block `i` reads, in the order it names them; an int8 weight's scale follows the weight.
+    pub fn block_tensors(&self, i: usize) -> Vec<String> {
+        let mut names = Vec::new();
+        for n in self.blocks[i].tensors() {
+            names.push(n.clone());
+            if self
+                .store
+                .info(n)
+                .is_ok_and(|t| t.dtype == safetensors::Dtype::I8)
+            {
+                names.push(weight::scale_name(n));
+            }
+        }
+        names
+    }
+
     /// The byte ranges block `i` reads.
     pub fn block_ranges(&self, i: usize) -> Result<Vec<FileRange>> {
         self.store
-            .ranges_of(self.blocks[i].tensors().iter().map(String::as_str))
+            .ranges_of(self.block_tensors(i).iter().map(String::as_str))
     }
 
     /// The input `[3, h, w]` the model expects.
@@ -244,16 +261,32 @@ impl<'a> BuildCtx<'a> {
         }
     }
 
-    /// The shape of a tensor the model requires (f32), recording it as used.
+    /// The shape of a tensor the model requires, recording it as used. Any tensor may be F32, F16 or BF16;
+    /// a weight matrix (`*.weight`, 2 or more dims) may also be int8 with its `<name>_scale` beside it.
     pub fn shape(&mut self, name: &str) -> Result<Vec<usize>> {
+        use safetensors::Dtype;
         let t = self.store.info(name)?;
-        if t.dtype != safetensors::Dtype::F32 {
-            return Err(Error::WrongDtype {
-                path: self.path.to_path_buf(),
-                name: name.into(),
-                expected: "F32".into(),
-                actual: t.dtype.to_string(),
-            });
+        let matrix = name.ends_with(".weight") && t.shape.len() >= 2;
+        match t.dtype {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => {}
+            Dtype::I8 if matrix => {
+                let scale = weight::scale_name(name);
+                self.store.int8_scale(t, &scale)?;
+                self.used.insert(scale);
+            }
+            other => {
+                return Err(Error::WrongDtype {
+                    path: self.path.to_path_buf(),
+                    name: name.into(),
+                    expected: if matrix {
+                        "F32, F16, BF16 or I8"
+                    } else {
+                        "F32, F16 or BF16"
+                    }
+                    .into(),
+                    actual: other.to_string(),
+                })
+            }
         }
         self.used.insert(name.to_string());
         Ok(t.shape.clone())

@@ -379,15 +379,15 @@ impl Block for PatchEmbed {
             Layout::Nchw,
             (b, c, h, w),
             self.patch,
-            &s.view::<f32>("patch_embed.proj.weight")?,
-            Some(&s.view::<f32>("patch_embed.proj.bias")?),
+            &s.weight("patch_embed.proj.weight")?,
+            Some(&s.floats("patch_embed.proj.bias")?),
             self.dim,
         );
         ops::layer_norm(
             &mut out,
             self.dim,
-            &s.view("patch_embed.norm.weight")?,
-            &s.view("patch_embed.norm.bias")?,
+            &s.floats("patch_embed.norm.weight")?,
+            &s.floats("patch_embed.norm.bias")?,
             EPS,
         );
         Ok(Act::new(out, vec![b, gh, gw, self.dim]))
@@ -435,12 +435,13 @@ impl Block for PatchMerging {
                     }
                 }
             });
-        let f = |t: &str| s.view::<f32>(&format!("{}{t}", self.prefix));
+        let f = |t: &str| s.floats(&format!("{}{t}", self.prefix));
+        let m = |t: &str| s.weight(&format!("{}{t}", self.prefix));
         ops::layer_norm(&mut cat, 4 * c, &f("norm.weight")?, &f("norm.bias")?, EPS);
-        let out = ops::linear(
+        let out = ops::linear_weight(
             &cat,
             b * h2 * w2,
-            &f("reduction.weight")?,
+            &m("reduction.weight")?,
             self.out_dim,
             None,
         );
@@ -558,7 +559,8 @@ impl Block for SwinBlock {
     fn forward(&self, s: &Store, mut x: Act) -> Result<Act> {
         let (h, w, c) = (self.res.0, self.res.1, self.dim);
         let b = check_nhwc(s, &self.name, &x, self.res, c)?;
-        let f = |t: &str| s.view::<f32>(&format!("{}{t}", self.prefix));
+        let f = |t: &str| s.floats(&format!("{}{t}", self.prefix));
+        let m = |t: &str| s.weight(&format!("{}{t}", self.prefix));
         let (wh, ww) = self.window;
         let (sh, sw) = self.shift;
         let (nwh, nww) = (h.div_ceil(wh), w.div_ceil(ww));
@@ -595,10 +597,10 @@ impl Block for SwinBlock {
         } else {
             None
         };
-        let qkv = ops::linear(
+        let qkv = ops::linear_weight(
             &win,
             groups * n,
-            &f("attn.qkv.weight")?,
+            &m("attn.qkv.weight")?,
             3 * self.attn_dim,
             qkv_bias.as_deref(),
         );
@@ -635,10 +637,10 @@ impl Block for SwinBlock {
             Some(&add_bias),
         );
         drop(qkv);
-        let proj = ops::linear(
+        let proj = ops::linear_weight(
             &attn,
             groups * n,
-            &f("attn.proj.weight")?,
+            &m("attn.proj.weight")?,
             c,
             Some(&f("attn.proj.bias")?),
         );
@@ -668,19 +670,19 @@ impl Block for SwinBlock {
         let rows = b * h * w;
         let mut normed = x.data.clone();
         ops::layer_norm(&mut normed, c, &f("norm2.weight")?, &f("norm2.bias")?, EPS);
-        let mut hid = ops::linear(
+        let mut hid = ops::linear_weight(
             &normed,
             rows,
-            &f("mlp.fc1.weight")?,
+            &m("mlp.fc1.weight")?,
             self.hidden,
             Some(&f("mlp.fc1.bias")?),
         );
         drop(normed);
         ops::gelu(&mut hid);
-        let out = ops::linear(
+        let out = ops::linear_weight(
             &hid,
             rows,
-            &f("mlp.fc2.weight")?,
+            &m("mlp.fc2.weight")?,
             c,
             Some(&f("mlp.fc2.bias")?),
         );
@@ -722,8 +724,8 @@ impl Block for Head {
         ops::layer_norm(
             &mut normed,
             dim,
-            &s.view("norm.weight")?,
-            &s.view("norm.bias")?,
+            &s.floats("norm.weight")?,
+            &s.floats("norm.bias")?,
             EPS,
         );
         let mut pooled = vec![0.0f32; b * dim];
@@ -733,12 +735,12 @@ impl Block for Head {
             }
             dst.iter_mut().for_each(|d| *d /= tokens as f32);
         }
-        let logits = ops::linear(
+        let logits = ops::linear_weight(
             &pooled,
             b,
-            &s.view(&format!("{}weight", self.fc))?,
+            &s.weight(&format!("{}weight", self.fc))?,
             self.classes,
-            Some(&s.view(&format!("{}bias", self.fc))?),
+            Some(&s.floats(&format!("{}bias", self.fc))?),
         );
         Ok(Act::new(logits, vec![b, self.classes]))
     }

@@ -205,12 +205,12 @@ impl Block for PatchEmbed {
             Layout::Nchw,
             (b, c, h, w),
             self.patch,
-            &s.view::<f32>("patch_embed.proj.weight")?,
-            Some(&s.view::<f32>("patch_embed.proj.bias")?),
+            &s.weight("patch_embed.proj.weight")?,
+            Some(&s.floats("patch_embed.proj.bias")?),
             dim,
         );
-        let cls = s.view::<f32>("cls_token")?;
-        let pos = s.view::<f32>("pos_embed")?;
+        let cls = s.floats("cls_token")?;
+        let pos = s.floats("pos_embed")?;
         let mut out = vec![0.0f32; b * self.tokens * dim];
         for (bi, seq) in out.chunks_exact_mut(self.tokens * dim).enumerate() {
             seq[..dim].copy_from_slice(&cls);
@@ -225,8 +225,8 @@ impl Block for PatchEmbed {
             ops::layer_norm(
                 &mut out,
                 dim,
-                &s.view("norm_pre.weight")?,
-                &s.view("norm_pre.bias")?,
+                &s.floats("norm_pre.weight")?,
+                &s.floats("norm_pre.bias")?,
                 EPS,
             );
         }
@@ -281,24 +281,25 @@ impl Block for EncoderBlock {
     fn forward(&self, s: &Store, mut x: Act) -> Result<Act> {
         let (b, t, dim) = (x.shape[0], x.shape[1], self.dim);
         let rows = b * t;
-        let f = |name: &str| s.view::<f32>(&self.n(name));
+        let f = |name: &str| s.floats(&self.n(name));
+        let m = |name: &str| s.weight(&self.n(name));
         let gamma = |on: bool, name: &str| if on { f(name).map(Some) } else { Ok(None) };
 
         let mut h = x.data.clone();
         ops::layer_norm(&mut h, dim, &f("norm1.weight")?, &f("norm1.bias")?, EPS);
         let qkv_bias = gamma(self.qkv_bias, "attn.qkv.bias")?;
-        let qkv = ops::linear(
+        let qkv = ops::linear_weight(
             &h,
             rows,
-            &f("attn.qkv.weight")?,
+            &m("attn.qkv.weight")?,
             3 * dim,
             qkv_bias.as_deref(),
         );
         let attn = ops::attention(&qkv, b, t, self.heads, dim / self.heads, None);
-        let proj = ops::linear(
+        let proj = ops::linear_weight(
             &attn,
             rows,
-            &f("attn.proj.weight")?,
+            &m("attn.proj.weight")?,
             dim,
             Some(&f("attn.proj.bias")?),
         );
@@ -306,18 +307,18 @@ impl Block for EncoderBlock {
 
         let mut h = x.data.clone();
         ops::layer_norm(&mut h, dim, &f("norm2.weight")?, &f("norm2.bias")?, EPS);
-        let mut hid = ops::linear(
+        let mut hid = ops::linear_weight(
             &h,
             rows,
-            &f("mlp.fc1.weight")?,
+            &m("mlp.fc1.weight")?,
             self.hidden,
             Some(&f("mlp.fc1.bias")?),
         );
         ops::gelu(&mut hid);
-        let out = ops::linear(
+        let out = ops::linear_weight(
             &hid,
             rows,
-            &f("mlp.fc2.weight")?,
+            &m("mlp.fc2.weight")?,
             dim,
             Some(&f("mlp.fc2.bias")?),
         );
@@ -357,7 +358,13 @@ impl Block for Head {
         let (b, t, dim) = (x.shape[0], x.shape[1], self.dim);
         let norm = |x: &mut [f32]| -> Result<()> {
             if self.norm {
-                ops::layer_norm(x, dim, &s.view("norm.weight")?, &s.view("norm.bias")?, EPS);
+                ops::layer_norm(
+                    x,
+                    dim,
+                    &s.floats("norm.weight")?,
+                    &s.floats("norm.bias")?,
+                    EPS,
+                );
             }
             Ok(())
         };
@@ -386,17 +393,17 @@ impl Block for Head {
             ops::layer_norm(
                 &mut pooled,
                 dim,
-                &s.view("fc_norm.weight")?,
-                &s.view("fc_norm.bias")?,
+                &s.floats("fc_norm.weight")?,
+                &s.floats("fc_norm.bias")?,
                 EPS,
             );
         }
-        let logits = ops::linear(
+        let logits = ops::linear_weight(
             &pooled,
             b,
-            &s.view("head.weight")?,
+            &s.weight("head.weight")?,
             self.classes,
-            Some(&s.view("head.bias")?),
+            Some(&s.floats("head.bias")?),
         );
         Ok(Act::new(logits, vec![b, self.classes]))
     }

@@ -5,6 +5,8 @@ mod gemm;
 
 use rayon::prelude::*;
 
+use crate::weight::{self, Weight};
+
 pub use self::gemm::{matmul, MatRef, Threads};
 
 /// Rows handed to one rayon task by the row-wise kernels: enough work to amortise the task.
@@ -69,6 +71,40 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]
         bias.is_some(),
         Threads::Pool,
     );
+    y
+}
+
+/// Bound on the f32 rows a non-f32 weight is widened into at a time (f32 weights need none).
+pub const WIDEN_CHUNK_BYTES: usize = 1 << 20;
+
+/// [`linear`] on a weight in its stored dtype. f32 is read in place; f16, bf16 and int8 rows are widened
+/// [`WIDEN_CHUNK_BYTES`] at a time and multiplied chunk by chunk, so no f32 copy of the matrix ever exists
+/// and each widened chunk is used from cache by every row of `x` (layer-major batches amortise it).
+pub fn linear_weight(
+    x: &[f32],
+    rows: usize,
+    w: &Weight,
+    out: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    if let Some(w) = w.as_f32() {
+        return linear(x, rows, w, out, bias);
+    }
+    let inp = w.len() / out.max(1);
+    assert_eq!(w.len(), out * inp, "weight is not [out, in]");
+    let chunk = (WIDEN_CHUNK_BYTES / 4 / inp.max(1)).clamp(1, out.max(1));
+    let mut buf = vec![0.0f32; chunk * inp];
+    weight::note_chunk(buf.len() * 4);
+    let mut y = vec![0.0f32; rows * out];
+    for o0 in (0..out).step_by(chunk) {
+        let n = chunk.min(out - o0);
+        let wc = &mut buf[..n * inp];
+        w.rows_into(o0, inp, wc);
+        let part = linear(x, rows, wc, n, bias.map(|b| &b[o0..o0 + n]));
+        y.par_chunks_mut(out)
+            .zip(part.par_chunks(n))
+            .for_each(|(dst, src)| dst[o0..o0 + n].copy_from_slice(src));
+    }
     y
 }
 
@@ -240,7 +276,8 @@ pub enum Layout {
 }
 
 /// A non-overlapping `k x k`, stride-`k` convolution (patch embedding, ConvNeXt stem and downsample) as
-/// im2col + GEMM on the conv weight `[out, c, k, k]` read in place. Input `[b, c, h, w]` (or NHWC), output
+/// im2col + GEMM on the conv weight `[out, c, k, k]` read in place (or widened in chunks, see
+/// [`linear_weight`]). Input `[b, c, h, w]` (or NHWC), output
 /// NHWC `[b, h/k, w/k, out]`. Rows and columns that do not fill a whole patch are dropped, as torch does.
 #[allow(clippy::too_many_arguments)]
 pub fn patch_conv(
@@ -248,7 +285,7 @@ pub fn patch_conv(
     layout: Layout,
     (b, c, h, w): (usize, usize, usize, usize),
     k: usize,
-    weight: &[f32],
+    weight: &Weight,
     bias: Option<&[f32]>,
     out: usize,
 ) -> Vec<f32> {
@@ -281,7 +318,7 @@ pub fn patch_conv(
                 }
             }
         });
-    linear(&cols, b * hp * wp, weight, out, bias)
+    linear_weight(&cols, b * hp * wp, weight, out, bias)
 }
 
 /// Depthwise `k x k` convolution, stride 1, zero padding `k / 2`, on NHWC input `[b, h, w, c]` with the
