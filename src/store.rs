@@ -24,6 +24,9 @@ use crate::weight::{self, Weight};
 
 /// Headers larger than this are refused before they are parsed (the `safetensors` crate's own cap).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// Names of the padding tensors `wstream convert --layout exec` puts between blocks (and between tensors)
+/// so each starts aligned; they hold zeros and no model reads them.
+pub const PAD_PREFIX: &str = "__pad__.";
 const SINGLE_FILE: &str = "model.safetensors";
 const SHARD_INDEX: &str = "model.safetensors.index.json";
 
@@ -460,13 +463,36 @@ impl Store {
         let mut merged: Vec<FileRange> = Vec::with_capacity(ranges.len());
         for r in ranges {
             match merged.last_mut() {
-                Some(last) if last.file == r.file && last.range.end >= r.range.start => {
+                Some(last)
+                    if last.file == r.file
+                        && (last.range.end >= r.range.start
+                            || self.only_padding(r.file, last.range.end..r.range.start)) =>
+                {
                     last.range.end = last.range.end.max(r.range.end);
                 }
                 _ => merged.push(r),
             }
         }
         Ok(merged)
+    }
+
+    /// Whether `gap` of `file` holds nothing but padding tensors (see [`PAD_PREFIX`]): a block's tensors
+    /// then stay one range, so its pages are prefetched and released as a whole.
+    fn only_padding(&self, file: usize, gap: Range<usize>) -> bool {
+        let first = self
+            .tensors
+            .partition_point(|t| (t.file, t.range.start) < (file, gap.start));
+        let mut covered = gap.start;
+        for t in &self.tensors[first..] {
+            if t.file != file || covered >= gap.end {
+                break;
+            }
+            if t.range.start != covered || !t.name.starts_with(PAD_PREFIX) {
+                return false;
+            }
+            covered = t.range.end;
+        }
+        covered >= gap.end
     }
 
     /// Fails if any file's size or modification time differs from when it was opened: touching pages of a

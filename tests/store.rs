@@ -343,3 +343,97 @@ fn inspect_json_lists_every_tensor() {
         "{groups:?}"
     );
 }
+
+/// A file of raw tensors: `(name, dtype, shape, bytes)`, packed in the order given.
+fn write_tensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> PathBuf {
+    let (mut header, mut data) = (serde_json::Map::new(), Vec::new());
+    for (name, dtype, shape, bytes) in tensors {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape,
+                               "data_offsets": [data.len(), data.len() + bytes.len()]}),
+        );
+        data.extend_from_slice(bytes);
+    }
+    write_raw(path, &serde_json::Value::Object(header).to_string(), &data)
+}
+
+fn scale_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn int8_weight_with_scale_widens_and_bad_scales_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = vec![1u8, 0xFF, 2, 0xFE]; // [[1, -1], [2, -2]] as i8
+    let open = |scale: (&str, Vec<usize>, Vec<u8>)| {
+        let path = dir.path().join("q.safetensors");
+        let _ = std::fs::remove_file(&path);
+        write_tensors(
+            &path,
+            &[
+                ("fc.weight", "I8", vec![2, 2], q.clone()),
+                (scale.0, "F32", scale.1, scale.2),
+            ],
+        );
+        Store::open(&path).unwrap()
+    };
+    let store = open(("fc.weight_scale", vec![2], scale_bytes(&[0.5, 0.25])));
+    assert_eq!(
+        &*store.floats("fc.weight").unwrap(),
+        &[0.5, -0.5, 0.5, -0.5]
+    );
+
+    for (scale, values, want) in [
+        (
+            "fc.weight_scale",
+            vec![0.5, f32::NAN],
+            "`fc.weight_scale`: scale[1] is NaN: corrupted",
+        ),
+        (
+            "fc.weight_scale",
+            vec![-1.0, 0.5],
+            "scale[0] is -1: corrupted",
+        ),
+        (
+            "fc.weight_scale",
+            vec![0.5],
+            "`fc.weight_scale` has shape [1], expected [2]",
+        ),
+        (
+            "fc.weight_scales",
+            vec![0.5, 0.5],
+            "int8 weight without its scale tensor `fc.weight_scale`",
+        ),
+    ] {
+        let store = open((scale, vec![values.len()], scale_bytes(&values)));
+        let err = store.weight("fc.weight").unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+#[test]
+fn ranges_merge_across_padding_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_tensors(
+        &dir.path().join("p.safetensors"),
+        &[
+            ("a", "F32", vec![4], vec![0; 16]),
+            ("__pad__.0", "U8", vec![48], vec![0; 48]),
+            ("b", "F32", vec![4], vec![0; 16]),
+            ("other", "F32", vec![1], vec![0; 4]),
+            ("c", "F32", vec![1], vec![0; 4]),
+        ],
+    );
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        store.ranges_of(["a", "b"]).unwrap().len(),
+        1,
+        "a pad is no gap"
+    );
+    assert_eq!(
+        store.ranges_of(["b", "c"]).unwrap().len(),
+        2,
+        "another tensor is"
+    );
+}

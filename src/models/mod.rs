@@ -12,6 +12,7 @@ pub mod vit;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+pub use crate::store::PAD_PREFIX;
 use crate::store::{FileRange, Store};
 use crate::weight;
 
@@ -226,10 +227,6 @@ impl Model {
         self.config.input_size()
     }
 }
-
-/// Padding tensors `wstream convert --layout exec` puts between blocks so each starts on a page boundary;
-/// they hold zeros and no block reads them.
-pub const PAD_PREFIX: &str = "__pad__.";
 
 /// What a family's builder needs: the weights, the config, and a record of which tensors the blocks claim,
 /// so a checkpoint that holds tensors no block uses (a different architecture) is refused.
