@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod classify;
+pub mod convert;
 pub mod error;
 pub mod exec;
 pub mod models;
@@ -19,6 +20,7 @@ pub mod profile;
 pub mod residency;
 pub mod store;
 pub mod synth;
+mod writer;
 
 pub use error::{Error, Result};
 pub use store::Store;
