@@ -151,10 +151,7 @@ pub fn convert(
             _ => false,
         };
         return Err(refuse(if same {
-            format!(
-                "is the input {}; convert never writes over its input",
-                input.display()
-            )
+            "is the input; convert never writes over its input".into()
         } else {
             "already exists; convert never overwrites (remove it or pick another output)".into()
         }));
@@ -398,12 +395,11 @@ fn is_matrix(t: &TensorInfo) -> bool {
     t.name.ends_with(".weight") && t.shape.len() >= 2 && is_float(t.dtype)
 }
 
-/// The output tensors (name, dtype, shape, op) one input tensor becomes.
-fn convert_one<'s>(
-    store: &Store,
-    t: &'s TensorInfo,
-    dtype: Dtype,
-) -> Result<Vec<(String, StDtype, Vec<usize>, Op<'s>)>> {
+/// One output tensor: name, dtype, shape, and how its bytes are made.
+type Planned<'s> = (String, StDtype, Vec<usize>, Op<'s>);
+
+/// The output tensors one input tensor becomes.
+fn convert_one<'s>(store: &Store, t: &'s TensorInfo, dtype: Dtype) -> Result<Vec<Planned<'s>>> {
     let keep = || vec![(t.name.clone(), t.dtype, t.shape.clone(), Op::Copy(t))];
     let to = |d: StDtype| {
         if t.dtype == d {
@@ -594,7 +590,7 @@ fn cast(store: &Store, t: &TensorInfo, to: StDtype, w: &mut PartialFile) -> Resu
 /// Writes weight matrix `t` as int8, output channel by output channel, and returns the scales.
 fn quantize(store: &Store, t: &TensorInfo, w: &mut PartialFile) -> Result<Vec<f32>> {
     let rows = t.shape[0];
-    let row_len = if rows == 0 { 0 } else { t.numel() / rows };
+    let row_len = t.numel().checked_div(rows).unwrap_or(0);
     let elem = t.dtype.bitsize() / 8;
     let bytes = store.bytes(t);
     let mut scales = Vec::with_capacity(rows);
