@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod classify;
+pub mod convert;
 pub mod error;
 pub mod exec;
 pub mod models;
@@ -20,6 +21,7 @@ pub mod residency;
 pub mod store;
 pub mod synth;
 pub mod weight;
+mod writer;
 
 pub use error::{Error, Result};
 pub use store::Store;

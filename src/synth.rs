@@ -2,13 +2,13 @@
 //! seeded random values at timm's init scales. They stand in for the real Hugging Face weights (same bytes
 //! to page, same compute) where those cannot be downloaded, e.g. in CI.
 
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use rayon::prelude::*;
 use serde_json::json;
 
 use crate::error::{Error, Result};
+use crate::writer::{self, HeaderEntry, PartialFile};
 
 /// How a tensor is initialised (timm's defaults).
 #[derive(Clone, Copy)]
@@ -263,26 +263,24 @@ pub fn write(arch: &str, out: &Path, seed: u64, mut progress: impl FnMut(u64)) -
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // timm's files (torch state dict through safetensors' Python writer) hold tensors sorted by name.
     specs.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut header = serde_json::Map::new();
     let mut offset = 0usize;
-    for s in &specs {
-        let bytes = 4 * s.shape.iter().product::<usize>();
-        header.insert(
-            s.name.clone(),
-            json!({"dtype": "F32", "shape": s.shape, "data_offsets": [offset, offset + bytes]}),
-        );
-        offset += bytes;
-    }
-    let mut header = serde_json::to_string(&header).expect("JSON of plain values");
-    while header.len() % 8 != 0 {
-        header.push(' ');
-    }
-    let tmp = out.join("model.safetensors.partial");
-    let io = |e| Error::io(&tmp, e);
-    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
-    w.write_all(&(header.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(header.as_bytes()).map_err(io)?;
+    let offsets: Vec<(usize, usize)> = specs
+        .iter()
+        .map(|s| {
+            let begin = offset;
+            offset += 4 * s.shape.iter().product::<usize>();
+            (begin, offset)
+        })
+        .collect();
+    let entries = specs.iter().zip(&offsets).map(|(s, &offsets)| HeaderEntry {
+        name: &s.name,
+        dtype: safetensors::Dtype::F32,
+        shape: &s.shape,
+        offsets,
+    });
+    let header = writer::header(&Default::default(), entries, 8);
+    let mut w = PartialFile::create(out.join("model.safetensors.partial"))?;
+    w.write_header(&header)?;
     let mut written = 0u64;
     for (i, s) in specs.iter().enumerate() {
         let mut values = vec![0f32; s.shape.iter().product()];
@@ -291,15 +289,11 @@ pub fn write(arch: &str, out: &Path, seed: u64, mut progress: impl FnMut(u64)) -
             s.init,
             seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ i as u64,
         );
-        w.write_all(bytemuck::cast_slice(&values)).map_err(io)?;
+        w.write_all(bytemuck::cast_slice(&values))?;
         written += 4 * values.len() as u64;
         progress(written);
     }
-    w.into_inner()
-        .map_err(|e| io(e.into_error()))?
-        .sync_all()
-        .map_err(io)?;
-    std::fs::rename(&tmp, &weights).map_err(io)?;
+    w.finish_as(&weights)?;
     let text =
         serde_json::to_string_pretty(&config_json(arch, &cfg, seed)).expect("JSON of plain values");
     std::fs::write(&config, text + "\n").map_err(|e| Error::io(&config, e))?;

@@ -2,6 +2,7 @@
 //! exit status, and a closed stdout (`wstream ... | head`) into a quiet exit.
 
 mod classify;
+mod convert;
 mod demo;
 mod inspect;
 mod profile;
@@ -35,6 +36,8 @@ enum Command {
     Profile(profile::Args),
     /// Write a synthetic checkpoint (timm's exact names and shapes, random values) for an architecture.
     Synth(synth::Args),
+    /// Write a copy of a model in f16, bf16 or int8, and/or in execution order with page-aligned blocks.
+    Convert(convert::Args),
 }
 
 pub fn run() -> ExitCode {
@@ -60,6 +63,7 @@ pub fn run() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Profile(args) => profile::run(args),
     };
