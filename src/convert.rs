@@ -457,11 +457,13 @@ fn plan<'s>(model: &'s Model, opts: &Options) -> Result<Vec<Item<'s>>> {
         Layout::Exec => {
             let mut seen = HashSet::new();
             let mut groups = Vec::new();
-            for b in &model.blocks {
+            for i in 0..model.blocks.len() {
                 let mut g = Vec::new();
-                for name in b.tensors() {
-                    if seen.insert(name.as_str()) {
-                        g.push(store.info(name)?);
+                // An int8 input's scales come with their weights.
+                for name in model.block_tensors(i) {
+                    let t = store.info(&name)?;
+                    if seen.insert(t.name.as_str()) {
+                        g.push(t);
                     }
                 }
                 groups.push(g);

@@ -75,7 +75,7 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]
 }
 
 /// Bound on the f32 rows a non-f32 weight is widened into at a time (f32 weights need none).
-pub const WIDEN_CHUNK_BYTES: usize = 1 << 20;
+pub const WIDEN_CHUNK_BYTES: usize = 4 << 20;
 
 /// [`linear`] on a weight in its stored dtype. f32 is read in place; f16, bf16 and int8 rows are widened
 /// [`WIDEN_CHUNK_BYTES`] at a time and multiplied chunk by chunk, so no f32 copy of the matrix ever exists
