@@ -938,22 +938,18 @@ def render(res, meta):
     return '\n'.join(L)
 
 
-def write_section(path, body):
+def write_section(path, body, marks=(MARK_BEGIN, MARK_END), heading='wstream vs timm vs ONNX Runtime'):
+    """Replaces the text between `marks` in the markdown file `path`, or appends it under `heading`."""
     path = Path(path)
-    section = f'{MARK_BEGIN}\n{body}\n{MARK_END}'
-    if path.exists():
-        txt = path.read_text()
-        if MARK_BEGIN in txt and MARK_END in txt:
-            pre, rest = txt.split(MARK_BEGIN, 1)
-            _, post = rest.split(MARK_END, 1)
-            txt = pre + section + post
-        else:
-            txt = txt.rstrip('\n') + '\n\n## wstream vs timm vs ONNX Runtime\n\n' + section + '\n'
+    begin, end = marks
+    section = f'{begin}\n{body}\n{end}'
+    txt = path.read_text() if path.exists() else '# Benchmarks\n'
+    if begin in txt and end in txt:
+        pre, rest = txt.split(begin, 1)
+        _, post = rest.split(end, 1)
+        txt = pre + section + post
     else:
-        txt = ('# Benchmarks\n\n## wstream vs timm vs ONNX Runtime\n\n'
-               'timm\'s ViT-Large/16, ConvNeXt-Large and Swin-Large (issue #8), on the same weights, inputs and '
-               'thread count in wstream, timm (PyTorch) and ONNX Runtime. `tools/bench_vs_torch.sh --help` says '
-               'how each figure is taken; the section below is rewritten by each run.\n\n' + section + '\n')
+        txt = txt.rstrip('\n') + f'\n\n## {heading}\n\n' + section + '\n'
     path.write_text(txt)
 
 
