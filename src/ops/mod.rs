@@ -1,13 +1,17 @@
 //! Kernels over activations and borrowed weights. Weight-bearing ops take the weight as the `&[f32]` view
 //! of the mapping and never copy the big matrices; activations are dense row-major `Vec<f32>`.
 
+mod attention;
 mod gemm;
+mod simd;
 
 use rayon::prelude::*;
 
 use crate::weight::{self, Weight};
 
+pub use self::attention::{attention, ScoreBias};
 pub use self::gemm::{matmul, MatRef, Threads};
+use self::simd::Kernel;
 
 /// Rows handed to one rayon task by the row-wise kernels: enough work to amortise the task.
 fn rows_per_task(row_len: usize) -> usize {
@@ -156,8 +160,15 @@ fn gelu1(x: f32) -> f32 {
 
 /// Exact (erf) GELU, in place.
 pub fn gelu(x: &mut [f32]) {
-    x.par_chunks_mut(16384)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = gelu1(*v)));
+    struct Gelu<'a>(&'a mut [f32]);
+    impl Kernel for Gelu<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn run(self) {
+            self.0.iter_mut().for_each(|v| *v = gelu1(*v));
+        }
+    }
+    x.par_chunks_mut(16384).for_each(|c| simd::run(Gelu(c)));
 }
 
 /// `x = gelu(x + bias)` over rows of `bias.len()` values, in place: a linear layer's bias and the exact GELU
@@ -169,101 +180,20 @@ pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
         "{} values are not rows of {n}",
         x.len()
     );
-    x.par_chunks_mut(n * rows_per_task(n)).for_each(|c| {
-        for row in c.chunks_exact_mut(n) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = gelu1(*v + b);
-            }
-        }
-    });
-}
-
-/// Softmax over each row of `n` values, in place.
-pub fn softmax_rows(x: &mut [f32], n: usize) {
-    for row in x.chunks_exact_mut(n) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        for v in row.iter_mut() {
-            *v *= inv;
-        }
-    }
-}
-
-/// Adds to one `[tokens, tokens]` score matrix, given (group, head).
-pub type ScoreBias<'a> = dyn Fn(usize, usize, &mut [f32]) + Sync + 'a;
-
-/// Multi-head self-attention over `groups` independent sequences of `tokens` tokens (batch items, or Swin
-/// windows), reading q, k, v in place from a fused qkv projection `[groups * tokens, 3 * heads * head_dim]`
-/// laid out (3, heads, head_dim) per token as timm's `qkv` Linear produces. `bias(group, head, scores)` may
-/// add to each `[tokens, tokens]` score matrix before the softmax (Swin's relative position bias and mask).
-/// Returns `[groups * tokens, heads * head_dim]`, heads concatenated as timm's `transpose(1, 2).reshape`.
-pub fn attention(
-    qkv: &[f32],
-    groups: usize,
-    tokens: usize,
-    heads: usize,
-    head_dim: usize,
-    bias: Option<&ScoreBias<'_>>,
-) -> Vec<f32> {
-    let c = heads * head_dim;
-    assert_eq!(qkv.len(), groups * tokens * 3 * c, "qkv size");
-    let scale = (head_dim as f32).powf(-0.5);
-    let per_head: Vec<Vec<f32>> = (0..groups * heads)
-        .into_par_iter()
-        .map(|gh| {
-            let (g, h) = (gh / heads, gh % heads);
-            let base = &qkv[g * tokens * 3 * c..(g + 1) * tokens * 3 * c];
-            let view = |which: usize| MatRef {
-                data: &base[which * c + h * head_dim..],
-                rows: tokens,
-                cols: head_dim,
-                row_stride: 3 * c,
-                col_stride: 1,
-            };
-            let (q, k, v) = (view(0), view(1), view(2));
-            let kt = MatRef {
-                data: k.data,
-                rows: head_dim,
-                cols: tokens,
-                row_stride: 1,
-                col_stride: 3 * c,
-            };
-            let mut scores = vec![0.0f32; tokens * tokens];
-            matmul(&mut scores, q, kt, scale, false, Threads::Single);
-            if let Some(add) = bias {
-                add(g, h, &mut scores);
-            }
-            softmax_rows(&mut scores, tokens);
-            let mut o = vec![0.0f32; tokens * head_dim];
-            matmul(
-                &mut o,
-                MatRef::rows(&scores, tokens, tokens),
-                v,
-                1.0,
-                false,
-                Threads::Single,
-            );
-            o
-        })
-        .collect();
-    let mut out = vec![0.0f32; groups * tokens * c];
-    out.par_chunks_mut(tokens * c)
-        .enumerate()
-        .for_each(|(g, dst)| {
-            for h in 0..heads {
-                let src = &per_head[g * heads + h];
-                for t in 0..tokens {
-                    dst[t * c + h * head_dim..t * c + (h + 1) * head_dim]
-                        .copy_from_slice(&src[t * head_dim..(t + 1) * head_dim]);
+    struct BiasGelu<'a>(&'a mut [f32], &'a [f32]);
+    impl Kernel for BiasGelu<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn run(self) {
+            for row in self.0.chunks_exact_mut(self.1.len()) {
+                for (v, b) in row.iter_mut().zip(self.1) {
+                    *v = gelu1(*v + b);
                 }
             }
-        });
-    out
+        }
+    }
+    x.par_chunks_mut(n * rows_per_task(n))
+        .for_each(|c| simd::run(BiasGelu(c, bias)));
 }
 
 /// Memory layout of an image-like activation.
@@ -612,33 +542,6 @@ mod tests {
                         }
                     }
                 }
-            }
-        }
-    }
-
-    #[test]
-    fn attention_matches_naive_single_head() {
-        let (t, d) = (3, 2);
-        let qkv: Vec<f32> = (0..t * 3 * d).map(|i| (i as f32 * 0.5).sin()).collect();
-        let out = attention(&qkv, 1, t, 1, d, None);
-        let row = |i: usize, which: usize| &qkv[i * 3 * d + which * d..i * 3 * d + (which + 1) * d];
-        for i in 0..t {
-            let s: Vec<f32> = (0..t)
-                .map(|j| {
-                    row(i, 0)
-                        .iter()
-                        .zip(row(j, 1))
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>()
-                        / (d as f32).sqrt()
-                })
-                .collect();
-            let m = s.iter().cloned().fold(f32::MIN, f32::max);
-            let e: Vec<f32> = s.iter().map(|v| (v - m).exp()).collect();
-            let z: f32 = e.iter().sum();
-            for dd in 0..d {
-                let want: f32 = (0..t).map(|j| e[j] / z * row(j, 2)[dd]).sum();
-                assert!((out[i * d + dd] - want).abs() < 1e-5);
             }
         }
     }
