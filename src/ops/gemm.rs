@@ -115,6 +115,117 @@ pub fn matmul(
 mod tests {
     use super::*;
 
+    fn values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| ((i as f32 + 1.0) * seed).sin()).collect()
+    }
+
+    /// `dst0 + scale * a × b` (or `scale * a × b`) in f64.
+    fn naive(a: &MatRef, b: &MatRef, dst0: &[f32], scale: f32, accumulate: bool) -> Vec<f64> {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        let mut out = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|p| {
+                        a.data[i * a.row_stride + p * a.col_stride] as f64
+                            * b.data[p * b.row_stride + j * b.col_stride] as f64
+                    })
+                    .sum();
+                out[i * n + j] = s * scale as f64
+                    + if accumulate {
+                        dst0[i * n + j] as f64
+                    } else {
+                        0.0
+                    };
+            }
+        }
+        out
+    }
+
+    /// Every layout the callers use and a few they do not, at awkward sizes (not multiples of any tile,
+    /// k = 1, k deeper than a cache block), scale and accumulate, one thread and the pool, against f64.
+    #[test]
+    fn matmul_matches_naive_across_shapes_layouts_and_modes() {
+        let sizes = [
+            (1, 1, 1),
+            (1, 7, 1),
+            (5, 1, 3),
+            (12, 3, 32),
+            (13, 17, 33),
+            (11, 64, 15),
+            (25, 40, 49),
+            (49, 32, 49),
+            (37, 300, 70),
+            (100, 513, 197),
+            (200, 9, 17),
+        ];
+        for &(m, k, n) in &sizes {
+            let a = values(m * k * 3, 0.37);
+            let b = values(n * k * 3, 0.11);
+            // (A, B): weight x xT (linear with rows < out), row-major x row-major, transposed A, strided
+            // column blocks of a wider buffer (attention's q, kT in the qkv rows).
+            let layouts = [
+                (MatRef::rows(&a, m, k), MatRef::transposed(&b, n, k)),
+                (MatRef::rows(&a, m, k), MatRef::rows(&b, k, n)),
+                (MatRef::transposed(&a, k, m), MatRef::transposed(&b, n, k)),
+                (
+                    MatRef {
+                        data: &a[1..],
+                        rows: m,
+                        cols: k,
+                        row_stride: 3 * k,
+                        col_stride: 1,
+                    },
+                    MatRef {
+                        data: &b[2..],
+                        rows: k,
+                        cols: n,
+                        row_stride: 1,
+                        col_stride: 3 * k,
+                    },
+                ),
+            ];
+            for (li, (av, bv)) in layouts.iter().enumerate() {
+                for (scale, accumulate) in [(1.0, false), (0.5, false), (1.0, true), (-2.0, true)] {
+                    for threads in [Threads::Single, Threads::Pool] {
+                        let dst0 = values(m * n, 0.53);
+                        let mut dst = dst0.clone();
+                        matmul(&mut dst, *av, *bv, scale, accumulate, threads);
+                        let want = naive(av, bv, &dst0, scale, accumulate);
+                        for (idx, (g, w)) in dst.iter().zip(&want).enumerate() {
+                            let tol = 1e-5 * (k as f64).sqrt() * (1.0 + w.abs());
+                            assert!(
+                                (*g as f64 - w).abs() < tol,
+                                "{m}x{k}x{n} layout {li} scale {scale} acc {accumulate} at {idx}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_is_deterministic_across_thread_counts() {
+        let (m, k, n) = (1000, 700, 197);
+        let a = values(m * k, 0.37);
+        let b = values(n * k, 0.11);
+        let run = |threads| {
+            let mut d = vec![0.0f32; m * n];
+            let (av, bv) = (MatRef::rows(&a, m, k), MatRef::transposed(&b, n, k));
+            matmul(&mut d, av, bv, 1.0, false, threads);
+            d
+        };
+        let first = run(Threads::Pool);
+        for t in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap();
+            assert!(pool.install(|| run(Threads::Pool)) == first, "{t} threads");
+        }
+    }
+
     #[test]
     fn matmul_matches_naive_with_transposed_view() {
         let (m, k, n) = (5, 7, 3);

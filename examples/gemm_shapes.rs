@@ -1,0 +1,81 @@
+//! GFLOP/s of `ops::matmul` at the models' shapes, best of N runs (robust on a shared machine).
+//! `cargo run --release --example gemm_shapes -- [threads] [reps] [filter]`: one line per shape, name, MxKxN,
+//! best GFLOP/s and ms. Run it several times (interleaved with the build it is compared to) and keep the best.
+use std::time::Instant;
+use wstream::ops::{matmul, MatRef, Threads};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let threads: usize = args.get(1).map_or(2, |s| s.parse().unwrap());
+    let reps: usize = args.get(2).map_or(20, |s| s.parse().unwrap());
+    let filter = args.get(3).cloned().unwrap_or_default();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .unwrap();
+    let shapes = [
+        ("vitl_qkv", 3072, 1024, 197),
+        ("vitl_proj", 1024, 1024, 197),
+        ("vitl_fc1", 4096, 1024, 197),
+        ("vitl_fc2", 1024, 4096, 197),
+        ("s2_fc1", 3072, 768, 196),
+        ("s2_fc2", 768, 3072, 196),
+        ("s3_fc1", 6144, 1536, 49),
+        ("s3_fc2", 1536, 6144, 49),
+        ("s1_fc1", 1536, 384, 784),
+        ("s1_fc2_rows", 784, 1536, 384),
+        ("s0_fc1_rows", 3136, 192, 768),
+        ("vitl_b8_qkv", 3072, 1024, 1576),
+        ("att_vitl_qk", 197, 64, 197),
+        ("att_swin_qk", 49, 32, 49),
+    ];
+    for (name, m, k, n) in shapes {
+        if !name.contains(&filter) {
+            continue;
+        }
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let c3 = if m == 197 { 3 * 1024 } else { 3 * 192 };
+        let qkv: Vec<f32> = (0..m * c3).map(|i| (i as f32 * 0.21).cos()).collect();
+        let mut dst = vec![0.0f32; m * n];
+        let inner = if m * n * k < 1 << 22 { 200 } else { 1 };
+        let mut best = f64::MAX;
+        for _ in 0..reps {
+            let t = Instant::now();
+            for _ in 0..inner {
+                if name.starts_with("att") {
+                    let av = MatRef {
+                        data: &qkv,
+                        rows: m,
+                        cols: k,
+                        row_stride: c3,
+                        col_stride: 1,
+                    };
+                    let bv = MatRef {
+                        data: &qkv[c3 / 3..],
+                        rows: k,
+                        cols: n,
+                        row_stride: 1,
+                        col_stride: c3,
+                    };
+                    matmul(&mut dst, av, bv, 0.5, false, Threads::Single);
+                } else {
+                    matmul(
+                        &mut dst,
+                        MatRef::rows(&a, m, k),
+                        MatRef::transposed(&b, n, k),
+                        1.0,
+                        false,
+                        Threads::Pool,
+                    );
+                }
+            }
+            best = best.min(t.elapsed().as_secs_f64() / inner as f64);
+        }
+        println!(
+            "{name:14} {m}x{k}x{n} {:8.1} GFLOP/s {:8.3} ms",
+            2.0 * (m * n * k) as f64 / best / 1e9,
+            best * 1e3
+        );
+    }
+}
