@@ -132,5 +132,40 @@ fn window_attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, linear, depthwise, window_attention);
+/// ViT-L's global attention (197 tokens, 16 heads of 64) and the element-wise kernels around the linears.
+fn vit_l_rest(c: &mut Criterion) {
+    let mut g = c.benchmark_group("vit_l_rest");
+    let qkv = values(197 * 3 * 1024, 9);
+    g.bench_function("attention_197x16heads", |bench| {
+        bench.iter(|| ops::attention(black_box(&qkv), 1, 197, 16, 64, None))
+    });
+    let x = values(197 * 1024, 10);
+    let (w, b) = (values(1024, 11), values(1024, 12));
+    g.bench_function("layer_norm_197x1024", |bench| {
+        bench.iter(|| {
+            let mut y = x.clone();
+            ops::layer_norm(&mut y, 1024, &w, &b, 1e-6);
+            y
+        })
+    });
+    // A fresh copy each time: GELU applied over and over drives values into denormals.
+    let h = values(197 * 4096, 13);
+    g.bench_function("gelu_197x4096", |bench| {
+        bench.iter(|| {
+            let mut y = h.clone();
+            ops::gelu(&mut y);
+            y
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    gemm,
+    linear,
+    depthwise,
+    window_attention,
+    vit_l_rest
+);
 criterion_main!(benches);

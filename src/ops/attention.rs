@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{self, Kernel};
+use super::simd::{self, Kernel, LANES};
 
 /// Adds to one `[tokens, tokens]` score matrix, given (group, head).
 pub type ScoreBias<'a> = dyn Fn(usize, usize, &mut [f32]) + Sync + 'a;
@@ -114,29 +114,14 @@ impl Kernel for Head<'_, '_> {
 /// Softmax of one row in place, with [`exp`] and lane-wise max and sum so every pass vectorises.
 #[inline(always)]
 fn softmax(row: &mut [f32]) {
-    let max = lanes(row, f32::NEG_INFINITY, f32::max);
+    let max = simd::reduce(row, f32::NEG_INFINITY, |v| v, f32::max);
     for x in row.iter_mut() {
         *x = exp(*x - max);
     }
-    let inv = 1.0 / lanes(row, 0.0, |a, b| a + b);
+    let inv = 1.0 / simd::reduce(row, 0.0, |v| v, |a, b| a + b);
     for x in row.iter_mut() {
         *x *= inv;
     }
-}
-
-/// Folds `row` with `f` in [`LANES`] interleaved partial results, then folds those: a reduction that
-/// vectorises (for a sum, a fixed order other than left to right).
-#[inline(always)]
-fn lanes(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut part = [init; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for ch in &mut chunks {
-        for l in 0..LANES {
-            part[l] = f(part[l], ch[l]);
-        }
-    }
-    let tail = chunks.remainder().iter().fold(init, |a, &b| f(a, b));
-    f(part.into_iter().fold(init, &f), tail)
 }
 
 /// `e^x` for `x <= 0` (softmax after the max is subtracted), within 2 ulp of the correctly rounded value down
@@ -180,7 +165,6 @@ fn matmul_small(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usiz
 }
 
 const ROWS: usize = 4;
-const LANES: usize = 16;
 
 /// Rows `i..i + R` of [`matmul_small`].
 #[inline(always)]

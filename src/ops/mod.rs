@@ -118,15 +118,35 @@ pub fn layer_norm(x: &mut [f32], dim: usize, weight: &[f32], bias: &[f32], eps: 
         weight.len() == dim && bias.len() == dim,
         "norm parameters must have {dim} values"
     );
-    x.par_chunks_mut(dim * rows_per_task(dim)).for_each(|c| {
-        for row in c.chunks_exact_mut(dim) {
-            let mean = row.iter().sum::<f32>() / dim as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
-            let inv = 1.0 / (var + eps).sqrt();
-            for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
-                *v = (*v - mean) * inv * w + b;
+    struct Norm<'a> {
+        rows: &'a mut [f32],
+        weight: &'a [f32],
+        bias: &'a [f32],
+        eps: f32,
+    }
+    impl Kernel for Norm<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn run(self) {
+            let dim = self.weight.len();
+            for row in self.rows.chunks_exact_mut(dim) {
+                let add = |a: f32, b: f32| a + b;
+                let mean = simd::reduce(row, 0.0, |v| v, add) / dim as f32;
+                let var = simd::reduce(row, 0.0, |v| (v - mean) * (v - mean), add) / dim as f32;
+                let inv = 1.0 / (var + self.eps).sqrt();
+                for ((v, w), b) in row.iter_mut().zip(self.weight).zip(self.bias) {
+                    *v = (*v - mean) * inv * w + b;
+                }
             }
         }
+    }
+    x.par_chunks_mut(dim * rows_per_task(dim)).for_each(|rows| {
+        simd::run(Norm {
+            rows,
+            weight,
+            bias,
+            eps,
+        })
     });
 }
 
@@ -300,12 +320,13 @@ pub fn depthwise_conv(
             c,
             pad,
         };
-        match k {
-            7 => dw_row::<7>(&rows, &taps, bias, dst),
-            5 => dw_row::<5>(&rows, &taps, bias, dst),
-            3 => dw_row::<3>(&rows, &taps, bias, dst),
-            _ => dw_row_any(&rows, k, &taps, bias, dst),
-        }
+        simd::run(DwRow {
+            rows: &rows,
+            k,
+            taps: &taps,
+            bias,
+            dst,
+        });
     });
     y
 }
@@ -334,8 +355,38 @@ impl<'a> DwRows<'a> {
     }
 }
 
+/// One output row of the depthwise conv, compiled for the CPU's widest vectors.
+struct DwRow<'a, 'b> {
+    rows: &'b DwRows<'a>,
+    k: usize,
+    taps: &'b [f32],
+    bias: &'b [f32],
+    dst: &'b mut [f32],
+}
+
+impl Kernel for DwRow<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let DwRow {
+            rows,
+            k,
+            taps,
+            bias,
+            dst,
+        } = self;
+        match k {
+            7 => dw_row::<7>(rows, taps, bias, dst),
+            5 => dw_row::<5>(rows, taps, bias, dst),
+            3 => dw_row::<3>(rows, taps, bias, dst),
+            _ => dw_row_any(rows, k, taps, bias, dst),
+        }
+    }
+}
+
 /// One output row `[w, c]` of the depthwise conv with kernel `K`: blocks of [`DW_OUT`] pixels, then one
 /// smaller block for the rest.
+#[inline(always)]
 fn dw_row<const K: usize>(rows: &DwRows, taps: &[f32], bias: &[f32], dst: &mut [f32]) {
     let (w, c) = (rows.w, rows.c);
     let full = w - w % DW_OUT;
@@ -401,6 +452,7 @@ fn dw_block<const K: usize, const OB: usize>(
 }
 
 /// [`dw_row`] for any kernel size: one output pixel, one tap at a time.
+#[inline(always)]
 fn dw_row_any(rows: &DwRows, k: usize, taps: &[f32], bias: &[f32], dst: &mut [f32]) {
     let c = rows.c;
     for (ox, acc) in dst.chunks_exact_mut(c).enumerate() {

@@ -71,3 +71,22 @@ unsafe fn avx512<K: Kernel>(k: K) -> K::Output {
 unsafe fn avx2<K: Kernel>(k: K) -> K::Output {
     k.run()
 }
+
+/// Vector lanes the reductions interleave over: an AVX-512 register of f32.
+pub const LANES: usize = 16;
+
+/// Folds `map` of each value with `f` into [`LANES`] interleaved partial results, then folds those: a
+/// reduction that vectorises. For a sum that is a fixed order, not left to right (within float rounding of
+/// it); for max and min it is exact.
+#[inline(always)]
+pub fn reduce(x: &[f32], init: f32, map: impl Fn(f32) -> f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut part = [init; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            part[l] = f(part[l], map(ch[l]));
+        }
+    }
+    let tail = chunks.remainder().iter().fold(init, |a, &b| f(a, map(b)));
+    f(part.into_iter().fold(init, &f), tail)
+}
