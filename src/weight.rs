@@ -9,6 +9,8 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::ops::simd::{self, Kernel};
+
 /// The name of the scale tensor beside an int8 weight.
 pub fn scale_name(weight: &str) -> String {
     format!("{weight}_scale")
@@ -88,16 +90,14 @@ impl Weight<'_> {
             Weight::Bf16(w) => dst
                 .par_chunks_mut(chunk)
                 .zip(w[span].par_chunks(chunk))
-                .for_each(|(d, s)| s.convert_to_f32_slice(d)),
+                .for_each(|(d, s)| simd::run(WidenBf16(d, s))),
             Weight::I8 { q, scale } => dst
-                .par_chunks_mut(per_row)
-                .zip(q[span].par_chunks(per_row))
+                .par_chunks_mut(chunk)
+                .zip(q[span].par_chunks(chunk))
                 .enumerate()
-                .for_each(|(r, (d, s))| {
-                    let k = scale[first + r];
-                    for (d, &s) in d.iter_mut().zip(s) {
-                        *d = s as f32 * k;
-                    }
+                .for_each(|(c, (d, s))| {
+                    let first = first + c * chunk / per_row;
+                    simd::run(WidenI8(d, s, &scale[first..], per_row))
                 }),
         }
     }
@@ -115,6 +115,39 @@ impl Weight<'_> {
                     s.set((chunk, small + out.len() * 4));
                 });
                 Cow::Owned(out)
+            }
+        }
+    }
+}
+
+/// bf16 to f32: the 16 bits become the top half of the f32 (exact).
+struct WidenBf16<'a>(&'a mut [f32], &'a [bf16]);
+
+impl Kernel for WidenBf16<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for (d, s) in self.0.iter_mut().zip(self.1) {
+            *d = f32::from_bits((s.to_bits() as u32) << 16);
+        }
+    }
+}
+
+/// Whole int8 rows of `per_row` values to f32, row r scaled by `scale[r]`.
+struct WidenI8<'a>(&'a mut [f32], &'a [i8], &'a [f32], usize);
+
+impl Kernel for WidenI8<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let WidenI8(dst, q, scale, per_row) = self;
+        for ((d, s), &k) in dst
+            .chunks_exact_mut(per_row)
+            .zip(q.chunks_exact(per_row))
+            .zip(scale)
+        {
+            for (d, &s) in d.iter_mut().zip(s) {
+                *d = s as f32 * k;
             }
         }
     }
