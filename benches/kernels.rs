@@ -21,6 +21,7 @@ fn linear(c: &mut Criterion) {
         ("qkv", 197, 1024, 3072),
         ("fc1", 197, 1024, 4096),
         ("fc2", 197, 4096, 1024),
+        ("fc1_batch8", 1576, 1024, 4096),
     ] {
         let x = values(rows * inp, 1);
         let w = values(out * inp, 2);

@@ -43,20 +43,16 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]
             false,
             Threads::Pool,
         );
-        // Transpose in strips of rows, so each strip reads short contiguous runs of every column.
-        const STRIP: usize = 16;
         y.par_chunks_mut(out * STRIP)
             .enumerate()
             .for_each(|(si, strip)| {
-                let r0 = si * STRIP;
-                let n = strip.len() / out;
-                for o in 0..out {
-                    let col = &yt[o * rows + r0..o * rows + r0 + n];
-                    let add = bias.map_or(0.0, |b| b[o]);
-                    for (i, v) in col.iter().enumerate() {
-                        strip[i * out + o] = v + add;
-                    }
-                }
+                simd::run(TransposeStrip {
+                    yt: &yt,
+                    rows,
+                    r0: si * STRIP,
+                    strip,
+                    bias,
+                })
             });
         return y;
     }
@@ -76,6 +72,52 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]
         Threads::Pool,
     );
     y
+}
+
+/// Side of the square tiles [`TransposeStrip`] moves through a small buffer.
+const TILE: usize = 16;
+/// Rows of `y` per transpose task: each column of `yt` is then read in runs of 256 bytes.
+const STRIP: usize = 64;
+
+/// Rows `r0..r0 + STRIP` of `y = ytᵀ + bias`, where `yt` is `[out, rows]`: [`TILE`] columns at a time,
+/// through a tile buffer, so the reads are runs of [`STRIP`] values and the writes whole vectors. One value
+/// at a time at stride `out`, this pass took a quarter of ViT-L's fc1 (2.1 of 8.1 ms, measured).
+struct TransposeStrip<'a> {
+    yt: &'a [f32],
+    rows: usize,
+    r0: usize,
+    strip: &'a mut [f32],
+    bias: Option<&'a [f32]>,
+}
+
+impl Kernel for TransposeStrip<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let out = self.yt.len() / self.rows;
+        let n = self.strip.len() / out;
+        let zeros = [0.0f32; TILE];
+        let mut tile = [[0.0f32; TILE]; TILE];
+        for o0 in (0..out).step_by(TILE) {
+            let w = TILE.min(out - o0);
+            let bias = self.bias.map_or(&zeros[..w], |b| &b[o0..o0 + w]);
+            for i0 in (0..n).step_by(TILE) {
+                let h = TILE.min(n - i0);
+                for (oi, o) in (o0..o0 + w).enumerate() {
+                    let col = &self.yt[o * self.rows + self.r0 + i0..][..h];
+                    for (i, v) in col.iter().enumerate() {
+                        tile[i][oi] = *v;
+                    }
+                }
+                for (i, row) in tile.iter().enumerate().take(h) {
+                    let dst = &mut self.strip[(i0 + i) * out + o0..][..w];
+                    for ((d, v), b) in dst.iter_mut().zip(row).zip(bias) {
+                        *d = v + b;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Bound on the f32 rows a non-f32 weight is widened into at a time (f32 weights need none). 16 MiB holds
