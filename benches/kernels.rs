@@ -22,6 +22,9 @@ fn linear(c: &mut Criterion) {
         ("fc1", 197, 1024, 4096),
         ("fc2", 197, 4096, 1024),
         ("fc1_batch8", 1576, 1024, 4096),
+        ("convnext_s1_fc1", 784, 384, 1536),
+        ("fc1_batch2", 394, 1024, 4096),
+        ("swin_s2_qkv_batch8", 1568, 768, 2304),
     ] {
         let x = values(rows * inp, 1);
         let w = values(out * inp, 2);

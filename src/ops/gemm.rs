@@ -65,6 +65,30 @@ pub fn matmul(
     accumulate: bool,
     threads: Threads,
 ) {
+    gemm_into(dst, false, a, b, scale, accumulate, threads)
+}
+
+/// [`matmul`] writing the transpose: `dst = (a × b)ᵀ * scale`, `dst` dense row-major `b.cols x a.rows`.
+pub fn matmul_t(
+    dst: &mut [f32],
+    a: MatRef,
+    b: MatRef,
+    scale: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
+    gemm_into(dst, true, a, b, scale, accumulate, threads)
+}
+
+fn gemm_into(
+    dst: &mut [f32],
+    transposed: bool,
+    a: MatRef,
+    b: MatRef,
+    scale: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions differ");
     assert_eq!(dst.len(), m * n, "destination size");
@@ -82,9 +106,12 @@ pub fn matmul(
         Threads::Single => gemm::Parallelism::None,
         Threads::Pool => gemm::Parallelism::Rayon(rayon::current_num_threads()),
     };
-    // SAFETY: every element the kernel reads or writes is in bounds: `dst` holds exactly m*n elements with
-    // row stride n, and `in_bounds` proved the last element of both inputs lies inside its slice. `dst` is a
-    // unique borrow, so it aliases neither input. T = f32 is a type gemm supports.
+    // Element (i, j) of the product goes to dst[i * n + j], or to dst[j * m + i] when transposed.
+    let (dst_cs, dst_rs) = if transposed { (m, 1) } else { (1, n) };
+    // SAFETY: every element the kernel reads or writes is in bounds: `dst` holds exactly m*n elements and
+    // (i, j) -> i * dst_rs + j * dst_cs maps the m x n product one to one onto them, and `in_bounds` proved the
+    // last element of both inputs lies inside its slice. `dst` is a unique borrow, so it aliases neither
+    // input. T = f32 is a type gemm supports.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
@@ -92,8 +119,8 @@ pub fn matmul(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_cs as isize,
+            dst_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
