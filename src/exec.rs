@@ -385,3 +385,28 @@ impl<'m> Executor<'m> {
         Ok(total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_budget_is_two_blocks_capped_never_below_one() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(
+            default_budget(28 * MIB),
+            56 * MIB,
+            "int8 Swin-L: two blocks"
+        );
+        assert_eq!(
+            default_budget(113 * MIB),
+            DEFAULT_BUDGET_CAP,
+            "f32 Swin-L: the cap"
+        );
+        assert_eq!(
+            default_budget(200 * MIB),
+            200 * MIB,
+            "a block over the cap still fits"
+        );
+    }
+}
