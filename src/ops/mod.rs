@@ -33,7 +33,6 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]
     if let Some(b) = bias {
         assert_eq!(b.len(), out, "bias length");
     }
-    let mut y = vec![0.0f32; rows * out];
     if rows < out && rows < TRANSPOSE_BELOW_ROWS {
         let mut yt = vec![0.0f32; out * rows];
         matmul(
@@ -44,19 +43,9 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]
             false,
             Threads::Pool,
         );
-        y.par_chunks_mut(out * STRIP)
-            .enumerate()
-            .for_each(|(si, strip)| {
-                simd::run(TransposeStrip {
-                    yt: &yt,
-                    rows,
-                    r0: si * STRIP,
-                    strip,
-                    bias,
-                })
-            });
-        return y;
+        return transpose_bias(&yt, rows, bias);
     }
+    let mut y = vec![0.0f32; rows * out];
     if let Some(b) = bias {
         y.par_chunks_mut(out * rows_per_task(out)).for_each(|c| {
             for row in c.chunks_exact_mut(out) {
@@ -91,6 +80,24 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]
 /// 2 threads: ViT-L fc1 at 197 rows 7.0 vs 7.7-8.9 ms; at 394 rows 13.5 vs 12.7 ms; at 1576 rows 61 vs 44 ms;
 /// ConvNeXt-L stage-1 fc1 at 784 rows 4.9 vs 3.2 ms).
 const TRANSPOSE_BELOW_ROWS: usize = 256;
+
+/// `y = ytᵀ + bias` for `yt` `[out, rows]`, through [`TransposeStrip`]s.
+fn transpose_bias(yt: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let out = yt.len() / rows.max(1);
+    let mut y = vec![0.0f32; rows * out];
+    y.par_chunks_mut(out * STRIP)
+        .enumerate()
+        .for_each(|(si, strip)| {
+            simd::run(TransposeStrip {
+                yt,
+                rows,
+                r0: si * STRIP,
+                strip,
+                bias,
+            })
+        });
+    y
+}
 
 /// Side of the square tiles [`TransposeStrip`] moves through a small buffer.
 const TILE: usize = 16;
@@ -161,6 +168,29 @@ pub fn linear_weight(
     let chunk = (WIDEN_CHUNK_BYTES / 4 / inp.max(1)).clamp(1, out.max(1));
     let mut buf = vec![0.0f32; chunk * inp];
     weight::note_chunk(buf.len() * 4);
+    if chunk == out {
+        w.rows_into(0, inp, &mut buf);
+        return linear(x, rows, &buf, out, bias);
+    }
+    if rows < out {
+        // yᵀ's rows are output channels: each chunk's product is a contiguous run of them, and one
+        // transpose at the end replaces a transpose and a column scatter per chunk.
+        let mut yt = vec![0.0f32; out * rows];
+        for (o0, dst) in (0..out).step_by(chunk).zip(yt.chunks_mut(chunk * rows)) {
+            let n = chunk.min(out - o0);
+            let wc = &mut buf[..n * inp];
+            w.rows_into(o0, inp, wc);
+            matmul(
+                dst,
+                MatRef::rows(wc, n, inp),
+                MatRef::transposed(x, rows, inp),
+                1.0,
+                false,
+                Threads::Pool,
+            );
+        }
+        return transpose_bias(&yt, rows, bias);
+    }
     let mut y = vec![0.0f32; rows * out];
     for o0 in (0..out).step_by(chunk) {
         let n = chunk.min(out - o0);
@@ -591,6 +621,33 @@ mod tests {
                     assert!((y[r * out + o] - want - b[o]).abs() < 1e-5);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn linear_weight_widens_in_chunks_like_f32() {
+        use std::borrow::Cow;
+        // 1100 outputs of 4096 inputs widen to 17.6 MB of f32: two chunks, in both orders.
+        let (inp, out) = (4096, 1100);
+        let q: Vec<i8> = (0..out * inp).map(|i| (i % 255) as i8).collect();
+        let scale: Vec<f32> = (0..out).map(|o| 1e-3 * (1 + o % 7) as f32).collect();
+        let w = Weight::I8 {
+            q: Cow::Borrowed(&q),
+            scale: Cow::Borrowed(&scale),
+        };
+        assert!(out * inp * 4 > WIDEN_CHUNK_BYTES);
+        let wide = w.to_f32(inp);
+        let b: Vec<f32> = (0..out).map(|o| o as f32 * 0.01).collect();
+        for rows in [5, out + 3] {
+            let x: Vec<f32> = (0..rows * inp).map(|i| (i as f32 * 0.37).sin()).collect();
+            let got = linear_weight(&x, rows, &w, out, Some(&b));
+            let want = linear(&x, rows, &wide, out, Some(&b));
+            let d = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(d < 1e-3, "{rows} rows: max diff {d}");
         }
     }
 
