@@ -170,3 +170,31 @@ fn corrupted_int8_scale_is_one_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn int8_input_reconverts_to_exec_layout_with_its_scales() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = converted(tmp.path(), "swin_tiny", Dtype::Int8, Layout::Source);
+    let exec = tmp.path().join("swin_tiny-int8-reexec");
+    let opts = Options {
+        dtype: Dtype::Int8,
+        layout: Layout::Exec,
+    };
+    convert(&source, &exec, &opts, |_, _| {}).unwrap();
+    let (a, b) = (Model::load(&source).unwrap(), Model::load(&exec).unwrap());
+    let x = references("swin_tiny").swap_remove(0).1;
+    assert_eq!(a.forward(x.clone()).unwrap(), b.forward(x).unwrap());
+    for i in 0..b.blocks.len() {
+        let ranges = b.block_ranges(i).unwrap();
+        assert_eq!(ranges.len(), 1, "block {i}: one range, scales included");
+        assert_eq!(
+            ranges[0].range.start % 4096,
+            0,
+            "block {i} starts on a page"
+        );
+        assert!(
+            b.block_tensors(i).iter().any(|n| n.ends_with("_scale")),
+            "block {i} has int8 weights"
+        );
+    }
+}
