@@ -128,7 +128,7 @@ fn softmax(row: &mut [f32]) {
 /// to -87, below which it returns e^-87 rather than 0: branch-free (Cephes' polynomial after a
 /// round-to-nearest range reduction), so loops over it vectorise, where libm's `expf` is a call per value.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 0.0);
     // Round x / ln 2 to the nearest integer n by adding and subtracting 1.5 * 2^23.
     const SHIFT: f32 = 12_582_912.0;
