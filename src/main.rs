@@ -5,5 +5,6 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    wstream::residency::keep_freed_heap();
     cli::run()
 }

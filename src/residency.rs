@@ -219,6 +219,25 @@ pub fn resident_bytes(map: &[u8], range: Range<usize>) -> std::io::Result<u64> {
     Ok(bytes)
 }
 
+/// Lets the C allocator keep freed activation buffers for reuse (glibc only; elsewhere a no-op). A
+/// program calls it once at start, before its threads; the library never changes process-wide settings.
+///
+/// By default glibc hands buffers over its dynamic threshold (a few MiB, raised as they are freed) back to
+/// the kernel with munmap or a heap trim, so every block's next activation buffer faults its pages in
+/// again and the kernel zeroes them: 73K minor faults per ensemble image, about a third of ViT-L's
+/// in-model GEMM time went to it (qkv 7.9 -> 5.9 ms, fc1 8.4 -> 7.3 ms, measured). Serving buffers up to
+/// 64 MiB from the heap and trimming only above 256 MiB of free top keeps them mapped; peak RSS does not
+/// change (freed buffers are reused by the next block, the live set is what peaks), faults drop to 30K.
+pub fn keep_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before other threads allocate (the
+    // caller's contract above) and a refused value (return 0) leaves the defaults in place.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 /// Memory of this process, in bytes, from /proc/self/status.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MemReading {
