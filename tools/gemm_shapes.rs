@@ -1,14 +1,18 @@
 //! GFLOP/s of `ops::matmul` at the models' shapes, best of N runs (robust on a shared machine).
-//! `cargo run --release --example gemm_shapes -- [threads] [reps] [filter]`: one line per shape, name, MxKxN,
-//! best GFLOP/s and ms. Run it several times (interleaved with the build it is compared to) and keep the best.
+//! `cargo run --release --example gemm_shapes -- [threads] [reps] [filter] [yt|y|linear]`: one line per shape,
+//! name, MxKxN, best GFLOP/s and ms. A linear layer's shape is `out x in x rows`; the last argument picks what
+//! is timed: `yt` (default) the product `w × xᵀ` into a dense `yᵀ`, `y` the same product written straight into
+//! `y` (`matmul_t`), `linear` the whole `ops::linear` (product, transpose, bias) as the models call it. Run it several times (interleaved with the build it is compared to) and keep the best.
 use std::time::Instant;
-use wstream::ops::{matmul, MatRef, Threads};
+use wstream::ops::{linear, matmul, matmul_t, MatRef, Threads};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let threads: usize = args.get(1).map_or(2, |s| s.parse().unwrap());
     let reps: usize = args.get(2).map_or(20, |s| s.parse().unwrap());
     let filter = args.get(3).cloned().unwrap_or_default();
+    let mode = args.get(4).map_or("yt", |s| s.as_str());
+    wstream::residency::keep_freed_heap();
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
@@ -59,8 +63,11 @@ fn main() {
                         col_stride: c3,
                     };
                     matmul(&mut dst, av, bv, 0.5, false, Threads::Single);
+                } else if mode == "linear" {
+                    std::hint::black_box(linear(&b, n, &a, m, Some(&qkv[..m])));
                 } else {
-                    matmul(
+                    let gemm = if mode == "y" { matmul_t } else { matmul };
+                    gemm(
                         &mut dst,
                         MatRef::rows(&a, m, k),
                         MatRef::transposed(&b, n, k),
