@@ -28,7 +28,10 @@ pub(crate) fn header<'a>(
     entries: impl IntoIterator<Item = HeaderEntry<'a>>,
     align: usize,
 ) -> String {
-    assert!(align >= 8 && align % 8 == 0, "header alignment {align}");
+    assert!(
+        align >= 8 && align.is_multiple_of(8),
+        "header alignment {align}"
+    );
     let mut parts = Vec::new();
     if !metadata.is_empty() {
         parts.push(format!("\"__metadata__\":{}", json!(metadata)));

@@ -5,6 +5,8 @@ mod attention;
 mod gemm;
 pub(crate) mod simd;
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use crate::weight::{self, Weight};
@@ -34,9 +36,10 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]
         assert_eq!(b.len(), out, "bias length");
     }
     if rows < out && rows < TRANSPOSE_BELOW_ROWS {
-        let mut yt = vec![0.0f32; out * rows];
-        weight_times_xt(&mut yt, w, x, rows);
-        return transpose_bias(&yt, rows, bias);
+        return with_yt(out * rows, |yt| {
+            weight_times_xt(yt, w, x, rows);
+            transpose_bias(yt, rows, bias)
+        });
     }
     let mut y = vec![0.0f32; rows * out];
     if let Some(b) = bias {
@@ -89,67 +92,29 @@ fn weight_times_xt(yt: &mut [f32], w: &[f32], x: &[f32], rows: usize) {
     );
 }
 
-/// `y = ytᵀ + bias` for `yt` `[out, rows]`, through [`TransposeStrip`]s.
+/// Runs `f` on a `len`-element buffer for `yᵀ`, the calling thread's own, kept from call to call: a fresh
+/// one would be zeroed every time, a pass over as much memory as the transpose writes. It holds at most
+/// [`TRANSPOSE_BELOW_ROWS`] rows of the widest layer (6 MiB for Swin-L's 6144 outputs). A nested call (a
+/// rayon task stolen while the buffer is in use) gets a fresh buffer.
+fn with_yt<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local!(static YT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) });
+    YT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut yt) => {
+            if yt.len() < len {
+                yt.resize(len, 0.0);
+            }
+            f(&mut yt[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// `y = ytᵀ + bias` for `yt` `[out, rows]`.
 fn transpose_bias(yt: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let out = yt.len() / rows.max(1);
-    let mut y = vec![0.0f32; rows * out];
-    y.par_chunks_mut(out * STRIP)
-        .enumerate()
-        .for_each(|(si, strip)| {
-            simd::run(TransposeStrip {
-                yt,
-                rows,
-                r0: si * STRIP,
-                strip,
-                bias,
-            })
-        });
-    y
-}
-
-/// Side of the square tiles [`TransposeStrip`] moves through a small buffer.
-const TILE: usize = 16;
-/// Rows of `y` per transpose task: each column of `yt` is then read in runs of 256 bytes.
-const STRIP: usize = 64;
-
-/// Rows `r0..r0 + STRIP` of `y = ytᵀ + bias`, where `yt` is `[out, rows]`: [`TILE`] columns at a time,
-/// through a tile buffer, so the reads are runs of [`STRIP`] values and the writes whole vectors. One value
-/// at a time at stride `out`, this pass took a quarter of ViT-L's fc1 (2.1 of 8.1 ms, measured).
-struct TransposeStrip<'a> {
-    yt: &'a [f32],
-    rows: usize,
-    r0: usize,
-    strip: &'a mut [f32],
-    bias: Option<&'a [f32]>,
-}
-
-impl Kernel for TransposeStrip<'_> {
-    type Output = ();
-    #[inline(always)]
-    fn run(self) {
-        let out = self.yt.len() / self.rows;
-        let n = self.strip.len() / out;
-        let zeros = [0.0f32; TILE];
-        let mut tile = [[0.0f32; TILE]; TILE];
-        for o0 in (0..out).step_by(TILE) {
-            let w = TILE.min(out - o0);
-            let bias = self.bias.map_or(&zeros[..w], |b| &b[o0..o0 + w]);
-            for i0 in (0..n).step_by(TILE) {
-                let h = TILE.min(n - i0);
-                for (oi, o) in (o0..o0 + w).enumerate() {
-                    let col = &self.yt[o * self.rows + self.r0 + i0..][..h];
-                    for (i, v) in col.iter().enumerate() {
-                        tile[i][oi] = *v;
-                    }
-                }
-                for (i, row) in tile.iter().enumerate().take(h) {
-                    let dst = &mut self.strip[(i0 + i) * out + o0..][..w];
-                    for ((d, v), b) in dst.iter_mut().zip(row).zip(bias) {
-                        *d = v + b;
-                    }
-                }
-            }
-        }
+    match bias {
+        Some(b) => simd::transposed(yt, rows, b),
+        None => simd::transposed(yt, rows, &vec![0.0; out]),
     }
 }
 
@@ -183,14 +148,15 @@ pub fn linear_weight(
     if rows < out {
         // yᵀ's rows are output channels: each chunk's product is a contiguous run of them, and one
         // transpose at the end replaces a transpose and a column scatter per chunk.
-        let mut yt = vec![0.0f32; out * rows];
-        for (o0, dst) in (0..out).step_by(chunk).zip(yt.chunks_mut(chunk * rows)) {
-            let n = chunk.min(out - o0);
-            let wc = &mut buf[..n * inp];
-            w.rows_into(o0, inp, wc);
-            weight_times_xt(dst, wc, x, rows);
-        }
-        return transpose_bias(&yt, rows, bias);
+        return with_yt(out * rows, |yt| {
+            for (o0, dst) in (0..out).step_by(chunk).zip(yt.chunks_mut(chunk * rows)) {
+                let n = chunk.min(out - o0);
+                let wc = &mut buf[..n * inp];
+                w.rows_into(o0, inp, wc);
+                weight_times_xt(dst, wc, x, rows);
+            }
+            transpose_bias(yt, rows, bias)
+        });
     }
     let mut y = vec![0.0f32; rows * out];
     for o0 in (0..out).step_by(chunk) {
@@ -289,7 +255,7 @@ pub fn gelu(x: &mut [f32]) {
 pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
     let n = bias.len();
     assert!(
-        n > 0 && x.len() % n == 0,
+        n > 0 && x.len().is_multiple_of(n),
         "{} values are not rows of {n}",
         x.len()
     );

@@ -6,7 +6,10 @@
 //! contracts `a * b + c` into an FMA on its own, so every level computes bitwise the same results.
 #![allow(unsafe_code)]
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
+
+use rayon::prelude::*;
 
 /// A unit of work whose `run` is inlined into a function compiled for the CPU's best instruction set.
 pub trait Kernel {
@@ -89,4 +92,175 @@ pub fn reduce(x: &[f32], init: f32, map: impl Fn(f32) -> f32, f: impl Fn(f32, f3
     }
     let tail = chunks.remainder().iter().fold(init, |a, &b| f(a, map(b)));
     f(part.into_iter().fold(init, &f), tail)
+}
+
+/// Rows of the result per task of [`transposed`].
+const STRIP: usize = 64;
+
+/// `ytᵀ + bias` as a new `[rows, out]` vector, for `yt` `[out, rows]` and `out = bias.len()`: strips of
+/// [`STRIP`] result rows in parallel, written into memory that is not zeroed first (zeroing was a third of
+/// the cost: it is a pass over memory as large as the transpose's own writes).
+pub fn transposed(yt: &[f32], rows: usize, bias: &[f32]) -> Vec<f32> {
+    let out = bias.len();
+    assert_eq!(yt.len(), out * rows, "yT is not [out, rows]");
+    let mut y = Vec::with_capacity(out * rows);
+    if out * rows == 0 {
+        return y;
+    }
+    y.spare_capacity_mut()[..out * rows]
+        .par_chunks_mut(out * STRIP)
+        .enumerate()
+        .for_each(|(si, strip)| {
+            let r0 = si * STRIP;
+            transpose_add(&yt[r0..], rows, strip, out, strip.len() / out, bias)
+        });
+    // SAFETY: the strips tile 0..out * rows, and `transpose_add` wrote every element of each: element
+    // (r0 + j) * out + i for every j < STRIP (or the last strip's length) and i < out.
+    unsafe { y.set_len(out * rows) };
+    y
+}
+
+/// `dst[j * ld_dst + i] = src[i * ld_src + j] + bias[i]` for `i < bias.len()` and `j < cols`: a transpose of
+/// `bias.len()` rows of `src` into `cols` rows of `dst`, adding `bias[i]` along each, writing every one of
+/// those elements. With AVX-512 it moves 16x16 tiles through registers (a shuffle network, masked at the
+/// edges): 1.4-1.6x faster than the scalar form, which no compiler vectorises (measured at ViT-L's shapes).
+fn transpose_add(
+    src: &[f32],
+    ld_src: usize,
+    dst: &mut [MaybeUninit<f32>],
+    ld_dst: usize,
+    cols: usize,
+    bias: &[f32],
+) {
+    let rows = bias.len();
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(cols <= ld_src && rows <= ld_dst, "transpose strides");
+    assert!(src.len() >= (rows - 1) * ld_src + cols, "transpose source");
+    assert!(
+        dst.len() >= (cols - 1) * ld_dst + rows,
+        "transpose destination"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: the CPU has AVX-512F (checked by `level`), and the asserts above keep every element read
+        // and written inside `src` and `dst`, which is what `transpose_add_avx512` requires.
+        unsafe { transpose_add_avx512(src, ld_src, dst, ld_dst, cols, bias) };
+        return;
+    }
+    for j in 0..cols {
+        for (i, b) in bias.iter().enumerate() {
+            dst[j * ld_dst + i].write(src[i * ld_src + j] + b);
+        }
+    }
+}
+
+/// [`transpose_add`] in 16x16 register tiles.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `src` must hold `(bias.len() - 1) * ld_src + cols` elements and `dst`
+/// `(cols - 1) * ld_dst + bias.len()`, with `cols <= ld_src` and `bias.len() <= ld_dst`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_add_avx512(
+    src: &[f32],
+    ld_src: usize,
+    dst: &mut [MaybeUninit<f32>],
+    ld_dst: usize,
+    cols: usize,
+    bias: &[f32],
+) {
+    use std::arch::x86_64::*;
+    let rows = bias.len();
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut f32);
+    for i0 in (0..rows).step_by(16) {
+        let w = 16.min(rows - i0);
+        let wmask: __mmask16 = (1u32 << w).wrapping_sub(1) as u16;
+        // SAFETY (all loads and stores below): lanes outside the masks are not accessed; the accessed ones
+        // are rows i0..i0 + w < rows of src, columns j0..j0 + h <= cols, and their transposes in dst, all
+        // within the lengths the caller guarantees.
+        let b = unsafe { _mm512_maskz_loadu_ps(wmask, bias.as_ptr().add(i0)) };
+        for j0 in (0..cols).step_by(16) {
+            let h = 16.min(cols - j0);
+            let hmask: __mmask16 = (1u32 << h).wrapping_sub(1) as u16;
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, ri) in r.iter_mut().enumerate().take(w) {
+                *ri = unsafe { _mm512_maskz_loadu_ps(hmask, s.add((i0 + i) * ld_src + j0)) };
+            }
+            // Pairs, then quads within 128-bit lanes: u[4g + c] lane L holds column 4L + c, rows 4g..4g + 3.
+            let mut t = [_mm512_setzero_ps(); 16];
+            for p in 0..8 {
+                t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+                t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+            }
+            let mut u = [_mm512_setzero_ps(); 16];
+            for g in 0..4 {
+                let (lo, hi) = (t[4 * g], t[4 * g + 2]);
+                let (lo2, hi2) = (t[4 * g + 1], t[4 * g + 3]);
+                u[4 * g] = _mm512_shuffle_ps::<0x44>(lo, hi);
+                u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(lo, hi);
+                u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(lo2, hi2);
+                u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(lo2, hi2);
+            }
+            // Then 128-bit lanes across registers: column c, 4 + c, 8 + c, 12 + c, rows 0..16.
+            for c in 0..4 {
+                let v = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+                let vp = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+                let x = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+                let xp = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+                let cols4 = [
+                    (c, _mm512_shuffle_f32x4::<0x88>(v, vp)),
+                    (4 + c, _mm512_shuffle_f32x4::<0x88>(x, xp)),
+                    (8 + c, _mm512_shuffle_f32x4::<0xDD>(v, vp)),
+                    (12 + c, _mm512_shuffle_f32x4::<0xDD>(x, xp)),
+                ];
+                for (j, col) in cols4 {
+                    if j < h {
+                        unsafe {
+                            _mm512_mask_storeu_ps(
+                                d.add((j0 + j) * ld_dst + i0),
+                                wmask,
+                                _mm512_add_ps(col, b),
+                            )
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every tile shape: whole, partial in either direction or both, several strips, against the definition.
+    #[test]
+    fn transposed_matches_definition() {
+        for (out, rows) in [
+            (1, 1),
+            (16, 16),
+            (5, 3),
+            (17, 33),
+            (64, 197),
+            (40, 16),
+            (3, 150),
+            (0, 4),
+        ] {
+            let yt: Vec<f32> = (0..out * rows).map(|i| i as f32 * 0.5).collect();
+            let bias: Vec<f32> = (0..out).map(|i| 1000.0 + i as f32).collect();
+            let y = transposed(&yt, rows, &bias);
+            assert_eq!(y.len(), out * rows);
+            for r in 0..rows {
+                for o in 0..out {
+                    assert_eq!(
+                        y[r * out + o],
+                        yt[o * rows + r] + bias[o],
+                        "{out}x{rows} at ({r}, {o})"
+                    );
+                }
+            }
+        }
+    }
 }
