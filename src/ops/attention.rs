@@ -132,7 +132,8 @@ fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 0.0);
     // Round x / ln 2 to the nearest integer n by adding and subtracting 1.5 * 2^23.
     const SHIFT: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = shifted - SHIFT;
     // r = x - n ln 2, with ln 2 split in two so the product is exact.
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;
@@ -142,7 +143,15 @@ fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_66;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from shifted's bits, which are SHIFT's plus n: `n as i32` saturates, which LLVM does one lane at a
+    // time.
+    e * f32::from_bits(
+        shifted
+            .to_bits()
+            .wrapping_sub(SHIFT.to_bits())
+            .wrapping_add(127)
+            << 23,
+    )
 }
 
 /// `c[m, n] = a[m, k] b[k, n]`, all dense row-major, each sum over k in order. Tiles of up to [`ROWS`] rows
