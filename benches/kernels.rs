@@ -121,8 +121,8 @@ fn window_attention(c: &mut Criterion) {
     for (stage, windows, heads) in [(0, 64, 6), (1, 16, 12), (2, 4, 24), (3, 1, 48)] {
         let qkv = values(windows * 49 * 3 * heads * 32, 7);
         let bias = values(heads * 49 * 49, 8);
-        let add = |_: usize, h: usize, s: &mut [f32]| {
-            for (v, b) in s.iter_mut().zip(&bias[h * 49 * 49..]) {
+        let add = |_: usize, h: usize, row: usize, s: &mut [f32]| {
+            for (v, b) in s.iter_mut().zip(&bias[(h * 49 + row) * 49..]) {
                 *v += b;
             }
         };

@@ -618,12 +618,15 @@ impl Block for SwinBlock {
         }
         // ops::ScoreBias is a 'static closure type: it owns its bias and shares the mask.
         let mask = std::sync::Arc::clone(&self.mask);
-        let add_bias = move |g: usize, hd: usize, scores: &mut [f32]| {
-            for (sc, r) in scores.iter_mut().zip(&rel[hd * n * n..][..n * n]) {
+        let add_bias = move |g: usize, hd: usize, row: usize, scores: &mut [f32]| {
+            for (sc, r) in scores.iter_mut().zip(&rel[(hd * n + row) * n..][..n]) {
                 *sc += r;
             }
             if !mask.is_empty() {
-                for (sc, m) in scores.iter_mut().zip(&mask[(g % nw) * n * n..][..n * n]) {
+                for (sc, m) in scores
+                    .iter_mut()
+                    .zip(&mask[((g % nw) * n + row) * n..][..n])
+                {
                     *sc += m;
                 }
             }

@@ -1,22 +1,23 @@
 //! Multi-head self-attention on small per-head matrices (ViT: 197 tokens x 64; Swin: 49-token windows x 32).
 //!
 //! A general GEMM spends most of its time packing and dispatching at these sizes (about 18 GFLOP/s on Swin-L's
-//! windows, measured). Here each (sequence, head) gathers q, kᵀ and v into small dense buffers and multiplies
-//! them with a register-tiled kernel that [`simd::run`] compiles for the CPU's widest vectors.
+//! windows, measured). Here each block of query rows of a sequence gathers q, kᵀ and v of one head after
+//! another into small dense buffers, reused across heads, and multiplies them with a register-tiled kernel that
+//! [`simd::run`] compiles for the CPU's widest vectors, writing each head's product into its output columns.
 
 use rayon::prelude::*;
 
 use super::simd::{self, Kernel, LANES};
 
-/// Adds to one `[tokens, tokens]` score matrix, given (group, head).
-pub type ScoreBias<'a> = dyn Fn(usize, usize, &mut [f32]) + Sync + 'a;
+/// Adds to row `row` of one `[tokens, tokens]` score matrix, given (group, head, row).
+pub type ScoreBias<'a> = dyn Fn(usize, usize, usize, &mut [f32]) + Sync + 'a;
 
 /// Multi-head self-attention over `groups` independent sequences of `tokens` tokens (batch items, or Swin
 /// windows), reading q, k, v from a fused qkv projection `[groups * tokens, 3 * heads * head_dim]` laid out
-/// (3, heads, head_dim) per token as timm's `qkv` Linear produces. `bias(group, head, scores)` may add to each
-/// `[tokens, tokens]` score matrix before the softmax (Swin's relative position bias and mask). Returns
-/// `[groups * tokens, heads * head_dim]`, heads concatenated as timm's `transpose(1, 2).reshape`. q is scaled
-/// by `head_dim^-0.5` before `q kᵀ`, as timm's unfused path does.
+/// (3, heads, head_dim) per token as timm's `qkv` Linear produces. `bias(group, head, row, scores)` may add to
+/// each row of each `[tokens, tokens]` score matrix before the softmax (Swin's relative position bias and
+/// mask). Returns `[groups * tokens, heads * head_dim]`, heads concatenated as timm's `transpose(1, 2).reshape`.
+/// q is scaled by `head_dim^-0.5` before `q kᵀ`, as timm's unfused path does.
 pub fn attention(
     qkv: &[f32],
     groups: usize,
@@ -25,89 +26,94 @@ pub fn attention(
     head_dim: usize,
     bias: Option<&ScoreBias<'_>>,
 ) -> Vec<f32> {
-    let c = heads * head_dim;
-    assert_eq!(qkv.len(), groups * tokens * 3 * c, "qkv size");
-    let per_head: Vec<Vec<f32>> = (0..groups * heads)
-        .into_par_iter()
-        .map(|gh| {
-            let (g, h) = (gh / heads, gh % heads);
-            simd::run(Head {
-                qkv: &qkv[g * tokens * 3 * c..(g + 1) * tokens * 3 * c],
-                head: h,
-                heads,
-                tokens,
-                head_dim,
-                bias: bias.map(|b| (b, g)),
+    let (t, d, c) = (tokens, head_dim, heads * head_dim);
+    assert_eq!(qkv.len(), groups * t * 3 * c, "qkv size");
+    // Blocks of query rows, one per thread when there are fewer groups than threads (ViT, Swin's last stage);
+    // each block does all heads, so it owns whole rows of the output. Each block packs kᵀ and v itself: more
+    // blocks would repeat that more.
+    let blocks = rayon::current_num_threads().div_ceil(groups);
+    let rows = t.div_ceil(blocks);
+    let mut out = vec![0.0f32; groups * t * c];
+    out.par_chunks_mut(t * c).enumerate().for_each(|(g, out)| {
+        out.par_chunks_mut(rows * c)
+            .enumerate()
+            .for_each(|(b, out)| {
+                simd::run(Block {
+                    qkv: &qkv[g * t * 3 * c..(g + 1) * t * 3 * c],
+                    out,
+                    first: b * rows,
+                    tokens: t,
+                    heads,
+                    head_dim: d,
+                    bias: bias.map(|f| (f, g)),
+                })
             })
-        })
-        .collect();
-    let mut out = vec![0.0f32; groups * tokens * c];
-    out.par_chunks_mut(tokens * c)
-        .enumerate()
-        .for_each(|(g, dst)| {
-            for h in 0..heads {
-                let src = &per_head[g * heads + h];
-                for t in 0..tokens {
-                    dst[t * c + h * head_dim..t * c + (h + 1) * head_dim]
-                        .copy_from_slice(&src[t * head_dim..(t + 1) * head_dim]);
-                }
-            }
-        });
+    });
     out
 }
 
-/// One head of one sequence: `softmax(q kᵀ * scale + bias) v`, `[tokens, head_dim]`.
-struct Head<'a, 'b> {
+/// Query rows `first..` of one sequence, all heads: `softmax(q kᵀ * scale + bias) v` into their output rows.
+struct Block<'a, 'b> {
     /// The sequence's `[tokens, 3 * heads * head_dim]` rows.
     qkv: &'a [f32],
-    head: usize,
-    heads: usize,
+    /// `[rows, heads * head_dim]`.
+    out: &'a mut [f32],
+    first: usize,
     tokens: usize,
+    heads: usize,
     head_dim: usize,
     bias: Option<(&'a ScoreBias<'b>, usize)>,
 }
 
-impl Kernel for Head<'_, '_> {
-    type Output = Vec<f32>;
+impl Kernel for Block<'_, '_> {
+    type Output = ();
 
     #[inline(always)]
-    fn run(self) -> Vec<f32> {
+    fn run(self) {
         let (t, d) = (self.tokens, self.head_dim);
-        // kᵀ's rows (and so the score rows) padded to whole vectors: the pad columns score 0 and are dropped.
         let tp = t.next_multiple_of(LANES);
         let c = self.heads * d;
+        let rows = self.out.len() / c;
         let scale = (d as f32).powf(-0.5);
-        let at = |i: usize, which: usize| {
-            let s = i * 3 * c + which * c + self.head * d;
-            &self.qkv[s..s + d]
-        };
-        let mut q = vec![0.0f32; t * d];
+        let mut q = vec![0.0f32; rows * d];
+        // kᵀ's rows (and so the score rows) padded to whole vectors: the pad columns are never read. v is
+        // packed too: in place in the qkv rows, its rows may sit a multiple of 4 KiB apart (ViT) and evict
+        // each other from L1.
         let mut kt = vec![0.0f32; d * tp];
         let mut v = vec![0.0f32; t * d];
-        for i in 0..t {
-            for (dst, src) in q[i * d..(i + 1) * d].iter_mut().zip(at(i, 0)) {
-                *dst = src * scale;
+        let mut scores = vec![0.0f32; rows * tp];
+        for h in 0..self.heads {
+            for (i, v) in v.chunks_exact_mut(d).enumerate() {
+                let row = &self.qkv[i * 3 * c..][..3 * c];
+                for (p, &k) in row[c + h * d..][..d].iter().enumerate() {
+                    kt[p * tp + i] = k;
+                }
+                v.copy_from_slice(&row[2 * c + h * d..][..d]);
             }
-            for (p, src) in at(i, 1).iter().enumerate() {
-                kt[p * tp + i] = *src;
+            for (i, q) in q.chunks_exact_mut(d).enumerate() {
+                let src = &self.qkv[(self.first + i) * 3 * c + h * d..][..d];
+                for (dst, src) in q.iter_mut().zip(src) {
+                    *dst = src * scale;
+                }
             }
-            v[i * d..(i + 1) * d].copy_from_slice(at(i, 2));
+            matmul_small((&mut scores, tp), (&q, d), (&kt, tp), rows, d, tp);
+            for (i, row) in scores.chunks_exact_mut(tp).enumerate() {
+                let row = &mut row[..t];
+                if let Some((add, g)) = self.bias {
+                    add(g, h, self.first + i, row);
+                }
+                softmax(row);
+            }
+            // Written in place into head h's output columns.
+            matmul_small(
+                (&mut self.out[h * d..], c),
+                (&scores, tp),
+                (&v, d),
+                rows,
+                t,
+                d,
+            );
         }
-        let mut scores = vec![0.0f32; t * tp];
-        matmul_small(&mut scores, &q, &kt, t, d, tp);
-        for i in 1..t {
-            scores.copy_within(i * tp..i * tp + t, i * t);
-        }
-        scores.truncate(t * t);
-        if let Some((add, g)) = self.bias {
-            add(g, self.head, &mut scores);
-        }
-        for row in scores.chunks_exact_mut(t) {
-            softmax(row);
-        }
-        let mut out = vec![0.0f32; t * d];
-        matmul_small(&mut out, &scores, &v, t, t, d);
-        out
     }
 }
 
@@ -160,20 +166,36 @@ fn exp(x: f32) -> f32 {
     )
 }
 
-/// `c[m, n] = a[m, k] b[k, n]`, all dense row-major, each sum over k in order. Tiles of up to [`ROWS`] rows
-/// by 2 x [`LANES`] or [`LANES`] columns keep their sums in vector registers; columns past the last whole
-/// tile go one at a time.
+/// `c[m, n] = a[m, k] b[k, n]`, each matrix given as (data, row stride), each sum over k in order. Tiles of up
+/// to [`ROWS`] rows by 2 x [`LANES`] or [`LANES`] columns keep their sums in vector registers; columns past
+/// the last whole tile go one at a time.
 #[inline(always)]
-fn matmul_small(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+fn matmul_small(
+    c: (&mut [f32], usize),
+    a: (&[f32], usize),
+    b: (&[f32], usize),
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    let (c, ldc) = c;
+    let (a, lda) = a;
+    let (b, ldb) = b;
+    assert!(m > 0 && k > 0 && n > 0);
+    assert!(
+        a.len() >= (m - 1) * lda + k
+            && b.len() >= (k - 1) * ldb + n
+            && c.len() >= (m - 1) * ldc + n
+    );
     let mut i = 0;
     while i < m {
         let rows = ROWS.min(m - i);
+        let (c, a) = (&mut c[i * ldc..], &a[i * lda..]);
         match rows {
-            ROWS => tile_rows::<ROWS>(c, a, b, i, k, n),
-            3 => tile_rows::<3>(c, a, b, i, k, n),
-            2 => tile_rows::<2>(c, a, b, i, k, n),
-            _ => tile_rows::<1>(c, a, b, i, k, n),
+            ROWS => tile_rows::<ROWS>((c, ldc), (a, lda), (b, ldb), k, n),
+            3 => tile_rows::<3>((c, ldc), (a, lda), (b, ldb), k, n),
+            2 => tile_rows::<2>((c, ldc), (a, lda), (b, ldb), k, n),
+            _ => tile_rows::<1>((c, ldc), (a, lda), (b, ldb), k, n),
         }
         i += rows;
     }
@@ -181,44 +203,53 @@ fn matmul_small(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usiz
 
 const ROWS: usize = 4;
 
-/// Rows `i..i + R` of [`matmul_small`].
+/// The first `R` rows of [`matmul_small`]'s `c`.
 #[inline(always)]
-fn tile_rows<const R: usize>(c: &mut [f32], a: &[f32], b: &[f32], i: usize, k: usize, n: usize) {
+fn tile_rows<const R: usize>(
+    c: (&mut [f32], usize),
+    a: (&[f32], usize),
+    b: (&[f32], usize),
+    k: usize,
+    n: usize,
+) {
+    let (c, ldc) = c;
+    let (a, lda) = a;
+    let (b, ldb) = b;
     let mut j = 0;
     while j + 2 * LANES <= n {
-        tile::<R, { 2 * LANES }>(c, a, b, i, j, k, n);
+        tile::<R, { 2 * LANES }>((&mut c[j..], ldc), (a, lda), (&b[j..], ldb), k);
         j += 2 * LANES;
     }
     if j + LANES <= n {
-        tile::<R, LANES>(c, a, b, i, j, k, n);
+        tile::<R, LANES>((&mut c[j..], ldc), (a, lda), (&b[j..], ldb), k);
         j += LANES;
     }
     for r in 0..R {
         for jj in j..n {
             let mut s = 0.0f32;
             for p in 0..k {
-                s += a[(i + r) * k + p] * b[p * n + jj];
+                s += a[r * lda + p] * b[p * ldb + jj];
             }
-            c[(i + r) * n + jj] = s;
+            c[r * ldc + jj] = s;
         }
     }
 }
 
-/// The `R x L` block of `c` at (i, j).
+/// The `R x L` block at the start of `c`.
 #[inline(always)]
 fn tile<const R: usize, const L: usize>(
-    c: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    i: usize,
-    j: usize,
+    c: (&mut [f32], usize),
+    a: (&[f32], usize),
+    b: (&[f32], usize),
     k: usize,
-    n: usize,
 ) {
+    let (c, ldc) = c;
+    let (a, lda) = a;
+    let (b, ldb) = b;
     let mut acc = [[0.0f32; L]; R];
-    let rows: [&[f32]; R] = std::array::from_fn(|r| &a[(i + r) * k..(i + r + 1) * k]);
+    let rows: [&[f32]; R] = std::array::from_fn(|r| &a[r * lda..r * lda + k]);
     for p in 0..k {
-        let bv: [f32; L] = b[p * n + j..p * n + j + L].try_into().unwrap();
+        let bv: [f32; L] = b[p * ldb..p * ldb + L].try_into().unwrap();
         for r in 0..R {
             let av = rows[r][p];
             for l in 0..L {
@@ -227,7 +258,7 @@ fn tile<const R: usize, const L: usize>(
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        c[(i + r) * n + j..(i + r) * n + j + L].copy_from_slice(acc);
+        c[r * ldc..r * ldc + L].copy_from_slice(acc);
     }
 }
 
@@ -261,7 +292,7 @@ mod tests {
             let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
             let mut c = vec![f32::NAN; m * n];
-            matmul_small(&mut c, &a, &b, m, k, n);
+            matmul_small((&mut c, n), (&a, k), (&b, n), m, k, n);
             for i in 0..m {
                 for j in 0..n {
                     let want: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
@@ -276,10 +307,10 @@ mod tests {
         let (g, t, h, d) = (2, 5, 3, 4);
         let c = h * d;
         let qkv: Vec<f32> = (0..g * t * 3 * c).map(|i| (i as f32 * 0.5).sin()).collect();
-        let add = |gi: usize, hi: usize, s: &mut [f32]| {
+        let add = |gi: usize, hi: usize, i: usize, s: &mut [f32]| {
             s.iter_mut()
                 .enumerate()
-                .for_each(|(i, v)| *v += (gi + hi + i) as f32 * 0.01)
+                .for_each(|(j, v)| *v += (gi + hi + i * t + j) as f32 * 0.01)
         };
         let out = attention(&qkv, g, t, h, d, Some(&add));
         let at = |gi: usize, i: usize, which: usize, hi: usize, dd: usize| {
