@@ -26,6 +26,7 @@ import argparse
 import datetime
 import json
 import math
+import mmap
 import os
 import platform
 import re
@@ -364,10 +365,33 @@ def resident_bytes(paths):
 
 
 def warm_cache(paths):
+    """Drops the files from the page cache, then reads each once sequentially: the state a copy, a download
+    or a first run leaves, whatever earlier runs (cold tests, per-block cache eviction) left behind. It
+    matters to wstream, which computes from the page cache: the kernel fills it in 2 MiB folios on a
+    sequential read and maps those whole."""
+    drop_cache(paths)
     for p in paths:
         with open(p, 'rb') as f:
             while f.read(1 << 24):
                 pass
+
+
+def huge_folio_fraction(paths):
+    """Share of the files' bytes a fresh read-only mapping maps with 2 MiB entries (FilePmdMapped / Rss in
+    /proc/self/smaps after touching every page), or None where the kernel does not report it."""
+    pmd = rss = 0
+    for p in paths:
+        with open(p, 'rb') as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+            for off in range(0, len(m), 4096):
+                m[off]
+            for block in re.split(r'\n(?=[0-9a-f]+-[0-9a-f]+ )', open('/proc/self/smaps').read()):
+                if block.splitlines()[0].endswith(' ' + str(Path(p).resolve())):
+                    fields = dict(l.split(':', 1) for l in block.splitlines()[1:] if ':' in l)
+                    if 'FilePmdMapped' not in fields:
+                        return None
+                    pmd += int(fields['FilePmdMapped'].split()[0])
+                    rss += int(fields['Rss'].split()[0])
+    return pmd / rss if rss else None
 
 
 def run_timed(cmd, timeout=None, discard_stdout=False):
@@ -493,6 +517,7 @@ class Bench:
         a = self.a
         log('warm: starting the timm and ORT workers (load the three models each)')
         warm_cache(self.weight_files)
+        self.res['huge_folio_fraction'] = huge_folio_fraction(self.weight_files)
         workers = {}
         try:
             workers['timm'] = Worker('timm', a)
@@ -748,6 +773,12 @@ def render(res, meta):
         f'`torch.onnx.export(dynamo=False)` opset {OPSET} exports of the same models, dynamic batch, external data, '
         f'in `{meta["onnx_dir"]}`). Medians over {meta["repeats"]} rounds in which the engines take turns '
         f'(order rotated each round).')
+    hf = res.get('huge_folio_fraction')
+    add('- **Page cache**: before the warm phases each weight file is dropped from the page cache and read once '
+        'sequentially, the state a copy, a download or a first run leaves'
+        + (f': {hf * 100:.0f}% of the bytes then sit in 2 MiB folios, which wstream\'s mapping maps whole'
+           if hf is not None else '')
+        + '. timm and ONNX Runtime copy the weights at load, so this touches only wstream (see below the table).')
     add('')
 
     def row(label, key, unit='', lower_better=True, note=''):
