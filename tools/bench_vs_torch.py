@@ -378,7 +378,15 @@ def warm_cache(paths):
 
 def huge_folio_fraction(paths):
     """Share of the files' bytes a fresh read-only mapping maps with 2 MiB entries (FilePmdMapped / Rss in
-    /proc/self/smaps after touching every page), or None where the kernel does not report it."""
+    /proc/self/smaps after touching every page), or None where the kernel does not report it. Measured in a
+    child process: mapping the files here would raise this process's peak RSS, which the kernel hands to
+    every child it later spawns (vfork) as that child's ru_maxrss."""
+    r = subprocess.run([sys.executable, __file__, 'folios'] + [str(p) for p in paths],
+                       capture_output=True, text=True)
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def folios_main(paths):
     pmd = rss = 0
     for p in paths:
         with open(p, 'rb') as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
@@ -388,10 +396,11 @@ def huge_folio_fraction(paths):
                 if block.splitlines()[0].endswith(' ' + str(Path(p).resolve())):
                     fields = dict(l.split(':', 1) for l in block.splitlines()[1:] if ':' in l)
                     if 'FilePmdMapped' not in fields:
-                        return None
+                        print('null')
+                        return
                     pmd += int(fields['FilePmdMapped'].split()[0])
                     rss += int(fields['Rss'].split()[0])
-    return pmd / rss if rss else None
+    print(json.dumps(pmd / rss if rss else None))
 
 
 def run_timed(cmd, timeout=None, discard_stdout=False):
@@ -1094,9 +1103,11 @@ def main():
     sp = sub.add_parser('render', help='re-render a results JSON into markdown')
     sp.add_argument('results')
     sp.add_argument('--out')
+    sp = sub.add_parser('folios', help='share of files mapped in 2 MiB pages (prints a JSON number)')
+    sp.add_argument('files', nargs='+')
     args = p.parse_args()
     {'export': cmd_export, 'worker': cmd_worker, 'once': cmd_once, 'bench': cmd_bench,
-     'render': cmd_render}[args.cmd](args)
+     'render': cmd_render, 'folios': lambda a: folios_main(a.files)}[args.cmd](args)
 
 
 if __name__ == '__main__':
