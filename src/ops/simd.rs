@@ -240,6 +240,86 @@ unsafe fn transpose_add_avx512(
     }
 }
 
+/// One output row `[w, c]` of a 7x7 depthwise convolution (stride 1, zero padding 3) with AVX-512, or `false`
+/// with nothing written where the CPU lacks it or `c` is not whole vectors. `lines[ky]` is input row
+/// `oy + ky - 3` (`[w, c]`), `None` where that is padding; `taps` is `[49, c]` (tap-major), `bias` `[c]`.
+/// Blocks of 8 pixels x 16 channels stay in registers over all 49 taps, which are each loaded once per block
+/// (a compiler would not keep the blocks in registers: 3x the time). Each output adds its bias, then its taps
+/// in row-major order, skipping padding, with separate multiplies and adds: bitwise the plain loop's sums.
+pub fn depthwise7_row(
+    lines: &[Option<&[f32]>; 7],
+    w: usize,
+    c: usize,
+    taps: &[f32],
+    bias: &[f32],
+    dst: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 && c.is_multiple_of(LANES) {
+        assert!(
+            taps.len() == 49 * c && bias.len() == c && dst.len() == w * c,
+            "depthwise shapes"
+        );
+        assert!(
+            lines.iter().flatten().all(|l| l.len() == w * c),
+            "depthwise input rows"
+        );
+        // SAFETY: the CPU has AVX-512F (checked by `level`); the asserts give the lengths
+        // `depthwise7_row_avx512` requires.
+        unsafe { depthwise7_row_avx512(lines, w, c, taps, bias, dst) };
+        return true;
+    }
+    let _ = (lines, w, c, taps, bias, dst);
+    false
+}
+
+/// [`depthwise7_row`]'s kernel.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `c` must be a multiple of 16, every line and `dst` hold `w * c` values,
+/// `taps` `49 * c` and `bias` `c`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn depthwise7_row_avx512(
+    lines: &[Option<&[f32]>; 7],
+    w: usize,
+    c: usize,
+    taps: &[f32],
+    bias: &[f32],
+    dst: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const OB: usize = 8;
+    let d = dst.as_mut_ptr();
+    // SAFETY (every load and store below): channel offsets are c0 + 0..16 <= c; pixel indices are < w, checked
+    // where they can fall outside; tap indices < 49; so each access lies in a slice of the length the caller
+    // guarantees.
+    for c0 in (0..c).step_by(LANES) {
+        let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(c0)) };
+        for ox0 in (0..w).step_by(OB) {
+            let mut acc = [b; OB];
+            for (ky, line) in lines.iter().enumerate() {
+                let Some(line) = line else { continue };
+                let l = line.as_ptr();
+                for kx in 0..7 {
+                    let t = unsafe { _mm512_loadu_ps(taps.as_ptr().add((ky * 7 + kx) * c + c0)) };
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        // Input column ox0 + j + kx - 3, skipped where it is padding (or past a short block).
+                        let x = ox0 + j + kx;
+                        if x >= 3 && x - 3 < w {
+                            let v = unsafe { _mm512_loadu_ps(l.add((x - 3) * c + c0)) };
+                            *a = _mm512_add_ps(*a, _mm512_mul_ps(v, t));
+                        }
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate().take(w - ox0) {
+                unsafe { _mm512_storeu_ps(d.add((ox0 + j) * c + c0), *a) };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
