@@ -197,7 +197,6 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
                 tensors,
                 dim,
                 k,
-                hidden,
                 bias: conv_bias,
                 gamma: layer_scale,
                 eps,
@@ -527,7 +526,6 @@ struct ConvBlock {
     tensors: Vec<String>,
     dim: usize,
     k: usize,
-    hidden: usize,
     bias: bool,
     gamma: bool,
     eps: f32,
@@ -558,13 +556,18 @@ impl Block for ConvBlock {
             &dw_bias,
         );
         ops::layer_norm(&mut y, dim, &f("norm.weight")?, &f("norm.bias")?, self.eps);
-        // fc1 / fc2: Linear [out, in] or 1x1 conv [out, in, 1, 1], the same matrix either way. fc1's bias goes
-        // in with the GELU, fc2's with the layer scale and the residual.
-        let mut hid = ops::linear_weight(&y, rows, &m("mlp.fc1.weight")?, self.hidden, None);
+        // fc1 / fc2: Linear [out, in] or 1x1 conv [out, in, 1, 1], the same matrix either way. fc2's bias goes
+        // in with the layer scale and the residual.
+        let out = ops::mlp(
+            &y,
+            rows,
+            &m("mlp.fc1.weight")?,
+            &f("mlp.fc1.bias")?,
+            &m("mlp.fc2.weight")?,
+            None,
+            dim,
+        );
         drop(y);
-        ops::bias_gelu(&mut hid, &f("mlp.fc1.bias")?);
-        let out = ops::linear_weight(&hid, rows, &m("mlp.fc2.weight")?, dim, None);
-        drop(hid);
         let gamma = if self.gamma { Some(f("gamma")?) } else { None };
         residual(&mut x.data, &out, &f("mlp.fc2.bias")?, gamma.as_deref());
         Ok(x)

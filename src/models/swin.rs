@@ -458,7 +458,6 @@ struct SwinBlock {
     /// Width of q, k, v and of the attention output: `heads * head_dim`.
     attn_dim: usize,
     heads: usize,
-    hidden: usize,
     qkv_bias: bool,
     /// Feature map, window and cyclic shift, all after timm's clamp.
     res: (usize, usize),
@@ -536,7 +535,6 @@ impl SwinBlock {
             dim,
             attn_dim,
             heads,
-            hidden,
             qkv_bias: qkv_bias.is_some(),
             res,
             window,
@@ -673,21 +671,14 @@ impl Block for SwinBlock {
         let rows = b * h * w;
         let mut normed = x.data.clone();
         ops::layer_norm(&mut normed, c, &f("norm2.weight")?, &f("norm2.bias")?, EPS);
-        let mut hid = ops::linear_weight(
+        let out = ops::mlp(
             &normed,
             rows,
             &m("mlp.fc1.weight")?,
-            self.hidden,
-            Some(&f("mlp.fc1.bias")?),
-        );
-        drop(normed);
-        ops::gelu(&mut hid);
-        let out = ops::linear_weight(
-            &hid,
-            rows,
+            &f("mlp.fc1.bias")?,
             &m("mlp.fc2.weight")?,
-            c,
             Some(&f("mlp.fc2.bias")?),
+            c,
         );
         add_assign(&mut x.data, &out);
         Ok(x)

@@ -112,7 +112,6 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
             tensors,
             dim,
             heads,
-            hidden,
             qkv_bias: qkv_bias.is_some(),
             ls1: ls1.is_some(),
             ls2: ls2.is_some(),
@@ -241,7 +240,6 @@ struct EncoderBlock {
     tensors: Vec<String>,
     dim: usize,
     heads: usize,
-    hidden: usize,
     qkv_bias: bool,
     ls1: bool,
     ls2: bool,
@@ -307,20 +305,14 @@ impl Block for EncoderBlock {
 
         let mut h = x.data.clone();
         ops::layer_norm(&mut h, dim, &f("norm2.weight")?, &f("norm2.bias")?, EPS);
-        let mut hid = ops::linear_weight(
+        let out = ops::mlp(
             &h,
             rows,
             &m("mlp.fc1.weight")?,
-            self.hidden,
-            Some(&f("mlp.fc1.bias")?),
-        );
-        ops::gelu(&mut hid);
-        let out = ops::linear_weight(
-            &hid,
-            rows,
+            &f("mlp.fc1.bias")?,
             &m("mlp.fc2.weight")?,
-            dim,
             Some(&f("mlp.fc2.bias")?),
+            dim,
         );
         add_scaled(&mut x.data, &out, gamma(self.ls2, "ls2.gamma")?.as_deref());
         Ok(x)
