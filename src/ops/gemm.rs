@@ -138,8 +138,10 @@ fn gemm_into(
     }
 }
 
-/// Row alignment of the parts [`Threads::Pool`] splits a product into: a multiple of the crate's widest
-/// AVX-512 microkernel (64 rows), so no part ends in a narrow remainder tile where a whole one would do.
+/// Row alignment of the parts [`Threads::Pool`] splits a product into: the crate's widest AVX-512
+/// microkernel is 64 rows high, so where the crate keeps this orientation no part ends in a narrow remainder
+/// tile a whole one would cover. (A row-major destination it turns around: these rows become its columns,
+/// tiled by 6, and the alignment is merely harmless.)
 const SPLIT_ALIGN: usize = 64;
 
 /// How many parts of `a`'s rows a pooled product is split into: one per thread, each multiplied by one
