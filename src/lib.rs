@@ -3,8 +3,8 @@
 //! straight from the mapping, and the pages of a block are released once it has run.
 //!
 //! Layers, one-way: [`store`] and [`residency`] (all `unsafe` lives there) know nothing of models;
-//! [`ops`] are kernels over activations and borrowed weights (`unsafe` there: the GEMM call in `ops::gemm` and
-//! the run-time SIMD dispatch in `ops::simd`);
+//! [`ops`] are kernels over activations and borrowed weights (`unsafe` there: the GEMM calls in `ops::gemm`,
+//! the run-time SIMD dispatch and the AVX-512 kernels in `ops::simd`);
 //! [`models`] build blocks over a store; the CLI sits on top.
 
 #![deny(unsafe_code)]

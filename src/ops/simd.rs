@@ -1,9 +1,12 @@
-//! Run-time instruction-set dispatch for the element-wise and attention kernels.
+//! Run-time instruction-set dispatch for the element-wise and attention kernels, and the two kernels no
+//! compiler vectorises well, written with AVX-512 intrinsics: the transpose of a linear layer's yᵀ
+//! ([`transposed`]) and the 7x7 depthwise row ([`depthwise7_row`]).
 //!
 //! The crate builds for baseline x86-64 (SSE2), so it runs on any x86-64 box. A [`Kernel`]'s body is plain
 //! scalar Rust marked `#[inline(always)]`; [`run`] calls it through a function compiled for AVX-512 or
 //! AVX2 when the CPU has them, so the same loops vectorise 16 or 8 lanes wide instead of 4. Rust never
-//! contracts `a * b + c` into an FMA on its own, so every level computes bitwise the same results.
+//! contracts `a * b + c` into an FMA on its own, and the intrinsics kernels multiply and add separately in
+//! the scalar paths' order, so every level computes bitwise the same results.
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;
