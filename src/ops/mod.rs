@@ -138,9 +138,7 @@ pub fn linear_weight(
     }
     let inp = w.len() / out.max(1);
     assert_eq!(w.len(), out * inp, "weight is not [out, in]");
-    let chunk = (WIDEN_CHUNK_BYTES / 4 / inp.max(1)).clamp(1, out.max(1));
-    let mut buf = vec![0.0f32; chunk * inp];
-    weight::note_chunk(buf.len() * 4);
+    let (chunk, mut buf) = widen_buffer(inp, out);
     if chunk == out {
         w.rows_into(0, inp, &mut buf);
         return linear(x, rows, &buf, out, bias);
@@ -164,6 +162,15 @@ pub fn linear_weight(
     y
 }
 
+/// The buffer an `[out, inp]` weight is widened into: whole rows, at most [`WIDEN_CHUNK_BYTES`] (and at least
+/// one row), reported to the scratch accounting. Returns the rows it holds and the buffer.
+fn widen_buffer(inp: usize, out: usize) -> (usize, Vec<f32>) {
+    let chunk = (WIDEN_CHUNK_BYTES / 4 / inp.max(1)).clamp(1, out.max(1));
+    let buf = vec![0.0f32; chunk * inp];
+    weight::note_chunk(buf.len() * 4);
+    (chunk, buf)
+}
+
 /// `yt = w × xt` for a weight to be widened: [`WIDEN_CHUNK_BYTES`] of its rows at a time into `buf`. yᵀ's
 /// rows are output channels, so each chunk's product is a contiguous run of them.
 fn widened_times(yt: &mut [f32], w: &Weight, xt: MatRef, buf: &mut [f32]) {
@@ -185,9 +192,7 @@ fn product_t(yt: &mut [f32], w: &Weight, xt: MatRef) {
     }
     let inp = xt.rows;
     let out = w.len() / inp.max(1);
-    let chunk = (WIDEN_CHUNK_BYTES / 4 / inp.max(1)).clamp(1, out.max(1));
-    let mut buf = vec![0.0f32; chunk * inp];
-    weight::note_chunk(buf.len() * 4);
+    let (_, mut buf) = widen_buffer(inp, out);
     widened_times(yt, w, xt, &mut buf);
 }
 
