@@ -26,8 +26,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_torch import (MODELS, SHORT, drop_cache, machine_info, median, run_timed,  # noqa: E402
-                            write_section)
+from benchvt import MODELS, SHORT  # noqa: E402
+from benchvt.report import write_section  # noqa: E402
+from benchvt.system import drop_cache, machine_info, median, run_timed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WSTREAM = ROOT / 'target/release/wstream'
