@@ -2,14 +2,15 @@
 # bench_vs_torch.sh: wstream vs timm (PyTorch) vs ONNX Runtime on timm's ViT-Large/16, ConvNeXt-Large and
 # Swin-Large (issue #8), with the same weights, inputs and thread count, the engines taking turns in one
 # run. Writes the results table between the bench_vs_torch markers of BENCHMARKS.md (raw figures in
-# target/bench_vs_torch/). The Python half is tools/bench_vs_torch.py.
+# target/bench_vs_torch/). The Python half is tools/bench_vs_torch.py (the package tools/benchvt/).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 usage() {
   cat <<EOF
-usage: tools/bench_vs_torch.sh [--repeats N] [--quick] [--no-build] [--threads N] [--batch N]
-                               [--fullsize DIR] [--onnx-dir DIR] [--out FILE|-] [--only PHASES]
+usage: tools/bench_vs_torch.sh [--repeats N] [--quick] [--no-build] [--wstream BIN] [--threads N]
+                               [--batch N] [--models LIST] [--fullsize DIR] [--onnx-dir DIR]
+                               [--out FILE|-] [--only PHASES]
 
 Measures, for wstream, timm and ONNX Runtime (medians; the engines take turns, order rotated each round):
   1. per-image latency, warm, batch 1: each Large model alone on its own preprocessed input
@@ -32,8 +33,11 @@ Options:
   --repeats N     rounds for 1 and 2 (default 5); 3 uses max(2, ceil(N/2)), 6 uses min(N, 3)
   --quick         skip the cgroup bisection (5), the slow part
   --no-build      use target/release/wstream as it is (default: cargo build --release first)
+  --wstream BIN   use this wstream binary as it is (implies --no-build; its checkout names the version)
   --threads N     compute threads for every engine (default 2)
   --batch N       batch size for the throughput figure (default 8)
+  --models LIST   comma-separated subset of the three models (default all; the "ensemble" is then
+                  of those). The quickest smoke run: --models convnext_large --repeats 1 --quick --out -
   --fullsize DIR  the timm exports (default \$WSTREAM_FULLSIZE or /work/fullsize): DIR/<model>/
                   {model.safetensors, config.json, reference/cat.input.npy, reference/cat.logits.npy}
   --onnx-dir DIR  where the ONNX exports live (default \$WSTREAM_BENCH_ONNX_DIR or DIR/onnx); made once
@@ -45,7 +49,8 @@ the Rust toolchain, and root for the cgroup bisection. A full run takes about 15
 EOF
 }
 
-repeats=5; quick=0; build=1; threads=2; batch=8; only=""
+repeats=5; quick=0; build=1; threads=2; batch=8; only=""; wstream=""
+models=(vit_large_patch16_224 convnext_large swin_large_patch4_window7_224)
 fullsize=${WSTREAM_FULLSIZE:-/work/fullsize}
 onnx_dir=${WSTREAM_BENCH_ONNX_DIR:-}
 out=$root/BENCHMARKS.md
@@ -55,6 +60,8 @@ while [ $# -gt 0 ]; do
     --repeats) repeats=${2:?--repeats needs a number}; shift 2 ;;
     --quick) quick=1; shift ;;
     --no-build) build=0; shift ;;
+    --wstream) wstream=${2:?--wstream needs a binary}; build=0; shift 2 ;;
+    --models) IFS=, read -r -a models <<< "${2:?--models needs a list}"; shift 2 ;;
     --threads) threads=${2:?--threads needs a number}; shift 2 ;;
     --batch) batch=${2:?--batch needs a number}; shift 2 ;;
     --fullsize) fullsize=${2:?--fullsize needs a folder}; shift 2 ;;
@@ -71,6 +78,7 @@ for n in "$repeats" "$threads" "$batch"; do
   fi
 done
 onnx_dir=${onnx_dir:-$fullsize/onnx}
+[ -n "$wstream" ] && wstream=$(realpath "$wstream")  # the script runs from $root
 [ "$out" = "-" ] && out=""
 
 die() { echo "bench_vs_torch: $*" >&2; exit 1; }
@@ -89,7 +97,6 @@ EOF
 ); then
   die "the reference venv $venv lacks: $missing; run tools/setup_reference.sh (it installs onnx + onnxruntime by default)"
 fi
-models=(vit_large_patch16_224 convnext_large swin_large_patch4_window7_224)
 [ -d "$fullsize" ] || die "no folder $fullsize with the full-size timm exports; make each with
   $py tools/export_timm.py MODEL $fullsize/MODEL --image tests/data/cat.jpg
 for MODEL in ${models[*]} (or pass --fullsize DIR / set WSTREAM_FULLSIZE)"
@@ -110,20 +117,23 @@ if [ $build = 1 ]; then
   echo "bench_vs_torch: cargo build --release" >&2
   cargo build --release --quiet || die "cargo build --release failed"
 fi
-wstream=$root/target/release/wstream
+wstream=${wstream:-$root/target/release/wstream}
 [ -x "$wstream" ] || die "no $wstream; run cargo build --release (or drop --no-build)"
-version=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty_files=$(git diff --name-only HEAD 2>/dev/null | paste -sd, - || true)
+checkout=$(dirname "$wstream")
+version=$(git -C "$checkout" rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty_files=$(git -C "$checkout" diff --name-only HEAD 2>/dev/null | paste -sd, - || true)
 [ -n "$dirty_files" ] && version="$version-dirty"
 rustc_v=$(rustc --version 2>/dev/null || echo "rustc ?")
 storage=$(df --output=source,fstype "$fullsize" 2>/dev/null | awk 'NR==2 {print $1 " (" $2 ")"}')
-echo "bench_vs_torch: wstream $version; fullsize $fullsize; onnx $onnx_dir; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}" >&2
+echo "bench_vs_torch: wstream $version ($wstream); models ${models[*]}; fullsize $fullsize; onnx $onnx_dir; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}" >&2
 
 # ---- ONNX exports (once)
-"$py" tools/bench_vs_torch.py export --fullsize "$fullsize" --onnx-dir "$onnx_dir" --threads "$threads"
+"$py" tools/bench_vs_torch.py export --fullsize "$fullsize" --onnx-dir "$onnx_dir" --threads "$threads" \
+  --models "$(IFS=,; echo "${models[*]}")"
 
 # ---- measurements + markdown
 args=(bench --fullsize "$fullsize" --onnx-dir "$onnx_dir" --threads "$threads" --wstream "$wstream"
+      --models "$(IFS=,; echo "${models[*]}")"
       --image "$image" --repeats "$repeats" --batch "$batch" --command "$cmdline"
       --wstream-version "$version" --rustc "$rustc_v" --dirty-files "$dirty_files" --storage "${storage:-?}")
 [ $quick = 1 ] && args+=(--quick)
