@@ -1,13 +1,13 @@
 //! From logits to answers: softmax, top-K with labels, and the ensemble of several models.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::models::Model;
 
 const IMAGENET_LABELS: &str = include_str!("imagenet_labels.txt");
 
 /// How the models of an ensemble are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ensemble {
     /// The mean of the models' softmax probabilities.
     MeanProb,
@@ -16,7 +16,7 @@ pub enum Ensemble {
 }
 
 /// One ranked class.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ranked {
     pub class: usize,
     pub label: String,

@@ -25,7 +25,7 @@ use crate::store::FileRange;
 use crate::weight;
 
 /// What happens to a block's pages after it ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Evict {
     /// Unmap them from the process; the page cache keeps them warm for the next run.

@@ -16,6 +16,7 @@ pub mod exec;
 pub mod models;
 pub mod npy;
 pub mod ops;
+pub mod pipeline;
 pub mod preprocess;
 pub mod profile;
 pub mod residency;

@@ -1,15 +1,12 @@
 //! `wstream classify`: top-K classes per model and for the ensemble, as text or JSON lines.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use serde::Serialize;
-use wstream::classify::{combine, labels, softmax, top_k, Ensemble, Ranked};
-use wstream::exec::{BlockRecord, Evict, ExecOptions, Executor};
-use wstream::models::{Act, Model};
-use wstream::npy;
-use wstream::preprocess::{self, Preprocess};
+use wstream::classify::{self, Ranked};
+use wstream::exec::{self, BlockRecord};
+use wstream::models::Model;
+use wstream::pipeline::{read_inputs, Answer, Options, Pipeline};
 use wstream::profile::Totals;
 use wstream::residency::MemReading;
 
@@ -68,50 +65,42 @@ pub struct RunArgs {
     pub batch: u64,
 }
 
+/// How an ensemble's models are combined, as the flag spells it.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Ensemble {
+    /// The mean of the models' softmax probabilities.
+    MeanProb,
+    /// The softmax of the mean of the models' logits.
+    MeanLogit,
+}
+
+/// What happens to a block's pages after it ran, as the flag spells it.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Evict {
+    /// Unmap them from the process; the page cache keeps them warm for the next run.
+    Rss,
+    /// Also drop them from the page cache, for boxes where the cache itself must stay small.
+    Cache,
+}
+
 impl RunArgs {
-    pub fn exec_options(&self) -> ExecOptions {
-        ExecOptions {
+    /// The pipeline's options for these flags, ranking `top` classes, with logits or without.
+    pub fn options(&self, top: usize, logits: bool) -> Options {
+        Options {
             budget: self.budget,
-            evict: self.evict,
-            ..ExecOptions::default()
+            evict: match self.evict {
+                Evict::Rss => exec::Evict::Rss,
+                Evict::Cache => exec::Evict::Cache,
+            },
+            batch: self.batch as usize,
+            ensemble: match self.ensemble {
+                Ensemble::MeanProb => classify::Ensemble::MeanProb,
+                Ensemble::MeanLogit => classify::Ensemble::MeanLogit,
+            },
+            top,
+            logits,
         }
     }
-}
-
-/// One input to classify.
-pub enum Source {
-    /// Already preprocessed: used as is by every model.
-    Tensor { chw: Vec<f32>, shape: [usize; 3] },
-    /// Decoded once per batch, then preprocessed per model as its config says.
-    Image(PathBuf),
-    /// An image held in memory (the demo's bundled photo).
-    Decoded(image::RgbImage),
-}
-
-pub struct Item {
-    pub name: String,
-    pub source: Source,
-}
-
-#[derive(Serialize, Clone)]
-pub struct ModelAnswer {
-    pub name: String,
-    pub top: Vec<Ranked>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub logits: Option<Vec<f32>>,
-}
-
-#[derive(Serialize, Clone)]
-pub struct EnsembleAnswer {
-    pub top: Vec<Ranked>,
-}
-
-#[derive(Serialize, Clone)]
-pub struct Answer {
-    pub input: String,
-    pub elapsed_ms: f64,
-    pub models: Vec<ModelAnswer>,
-    pub ensemble: EnsembleAnswer,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -129,7 +118,7 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let models = load_models(&paths)?;
+    let pipeline = Pipeline::load(&paths, args.run.options(args.top as usize, args.logits))?;
     let items = read_inputs(&args.inputs)?;
     let show_progress = !args.json && items.len() > 1;
     let bar = if show_progress {
@@ -137,20 +126,12 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let records = classify(&models, &items, &args.run, |answer| {
-        let k = args.top as usize;
+    let ensemble = pipeline.models().len() > 1;
+    let records = pipeline.run(&items, |answer| -> Result<()> {
         let text = if args.json {
-            let mut a = answer;
-            for m in &mut a.models {
-                m.top.truncate(k);
-                if !args.logits {
-                    m.logits = None;
-                }
-            }
-            a.ensemble.top.truncate(k);
-            serde_json::to_string(&a)?
+            serde_json::to_string(&answer)?
         } else {
-            format_answer(&answer, k, models.len() > 1)
+            format_answer(&answer, ensemble)
         };
         bar.suspend(|| out(text))?;
         bar.inc(1);
@@ -158,195 +139,9 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     bar.finish_and_clear();
     if args.memory_report {
-        eprint!("{}", memory_report(&models, &records));
+        eprint!("{}", memory_report(pipeline.models(), &records));
     }
     Ok(())
-}
-
-/// Loads models for an ensemble, refusing mixed class counts.
-pub fn load_models(paths: &[PathBuf]) -> Result<Vec<Model>> {
-    let models = paths
-        .iter()
-        .map(Model::load)
-        .collect::<wstream::Result<Vec<_>>>()?;
-    if let Some(m) = models
-        .iter()
-        .find(|m| m.num_classes != models[0].num_classes)
-    {
-        bail!(
-            "models disagree on the number of classes: {} has {}, {} has {}; an ensemble needs the same classes",
-            models[0].name,
-            models[0].num_classes,
-            m.name,
-            m.num_classes
-        );
-    }
-    Ok(models)
-}
-
-/// Runs the items through the executor in batches, calling `emit` with each input's answer (every class
-/// ranked, logits included; the caller trims). Returns the executor's block records.
-pub fn classify(
-    models: &[Model],
-    items: &[Item],
-    run: &RunArgs,
-    mut emit: impl FnMut(Answer) -> Result<()>,
-) -> Result<Vec<BlockRecord>> {
-    let model_labels: Vec<Vec<String>> = models.iter().map(labels).collect();
-    let preprocess = models
-        .iter()
-        .map(|m| Preprocess::from_config(&m.config, m.store.path()))
-        .collect::<wstream::Result<Vec<_>>>()?;
-    let executor = Executor::new(models, run.exec_options())?;
-    let mut records = Vec::new();
-    for batch in items.chunks(run.batch as usize) {
-        let start = Instant::now();
-        let images = batch.iter().map(decode).collect::<Result<Vec<_>>>()?;
-        let inputs = models
-            .iter()
-            .zip(&preprocess)
-            .map(|(m, pre)| batch_input(m, pre, batch, &images))
-            .collect::<Result<Vec<_>>>()?;
-        let (outputs, recs) = executor.run(inputs)?;
-        records.extend(recs);
-        let elapsed_ms = start.elapsed().as_secs_f64() * 1e3 / batch.len() as f64;
-        for (bi, item) in batch.iter().enumerate() {
-            let all_logits: Vec<&[f32]> = outputs
-                .iter()
-                .zip(models)
-                .map(|(o, m)| &o.data[bi * m.num_classes..(bi + 1) * m.num_classes])
-                .collect();
-            let n = models[0].num_classes;
-            let answers = models
-                .iter()
-                .zip(&all_logits)
-                .zip(&model_labels)
-                .map(|((m, l), names)| ModelAnswer {
-                    name: m.name.clone(),
-                    top: top_k(&softmax(l), n, names),
-                    logits: Some(l.to_vec()),
-                })
-                .collect();
-            emit(Answer {
-                input: item.name.clone(),
-                elapsed_ms,
-                models: answers,
-                ensemble: EnsembleAnswer {
-                    top: top_k(&combine(&all_logits, run.ensemble), n, &model_labels[0]),
-                },
-            })?;
-        }
-    }
-    Ok(records)
-}
-
-fn decode(item: &Item) -> Result<Option<image::RgbImage>> {
-    Ok(match &item.source {
-        Source::Image(path) => Some(preprocess::load_rgb(path)?),
-        Source::Decoded(img) => Some(img.clone()),
-        Source::Tensor { .. } => None,
-    })
-}
-
-/// A batch as one model's input `[n, 3, h, w]`: images preprocessed for this model, tensors checked
-/// against the size it expects.
-fn batch_input(
-    model: &Model,
-    pre: &Preprocess,
-    batch: &[Item],
-    images: &[Option<image::RgbImage>],
-) -> Result<Act> {
-    let want = model.input_size();
-    let mut data = Vec::with_capacity(batch.len() * want.iter().product::<usize>());
-    for (item, img) in batch.iter().zip(images) {
-        match (&item.source, img) {
-            (Source::Tensor { chw, shape }, _) => {
-                if *shape != want {
-                    bail!(
-                        "{}: input is {:?} but {} expects {:?}",
-                        item.name,
-                        shape,
-                        model.name,
-                        want
-                    );
-                }
-                data.extend_from_slice(chw);
-            }
-            (_, Some(img)) => data.extend(pre.apply(img)),
-            (_, None) => unreachable!("images are decoded before batching"),
-        }
-    }
-    let [c, h, w] = want;
-    Ok(Act::new(data, vec![batch.len(), c, h, w]))
-}
-
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
-}
-
-/// Expands the command line's inputs: folders into their images (sorted), .npy arrays into their items.
-pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Item>> {
-    let mut items = Vec::new();
-    for path in paths {
-        let meta =
-            std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if meta.is_dir() {
-            let mut images: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_image(p))
-                .collect();
-            if images.is_empty() {
-                bail!(
-                    "{}: folder holds no .jpg, .jpeg or .png images",
-                    path.display()
-                );
-            }
-            images.sort();
-            items.extend(images.into_iter().map(|p| Item {
-                name: p.display().to_string(),
-                source: Source::Image(p),
-            }));
-        } else if path.extension().is_some_and(|e| e == "npy") {
-            items.extend(read_npy(path)?);
-        } else {
-            items.push(Item {
-                name: path.display().to_string(),
-                source: Source::Image(path.clone()),
-            });
-        }
-    }
-    Ok(items)
-}
-
-fn read_npy(path: &Path) -> Result<Vec<Item>> {
-    let (data, shape) = npy::read_f32(path)?;
-    let name = path.display().to_string();
-    let tensor = |chw: Vec<f32>, h, w| Source::Tensor {
-        chw,
-        shape: [3, h, w],
-    };
-    Ok(match shape.as_slice() {
-        &[3, h, w] => vec![Item {
-            name,
-            source: tensor(data, h, w),
-        }],
-        &[n, 3, h, w] => data
-            .chunks_exact(3 * h * w)
-            .enumerate()
-            .map(|(i, chw)| Item {
-                name: if n == 1 {
-                    name.clone()
-                } else {
-                    format!("{name}[{i}]")
-                },
-                source: tensor(chw.to_vec(), h, w),
-            })
-            .collect(),
-        other => bail!("{name}: array of shape {other:?} is not a [3, H, W] or [N, 3, H, W] image"),
-    })
 }
 
 /// Peak memory, faults and paging over a run, as the demo and `--memory-report` print it.
@@ -369,13 +164,13 @@ pub fn memory_report(models: &[Model], records: &[BlockRecord]) -> String {
     )
 }
 
-/// An answer as text: the top `k` per model, and for the ensemble when there are several models.
-pub fn format_answer(a: &Answer, k: usize, ensemble: bool) -> String {
+/// An answer as text: its ranked classes per model, and for the ensemble when there are several models.
+pub fn format_answer(a: &Answer, ensemble: bool) -> String {
     use std::fmt::Write;
     let mut s = format!("{} ({:.1} ms)\n", a.input, a.elapsed_ms);
     let mut top = |title: &str, ranked: &[Ranked]| {
         let _ = writeln!(s, "  {title}");
-        for r in ranked.iter().take(k) {
+        for r in ranked {
             let _ = writeln!(
                 s,
                 "    {:>6.2}%  {:>4}  {}",

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::classify::{
-    classify, format_answer, load_models, memory_report, Item, RunArgs, Source, DEFAULT_MODELS,
-};
+use wstream::pipeline::{Item, Pipeline, Source};
+
+use super::classify::{format_answer, memory_report, RunArgs, DEFAULT_MODELS};
 use super::out;
 
 /// A real photo (a cat, CC0; see tests/data/README.md) so the demo needs no files of its own.
@@ -32,20 +32,17 @@ pub fn run(args: Args) -> Result<()> {
             super::synth::synthesize(arch, dir, 0)?;
         }
     }
-    let paths: Vec<_> = DEFAULT_MODELS
-        .iter()
-        .map(std::path::PathBuf::from)
-        .collect();
-    let models = load_models(&paths)?;
+    let pipeline = Pipeline::load(&DEFAULT_MODELS, args.run.options(3, false))?;
     let photo = image::load_from_memory(PHOTO)?.to_rgb8();
     let items = [Item {
         name: "bundled photo: a tabby cat (tests/data/cat.jpg)".into(),
         source: Source::Decoded(photo),
     }];
-    let records = classify(&models, &items, &args.run, |answer| {
-        Ok(out(format_answer(&answer, 3, true))?)
+    let records = pipeline.run(&items, |answer| -> Result<()> {
+        Ok(out(format_answer(&answer, true))?)
     })?;
-    let synthetic: Vec<&str> = models
+    let synthetic: Vec<&str> = pipeline
+        .models()
         .iter()
         .filter(|m| m.config.wstream_synthetic.is_some())
         .map(|m| m.name.as_str())
@@ -56,6 +53,6 @@ pub fn run(args: Args) -> Result<()> {
             synthetic.join(", ")
         ))?;
     }
-    out(memory_report(&models, &records).trim_end())?;
+    out(memory_report(pipeline.models(), &records).trim_end())?;
     Ok(())
 }

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use wstream::pipeline::{read_inputs, Pipeline};
 use wstream::profile::Profile;
 use wstream::residency::{drop_file_cache, MemReading};
 
-use super::classify::{classify, load_models, read_inputs, RunArgs};
+use super::classify::RunArgs;
 use super::out;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,10 +48,11 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let models = load_models(&args.models)?;
+    // The profile reports blocks, not answers.
+    let pipeline = Pipeline::load(&args.models, args.run.options(1, false))?;
     let items = read_inputs(&args.inputs)?;
     if args.cold {
-        for m in &models {
+        for m in pipeline.models() {
             for f in m.store.files() {
                 drop_file_cache(f.file()).map_err(|e| {
                     anyhow::anyhow!("{}: cannot drop from the page cache: {e}", f.path.display())
@@ -58,7 +60,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     }
-    let records = classify(&models, &items, &args.run, |_| Ok(()))?;
+    let records = pipeline.run(&items, |_| anyhow::Ok(()))?;
     let profile = Profile::new(records, MemReading::now().vm_hwm);
     match args.format {
         Format::Table => out(profile.table().trim_end())?,

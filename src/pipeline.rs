@@ -1,0 +1,388 @@
+//! The classify pipeline: inputs (image files, decoded images, preprocessed arrays) are preprocessed for
+//! each model as its config.json says, run in batches through the streaming [`Executor`], and ranked per
+//! model and for the ensemble. `wstream classify`, `demo` and `profile` are this plus flags and printing;
+//! a server or another program calls it the same way, with inputs from memory.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::classify::{combine, labels, softmax, top_k, Ensemble, Ranked};
+use crate::error::{Error, Result};
+use crate::exec::{BlockRecord, Evict, ExecOptions, Executor};
+use crate::models::{Act, Model};
+use crate::npy;
+use crate::preprocess::{self, Preprocess};
+
+/// What an input holds.
+pub enum Source {
+    /// Already preprocessed `[3, h, w]`: used as is by every model, so it must be each model's input size.
+    Tensor { chw: Vec<f32>, shape: [usize; 3] },
+    /// An image file, decoded when its batch runs, then preprocessed per model.
+    Image(PathBuf),
+    /// An image already decoded (held in memory), preprocessed per model.
+    Decoded(RgbImage),
+}
+
+/// One input, and the name its answer carries.
+pub struct Item {
+    pub name: String,
+    pub source: Source,
+}
+
+/// One model's answer for one input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelAnswer {
+    pub name: String,
+    /// The most probable classes, most probable first.
+    pub top: Vec<Ranked>,
+    /// The raw logits, when [`Options::logits`] asks for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<f32>>,
+}
+
+/// The ensemble's answer for one input (with one model, that model's probabilities).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnsembleAnswer {
+    pub top: Vec<Ranked>,
+}
+
+/// Everything known about one input: the JSON line `wstream classify --json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub input: String,
+    /// The batch's wall time (decoding and preprocessing included) divided by its inputs.
+    pub elapsed_ms: f64,
+    pub models: Vec<ModelAnswer>,
+    pub ensemble: EnsembleAnswer,
+}
+
+/// How a [`Pipeline`] runs. Compute threads are the caller's: the blocks run on the current rayon pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Most weight bytes resident at once; `None`: [`crate::exec::default_budget`].
+    pub budget: Option<u64>,
+    pub evict: Evict,
+    /// Inputs [`Pipeline::run`] puts through each block together (each block is paged in once per batch).
+    pub batch: usize,
+    pub ensemble: Ensemble,
+    /// Classes ranked per model and for the ensemble.
+    pub top: usize,
+    /// Whether answers carry each model's raw logits.
+    pub logits: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            budget: None,
+            evict: Evict::Rss,
+            batch: 1,
+            ensemble: Ensemble::MeanProb,
+            top: 5,
+            logits: false,
+        }
+    }
+}
+
+/// One input as each model's `[3, h, w]` input, in model order: borrowed when the input is a tensor.
+type Prepared<'i> = Vec<Cow<'i, [f32]>>;
+
+/// One model or an ensemble with everything needed to answer inputs.
+pub struct Pipeline {
+    models: Vec<Model>,
+    labels: Vec<Vec<String>>,
+    preprocess: Vec<Preprocess>,
+    options: Options,
+}
+
+impl Pipeline {
+    /// Loads each model ([`Model::load`]) and builds the pipeline over them.
+    pub fn load(paths: &[impl AsRef<Path>], options: Options) -> Result<Pipeline> {
+        let models = paths.iter().map(Model::load).collect::<Result<Vec<_>>>()?;
+        Pipeline::new(models, options)
+    }
+
+    /// Refuses, before any work, models that disagree on their classes, a config.json whose preprocessing
+    /// cannot work, and a budget below what the largest block needs. Panics without models or with a
+    /// batch of 0 inputs.
+    pub fn new(models: Vec<Model>, options: Options) -> Result<Pipeline> {
+        assert!(!models.is_empty(), "a pipeline needs a model");
+        assert!(options.batch > 0, "a batch holds at least one input");
+        if let Some(m) = models
+            .iter()
+            .find(|m| m.num_classes != models[0].num_classes)
+        {
+            return Err(Error::Model {
+                path: m.store.path().to_path_buf(),
+                msg: format!(
+                    "models disagree on the number of classes: {} has {}, {} has {}; an ensemble needs the same classes",
+                    models[0].name, models[0].num_classes, m.name, m.num_classes
+                ),
+            });
+        }
+        let labels = models.iter().map(labels).collect();
+        let preprocess = models
+            .iter()
+            .map(|m| Preprocess::from_config(&m.config, m.store.path()))
+            .collect::<Result<Vec<_>>>()?;
+        Executor::new(&models, exec_options(&options))?;
+        Ok(Pipeline {
+            models,
+            labels,
+            preprocess,
+            options,
+        })
+    }
+
+    pub fn models(&self) -> &[Model] {
+        &self.models
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Runs `items` in batches of [`Options::batch`], calling `emit` with each input's answer in order.
+    /// The first bad input (unreadable image, wrong tensor size) ends the run before its batch runs; the
+    /// answers of earlier batches have been emitted. Returns the executor's record of every block run.
+    pub fn run<E: From<Error>>(
+        &self,
+        items: &[Item],
+        mut emit: impl FnMut(Answer) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Vec<BlockRecord>, E> {
+        let executor = Executor::new(&self.models, exec_options(&self.options))?;
+        let mut records = Vec::new();
+        for batch in items.chunks(self.options.batch) {
+            let start = Instant::now();
+            let inputs = batch
+                .iter()
+                .map(|item| self.prepare(item))
+                .collect::<Result<Vec<_>>>()?;
+            let names = batch.iter().map(|item| item.name.as_str());
+            for answer in self.answer(&executor, names.zip(inputs), start, &mut records)? {
+                emit(answer)?;
+            }
+        }
+        Ok(records)
+    }
+
+    /// Runs `items` as one batch, whatever [`Options::batch`] says (a server gathers its own batches). A
+    /// bad input gets its error in its place and the others still run; an error of the run itself (a
+    /// weight file changed on disk) fails them all. Returns the answers in `items`' order and the
+    /// executor's records.
+    pub fn run_batch(&self, items: &[Item]) -> Result<(Vec<Result<Answer>>, Vec<BlockRecord>)> {
+        let start = Instant::now();
+        let mut prepared: Vec<Result<Prepared>> =
+            items.iter().map(|item| self.prepare(item)).collect();
+        let good: Vec<(&str, Prepared)> = items
+            .iter()
+            .zip(&mut prepared)
+            .filter_map(|(item, p)| {
+                Some((item.name.as_str(), p.as_mut().ok().map(std::mem::take)?))
+            })
+            .collect();
+        let mut records = Vec::new();
+        let mut answers = if good.is_empty() {
+            Vec::new()
+        } else {
+            let executor = Executor::new(&self.models, exec_options(&self.options))?;
+            self.answer(&executor, good, start, &mut records)?
+        }
+        .into_iter();
+        let results = prepared
+            .into_iter()
+            .map(|p| match p {
+                Ok(_) => Ok(answers.next().expect("one answer per good input")),
+                Err(e) => Err(e),
+            })
+            .collect();
+        Ok((results, records))
+    }
+
+    /// One input as each model's `[3, h, w]` input: an image decoded once and preprocessed per model, a
+    /// tensor checked against the size each model expects.
+    fn prepare<'i>(&self, item: &'i Item) -> Result<Prepared<'i>> {
+        let loaded;
+        let img = match &item.source {
+            Source::Tensor { chw, shape } => {
+                return self
+                    .models
+                    .iter()
+                    .map(|m| {
+                        let want = m.input_size();
+                        if *shape != want {
+                            return Err(Error::Input {
+                                path: item.name.clone().into(),
+                                msg: format!("input is {shape:?} but {} expects {want:?}", m.name),
+                            });
+                        }
+                        Ok(Cow::Borrowed(chw.as_slice()))
+                    })
+                    .collect();
+            }
+            Source::Image(path) => {
+                loaded = preprocess::load_rgb(path)?;
+                &loaded
+            }
+            Source::Decoded(img) => img,
+        };
+        Ok(self
+            .preprocess
+            .iter()
+            .map(|pre| Cow::Owned(pre.apply(img)))
+            .collect())
+    }
+
+    /// Runs prepared inputs as one batch and ranks the outputs; `start` is when the batch began.
+    fn answer<'i>(
+        &self,
+        executor: &Executor,
+        batch: impl IntoIterator<Item = (&'i str, Prepared<'i>)>,
+        start: Instant,
+        records: &mut Vec<BlockRecord>,
+    ) -> Result<Vec<Answer>> {
+        let (names, inputs): (Vec<&str>, Vec<Prepared>) = batch.into_iter().unzip();
+        let n = names.len();
+        let acts = self
+            .models
+            .iter()
+            .enumerate()
+            .map(|(mi, m)| {
+                let [c, h, w] = m.input_size();
+                let mut data = Vec::with_capacity(n * c * h * w);
+                for input in &inputs {
+                    data.extend_from_slice(&input[mi]);
+                }
+                Act::new(data, vec![n, c, h, w])
+            })
+            .collect();
+        drop(inputs);
+        let (outputs, recs) = executor.run(acts)?;
+        records.extend(recs);
+        let elapsed_ms = start.elapsed().as_secs_f64() * 1e3 / n as f64;
+        let classes = self.models[0].num_classes;
+        let k = self.options.top;
+        Ok(names
+            .into_iter()
+            .enumerate()
+            .map(|(bi, name)| {
+                let logits: Vec<&[f32]> = outputs
+                    .iter()
+                    .map(|o| &o.data[bi * classes..(bi + 1) * classes])
+                    .collect();
+                let models = self
+                    .models
+                    .iter()
+                    .zip(&logits)
+                    .zip(&self.labels)
+                    .map(|((m, l), names)| ModelAnswer {
+                        name: m.name.clone(),
+                        top: top_k(&softmax(l), k, names),
+                        logits: self.options.logits.then(|| l.to_vec()),
+                    })
+                    .collect();
+                Answer {
+                    input: name.to_string(),
+                    elapsed_ms,
+                    models,
+                    ensemble: EnsembleAnswer {
+                        top: top_k(&combine(&logits, self.options.ensemble), k, &self.labels[0]),
+                    },
+                }
+            })
+            .collect())
+    }
+}
+
+fn exec_options(options: &Options) -> ExecOptions {
+    ExecOptions {
+        budget: options.budget,
+        evict: options.evict,
+        ..ExecOptions::default()
+    }
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+}
+
+/// Expands paths into inputs: a folder into its .jpg/.jpeg/.png images (sorted), a .npy array of
+/// `[3, H, W]` or `[N, 3, H, W]` into its images (named `file[i]` when N > 1), anything else into an image
+/// file read when its batch runs.
+pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<Item>> {
+    // The OS error goes into the message, not a source: printed with its causes it would say it twice.
+    let io = |path: &Path, e: std::io::Error| Error::Input {
+        path: path.into(),
+        msg: e.to_string(),
+    };
+    let mut items = Vec::new();
+    for path in paths {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| io(path, e))?;
+        if meta.is_dir() {
+            let mut images: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| io(path, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_image(p))
+                .collect();
+            if images.is_empty() {
+                return Err(Error::Input {
+                    path: path.into(),
+                    msg: "folder holds no .jpg, .jpeg or .png images".into(),
+                });
+            }
+            images.sort();
+            items.extend(images.into_iter().map(|p| Item {
+                name: p.display().to_string(),
+                source: Source::Image(p),
+            }));
+        } else if path.extension().is_some_and(|e| e == "npy") {
+            items.extend(read_npy(path)?);
+        } else {
+            items.push(Item {
+                name: path.display().to_string(),
+                source: Source::Image(path.to_path_buf()),
+            });
+        }
+    }
+    Ok(items)
+}
+
+fn read_npy(path: &Path) -> Result<Vec<Item>> {
+    let (data, shape) = npy::read_f32(path)?;
+    let name = path.display().to_string();
+    let tensor = |chw: Vec<f32>, h, w| Source::Tensor {
+        chw,
+        shape: [3, h, w],
+    };
+    Ok(match shape.as_slice() {
+        &[3, h, w] => vec![Item {
+            name,
+            source: tensor(data, h, w),
+        }],
+        &[n, 3, h, w] => data
+            .chunks_exact(3 * h * w)
+            .enumerate()
+            .map(|(i, chw)| Item {
+                name: if n == 1 {
+                    name.clone()
+                } else {
+                    format!("{name}[{i}]")
+                },
+                source: tensor(chw.to_vec(), h, w),
+            })
+            .collect(),
+        other => {
+            return Err(Error::Input {
+                path: path.into(),
+                msg: format!("array of shape {other:?} is not a [3, H, W] or [N, 3, H, W] image"),
+            })
+        }
+    })
+}
