@@ -12,6 +12,10 @@
 //!
 //! Streaming changes memory, not numerics: each block runs the same code as [`Model::forward`].
 
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -118,6 +122,33 @@ pub enum Event<'a> {
     },
     /// The block ran and its pages were released.
     BlockEnd(&'a BlockRecord),
+    /// Something went wrong without stopping the run. An executor reports only its first warning: a
+    /// refusal usually repeats for every block of a file, and once is enough to explain a slow run.
+    Warning(&'a Warning),
+}
+
+/// Something that went wrong without stopping the run.
+#[derive(Debug)]
+pub enum Warning {
+    /// The kernel refused to read a weight file ahead (madvise WILLNEED). Read-ahead is advisory: the pages
+    /// are still read, only when they are mapped in rather than ahead of time.
+    ReadAheadRefused {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Warning::ReadAheadRefused { path, error } => write!(
+                f,
+                "{}: the kernel refused to read weights ahead (madvise WILLNEED): {error}; \
+                 they are read when mapped in instead",
+                path.display()
+            ),
+        }
+    }
 }
 
 /// What prefetching one step cost the prefetch thread.
@@ -154,6 +185,8 @@ pub struct Executor<'m> {
     /// The budget in force: the given one, or the default.
     budget: u64,
     steps: Vec<Step>,
+    /// Whether a warning was reported (see [`Event::Warning`]).
+    warned: AtomicBool,
 }
 
 fn page_rounded(ranges: &[FileRange]) -> u64 {
@@ -162,6 +195,14 @@ fn page_rounded(ranges: &[FileRange]) -> u64 {
         .iter()
         .map(|r| ((r.range.end.div_ceil(p) - r.range.start / p) * p) as u64)
         .sum()
+}
+
+/// Asks the kernel to read `range` of the mapping of `path` ahead (madvise WILLNEED); a refusal is a warning.
+fn read_ahead(map: &[u8], range: Range<usize>, path: &Path) -> std::result::Result<(), Warning> {
+    residency::prefetch(map, range).map_err(|error| Warning::ReadAheadRefused {
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,6 +246,7 @@ impl<'m> Executor<'m> {
             opts,
             budget,
             steps,
+            warned: AtomicBool::new(false),
         })
     }
 
@@ -283,12 +325,15 @@ impl<'m> Executor<'m> {
             at: begin,
         });
         let wait_start = Instant::now();
-        let prefetched = prefetcher.wait(i);
+        let (prefetched, refused) = prefetcher.wait(i);
         let wait = wait_start.elapsed();
         observe(Event::PrefetchDone {
             step: i,
             at: prefetched.at,
         });
+        if let Some(w) = refused {
+            self.warn(&w, observe);
+        }
 
         let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
         let compute_start = Instant::now();
@@ -323,6 +368,13 @@ impl<'m> Executor<'m> {
         };
         observe(Event::BlockEnd(&record));
         Ok(record)
+    }
+
+    /// Reports `w` if this executor has not reported a warning yet.
+    fn warn(&self, w: &Warning, observe: &mut impl FnMut(Event)) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            observe(Event::Warning(w));
+        }
     }
 
     fn file(&self, model: usize, file: usize) -> &MappedFile {
@@ -361,6 +413,8 @@ struct Progress {
     done: usize,
     /// What each step cost the prefetch thread.
     cost: Vec<Prefetched>,
+    /// A read-ahead refusal the compute thread has not seen yet.
+    refused: Option<Warning>,
 }
 
 /// The compute thread's side of the prefetch schedule.
@@ -381,6 +435,7 @@ impl<'e> Prefetcher<'e> {
             progress: Mutex::new(Progress {
                 done: 0,
                 cost: vec![Prefetched::default(); exec.steps.len()],
+                refused: None,
             }),
             paged: Condvar::new(),
         }
@@ -392,10 +447,13 @@ impl<'e> Prefetcher<'e> {
         for (i, resident_before) in requests {
             let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
             let s = &self.exec.steps[i];
+            let mut refused = None;
             for r in &s.ranges {
                 let f = self.exec.file(s.model, r.file);
-                // Read-ahead is advisory: a failed madvise only means populate faults more.
-                let _ = residency::prefetch(f.bytes(), r.range.clone());
+                // A refusal only means populate reads the pages itself.
+                if let Err(w) = read_ahead(f.bytes(), r.range.clone(), &f.path) {
+                    refused.get_or_insert(w);
+                }
                 residency::populate(f.bytes(), r.range.clone());
             }
             let done = Prefetched {
@@ -407,6 +465,9 @@ impl<'e> Prefetcher<'e> {
             let mut p = lock(&self.progress);
             p.cost[i] = done;
             p.done = i + 1;
+            if p.refused.is_none() {
+                p.refused = refused;
+            }
             self.paged.notify_all();
         }
     }
@@ -428,18 +489,21 @@ impl<'e> Prefetcher<'e> {
             ahead.requested += 1;
         }
         if ahead.requested == i + 1 && ahead.requested < n && ahead.hinted < ahead.requested {
-            self.hint(ahead.requested);
+            if let Some(w) = self.hint(ahead.requested) {
+                self.exec.warn(&w, observe);
+            }
             ahead.hinted = ahead.requested;
         }
     }
 
-    /// Blocks until step `i` is paged in; returns what it cost the prefetch thread.
-    fn wait(&self, i: usize) -> Prefetched {
+    /// Blocks until step `i` is paged in; returns what it cost the prefetch thread and a read-ahead refusal
+    /// not yet reported.
+    fn wait(&self, i: usize) -> (Prefetched, Option<Warning>) {
         let mut p = lock(&self.progress);
         while p.done <= i {
             p = self.paged.wait(p).unwrap_or_else(PoisonError::into_inner);
         }
-        p.cost[i]
+        (p.cost[i], p.refused.take())
     }
 
     /// Whether step `j` may be prefetched while step `i` computes: within the look-ahead and the budget.
@@ -448,12 +512,17 @@ impl<'e> Prefetcher<'e> {
             && self.exec.steps[i..=j].iter().map(|s| s.bytes).sum::<u64>() <= self.exec.budget
     }
 
-    /// Asks the kernel to read step `i` into the page cache without mapping it (advisory).
-    fn hint(&self, i: usize) {
+    /// Asks the kernel to read step `i` into the page cache without mapping it; returns the first refusal.
+    fn hint(&self, i: usize) -> Option<Warning> {
         let s = &self.exec.steps[i];
+        let mut refused = None;
         for r in &s.ranges {
-            let _ = residency::prefetch(self.exec.file(s.model, r.file).bytes(), r.range.clone());
+            let f = self.exec.file(s.model, r.file);
+            if let Err(w) = read_ahead(f.bytes(), r.range.clone(), &f.path) {
+                refused.get_or_insert(w);
+            }
         }
+        refused
     }
 
     /// Bytes of step `i` in the page cache (mincore; 0 where it cannot tell).
@@ -491,5 +560,38 @@ mod tests {
             200 * MIB,
             "a block over the cap still fits"
         );
+    }
+
+    #[test]
+    fn a_refused_read_ahead_is_reported_once_per_executor() {
+        // madvise refuses an address that is not on a page boundary (EINVAL): the one refusal a test can
+        // cause at will, since WILLNEED on a mapped file range always succeeds. It reads and changes nothing.
+        let page = residency::page_size();
+        let buf = vec![0u8; 3 * page];
+        let w = read_ahead(&buf[1..], 0..2 * page, Path::new("w.safetensors")).unwrap_err();
+        assert!(
+            matches!(&w, Warning::ReadAheadRefused { path, error }
+                if path == Path::new("w.safetensors") && error.raw_os_error() == Some(libc::EINVAL)),
+            "{w:?}"
+        );
+        assert!(
+            w.to_string().starts_with(
+                "w.safetensors: the kernel refused to read weights ahead (madvise WILLNEED): Invalid argument"
+            ),
+            "{w}"
+        );
+
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_tiny");
+        let models = [Model::load(dir).unwrap()];
+        let exec = Executor::new(&models, ExecOptions::default()).unwrap();
+        let mut seen = Vec::new();
+        let mut observe = |e: Event| {
+            if let Event::Warning(w) = e {
+                seen.push(w.to_string());
+            }
+        };
+        exec.warn(&w, &mut observe);
+        exec.warn(&w, &mut observe);
+        assert_eq!(seen, [w.to_string()], "reported once");
     }
 }

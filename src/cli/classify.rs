@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use wstream::classify::{combine, labels, softmax, top_k, Ensemble, Ranked};
-use wstream::exec::{BlockRecord, Evict, ExecOptions, Executor};
+use wstream::exec::{BlockRecord, Event, Evict, ExecOptions, Executor};
 use wstream::models::{Act, Model};
 use wstream::npy;
 use wstream::preprocess::{self, Preprocess};
@@ -207,7 +207,11 @@ pub fn classify(
             .zip(&preprocess)
             .map(|(m, pre)| batch_input(m, pre, batch, &images))
             .collect::<Result<Vec<_>>>()?;
-        let (outputs, recs) = executor.run(inputs)?;
+        let (outputs, recs) = executor.run_observed(inputs, |e| {
+            if let Event::Warning(w) = e {
+                eprintln!("warning: {w}");
+            }
+        })?;
         records.extend(recs);
         let elapsed_ms = start.elapsed().as_secs_f64() * 1e3 / batch.len() as f64;
         for (bi, item) in batch.iter().enumerate() {
