@@ -12,8 +12,12 @@
 //!
 //! Streaming changes memory, not numerics: each block runs the same code as [`Model::forward`].
 
-use std::sync::mpsc;
-use std::sync::{Condvar, Mutex};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -21,7 +25,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::models::{Act, Model};
 use crate::residency::{self, Faults, MemReading, Released};
-use crate::store::FileRange;
+use crate::store::{FileRange, MappedFile};
 use crate::weight;
 
 /// What happens to a block's pages after it ran.
@@ -118,11 +122,40 @@ pub enum Event<'a> {
     },
     /// The block ran and its pages were released.
     BlockEnd(&'a BlockRecord),
+    /// Something went wrong without stopping the run. An executor reports only its first warning: a
+    /// refusal usually repeats for every block of a file, and once is enough to explain a slow run.
+    Warning(&'a Warning),
+}
+
+/// Something that went wrong without stopping the run.
+#[derive(Debug)]
+pub enum Warning {
+    /// The kernel refused to read a weight file ahead (madvise WILLNEED). Read-ahead is advisory: the pages
+    /// are still read, only when they are mapped in rather than ahead of time.
+    ReadAheadRefused {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Warning::ReadAheadRefused { path, error } => write!(
+                f,
+                "{}: the kernel refused to read weights ahead (madvise WILLNEED): {error}; \
+                 they are read when mapped in instead",
+                path.display()
+            ),
+        }
+    }
 }
 
 /// What prefetching one step cost the prefetch thread.
 #[derive(Debug, Default, Clone, Copy)]
 struct Prefetched {
+    /// Bytes of the step in the page cache when it was requested (mincore).
+    resident_before: u64,
     faults: Faults,
     storage_read: Option<u64>,
     at: Duration,
@@ -152,6 +185,8 @@ pub struct Executor<'m> {
     /// The budget in force: the given one, or the default.
     budget: u64,
     steps: Vec<Step>,
+    /// Whether a warning was reported (see [`Event::Warning`]).
+    warned: AtomicBool,
 }
 
 fn page_rounded(ranges: &[FileRange]) -> u64 {
@@ -160,6 +195,18 @@ fn page_rounded(ranges: &[FileRange]) -> u64 {
         .iter()
         .map(|r| ((r.range.end.div_ceil(p) - r.range.start / p) * p) as u64)
         .sum()
+}
+
+/// Asks the kernel to read `range` of the mapping of `path` ahead (madvise WILLNEED); a refusal is a warning.
+fn read_ahead(map: &[u8], range: Range<usize>, path: &Path) -> std::result::Result<(), Warning> {
+    residency::prefetch(map, range).map_err(|error| Warning::ReadAheadRefused {
+        path: path.to_path_buf(),
+        error,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<'m> Executor<'m> {
@@ -199,6 +246,7 @@ impl<'m> Executor<'m> {
             opts,
             budget,
             steps,
+            warned: AtomicBool::new(false),
         })
     }
 
@@ -225,120 +273,28 @@ impl<'m> Executor<'m> {
         for m in self.models {
             m.store.check_unchanged()?;
         }
-        let start = Instant::now();
-        let n = self.steps.len();
-        // Prefetch progress: how many steps are done, and what each cost the prefetch thread.
-        let progress = Mutex::new((0usize, vec![Prefetched::default(); n]));
-        let ready = Condvar::new();
+        let prefetcher = Prefetcher::new(self, Instant::now());
         let mut acts: Vec<Option<Act>> = inputs.into_iter().map(Some).collect();
-        let mut records = Vec::with_capacity(n);
+        let mut records = Vec::with_capacity(self.steps.len());
 
         // The blocks run on a worker of the current rayon pool, so their parallel ops fork and join inside
         // it; from a thread outside the pool every op is injected into it and the caller sleeps until the op
         // ends (about 5% of a warm ensemble's time, measured). rayon::scope runs this closure on a worker.
         rayon::scope(|_| {
             std::thread::scope(|scope| -> Result<()> {
-                let (tx, rx) = mpsc::channel::<usize>();
-                let progress = &progress;
-                let ready = &ready;
-                scope.spawn(move || {
-                    for i in rx {
-                        let (faults, read) =
-                            (Faults::thread(), residency::thread_storage_read_bytes());
-                        for r in &self.steps[i].ranges {
-                            let map = self.file(self.steps[i].model, r.file);
-                            // Read-ahead is advisory: a failed madvise only means populate faults more.
-                            let _ = residency::prefetch(map, r.range.clone());
-                            residency::populate(map, r.range.clone());
-                        }
-                        let done = Prefetched {
-                            faults: Faults::thread().since(faults),
-                            storage_read: read_since(read, residency::thread_storage_read_bytes()),
-                            at: start.elapsed(),
-                        };
-                        let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
-                        p.1[i] = done;
-                        p.0 = i + 1;
-                        ready.notify_all();
-                    }
-                });
-
-                let mut requested = 0;
-                let mut hinted = 0;
-                let mut resident_before = vec![0u64; n];
-                for i in 0..n {
-                    while requested < n && (requested == i || self.may_prefetch(i, requested)) {
-                        resident_before[requested] = self.resident(requested);
-                        // The receiver lives until this scope ends.
-                        let _ = tx.send(requested);
-                        observe(Event::PrefetchIssued {
-                            step: requested,
-                            at: start.elapsed(),
-                        });
-                        requested += 1;
-                    }
-                    if requested == i + 1 && requested < n && hinted < requested {
-                        self.hint(requested);
-                        hinted = requested;
-                    }
-                    let step = &self.steps[i];
-                    let model = &self.models[step.model];
-                    let block = &model.blocks[step.block];
-                    let begin = start.elapsed();
-                    observe(Event::BlockStart {
-                        step: i,
-                        model: &model.name,
-                        block: block.name(),
-                        at: begin,
-                    });
-                    let wait_start = Instant::now();
-                    let prefetched = {
-                        let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
-                        while p.0 <= i {
-                            p = ready.wait(p).unwrap_or_else(|e| e.into_inner());
-                        }
-                        p.1[i]
-                    };
-                    let wait = wait_start.elapsed();
-                    observe(Event::PrefetchDone {
-                        step: i,
-                        at: prefetched.at,
-                    });
-                    let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
-                    let compute_start = Instant::now();
-                    weight::take_scratch();
-                    let x = acts[step.model]
-                        .take()
-                        .expect("activation of a running model");
-                    acts[step.model] = Some(block.forward(&model.store, x)?);
-                    let compute = compute_start.elapsed();
-                    let scratch_bytes = weight::take_scratch() as u64;
-                    let compute_faults = Faults::thread().since(faults);
-                    let compute_read = read_since(read, residency::thread_storage_read_bytes());
-                    let released = self.release(i)?;
-                    let record = BlockRecord {
-                        model: model.name.clone(),
-                        block: block.name().to_string(),
-                        weight_bytes: step.bytes,
-                        resident_before: resident_before[i],
-                        compute_faults,
-                        prefetch_faults: prefetched.faults,
-                        storage_read: prefetched
-                            .storage_read
-                            .zip(compute_read)
-                            .map(|(a, b)| a + b),
-                        wait,
-                        compute,
-                        start: begin,
-                        end: start.elapsed(),
-                        mem_after: MemReading::now(),
-                        released,
-                        scratch_bytes,
-                    };
-                    observe(Event::BlockEnd(&record));
-                    records.push(record);
+                let (tx, rx) = mpsc::channel();
+                let prefetcher = &prefetcher;
+                scope.spawn(move || prefetcher.serve(rx));
+                // Dropped when this closure returns, which ends the prefetch thread, also on an error.
+                let mut ahead = Lookahead {
+                    tx,
+                    requested: 0,
+                    hinted: 0,
+                };
+                for i in 0..self.steps.len() {
+                    prefetcher.request_ahead(&mut ahead, i, &mut observe);
+                    records.push(self.step(i, prefetcher, &mut acts, &mut observe)?);
                 }
-                drop(tx);
                 Ok(())
             })
         })?;
@@ -349,40 +305,87 @@ impl<'m> Executor<'m> {
         Ok((outputs, records))
     }
 
-    fn file(&self, model: usize, file: usize) -> &[u8] {
-        self.models[model].store.files()[file].bytes()
+    /// Runs step `i` on the compute thread: waits for its pages, runs its block over the whole batch,
+    /// releases the pages, and returns the block's record.
+    fn step(
+        &self,
+        i: usize,
+        prefetcher: &Prefetcher,
+        acts: &mut [Option<Act>],
+        observe: &mut impl FnMut(Event),
+    ) -> Result<BlockRecord> {
+        let step = &self.steps[i];
+        let model = &self.models[step.model];
+        let block = &model.blocks[step.block];
+        let begin = prefetcher.start.elapsed();
+        observe(Event::BlockStart {
+            step: i,
+            model: &model.name,
+            block: block.name(),
+            at: begin,
+        });
+        let wait_start = Instant::now();
+        let (prefetched, refused) = prefetcher.wait(i);
+        let wait = wait_start.elapsed();
+        observe(Event::PrefetchDone {
+            step: i,
+            at: prefetched.at,
+        });
+        if let Some(w) = refused {
+            self.warn(&w, observe);
+        }
+
+        let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
+        let compute_start = Instant::now();
+        weight::take_scratch();
+        let x = acts[step.model]
+            .take()
+            .expect("activation of a running model");
+        acts[step.model] = Some(block.forward(&model.store, x)?);
+        let compute = compute_start.elapsed();
+        let scratch_bytes = weight::take_scratch() as u64;
+        let compute_faults = Faults::thread().since(faults);
+        let compute_read = read_since(read, residency::thread_storage_read_bytes());
+        let released = self.release(i)?;
+        let record = BlockRecord {
+            model: model.name.clone(),
+            block: block.name().to_string(),
+            weight_bytes: step.bytes,
+            resident_before: prefetched.resident_before,
+            compute_faults,
+            prefetch_faults: prefetched.faults,
+            storage_read: prefetched
+                .storage_read
+                .zip(compute_read)
+                .map(|(a, b)| a + b),
+            wait,
+            compute,
+            start: begin,
+            end: prefetcher.start.elapsed(),
+            mem_after: MemReading::now(),
+            released,
+            scratch_bytes,
+        };
+        observe(Event::BlockEnd(&record));
+        Ok(record)
     }
 
-    /// Whether step `j` may be prefetched while step `i` computes: within the look-ahead and the budget.
-    fn may_prefetch(&self, i: usize, j: usize) -> bool {
-        j - i <= self.opts.lookahead
-            && self.steps[i..=j].iter().map(|s| s.bytes).sum::<u64>() <= self.budget
-    }
-
-    /// Asks the kernel to read step `i` into the page cache without mapping it (advisory).
-    fn hint(&self, i: usize) {
-        let s = &self.steps[i];
-        for r in &s.ranges {
-            let _ = residency::prefetch(self.file(s.model, r.file), r.range.clone());
+    /// Reports `w` if this executor has not reported a warning yet.
+    fn warn(&self, w: &Warning, observe: &mut impl FnMut(Event)) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            observe(Event::Warning(w));
         }
     }
 
-    fn resident(&self, i: usize) -> u64 {
-        let s = &self.steps[i];
-        s.ranges
-            .iter()
-            .map(|r| {
-                residency::resident_bytes(self.file(s.model, r.file), r.range.clone()).unwrap_or(0)
-            })
-            .sum()
+    fn file(&self, model: usize, file: usize) -> &MappedFile {
+        &self.models[model].store.files()[file]
     }
 
     fn release(&self, i: usize) -> Result<Released> {
         let s = &self.steps[i];
-        let store = &self.models[s.model].store;
         let mut total = Released::default();
         for r in &s.ranges {
-            let f = &store.files()[r.file];
+            let f = self.file(s.model, r.file);
             let drop_cache = (self.opts.evict == Evict::Cache).then(|| f.file());
             let rel = residency::release(f.bytes(), r.range.clone(), drop_cache)
                 .map_err(|e| Error::io(&f.path, e))?;
@@ -390,6 +393,148 @@ impl<'m> Executor<'m> {
             total.dropped_from_cache += rel.dropped_from_cache;
         }
         Ok(total)
+    }
+}
+
+/// The prefetch thread's state, which the compute thread reads: it pages in the steps the compute thread
+/// requests, in order, and the compute thread waits on it for each step's pages.
+struct Prefetcher<'e> {
+    exec: &'e Executor<'e>,
+    /// When the run began: events and records are timed from here.
+    start: Instant,
+    progress: Mutex<Progress>,
+    /// Signalled each time a step is paged in.
+    paged: Condvar,
+}
+
+/// What the prefetch thread has done so far.
+struct Progress {
+    /// Steps paged in (a prefix of the schedule).
+    done: usize,
+    /// What each step cost the prefetch thread.
+    cost: Vec<Prefetched>,
+    /// A read-ahead refusal the compute thread has not seen yet.
+    refused: Option<Warning>,
+}
+
+/// The compute thread's side of the prefetch schedule.
+struct Lookahead {
+    /// Requests to the prefetch thread: a step and its bytes already in the page cache.
+    tx: Sender<(usize, u64)>,
+    /// Steps requested so far.
+    requested: usize,
+    /// The furthest step announced to the kernel without being requested (it did not fit the budget).
+    hinted: usize,
+}
+
+impl<'e> Prefetcher<'e> {
+    fn new(exec: &'e Executor<'e>, start: Instant) -> Self {
+        Prefetcher {
+            exec,
+            start,
+            progress: Mutex::new(Progress {
+                done: 0,
+                cost: vec![Prefetched::default(); exec.steps.len()],
+                refused: None,
+            }),
+            paged: Condvar::new(),
+        }
+    }
+
+    /// The prefetch thread: for each requested step, asks the kernel to read its pages ahead (WILLNEED)
+    /// and maps them in (populate), so the page faults land here and not on the compute thread.
+    fn serve(&self, requests: Receiver<(usize, u64)>) {
+        for (i, resident_before) in requests {
+            let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
+            let s = &self.exec.steps[i];
+            let mut refused = None;
+            for r in &s.ranges {
+                let f = self.exec.file(s.model, r.file);
+                // A refusal only means populate reads the pages itself.
+                if let Err(w) = read_ahead(f.bytes(), r.range.clone(), &f.path) {
+                    refused.get_or_insert(w);
+                }
+                residency::populate(f.bytes(), r.range.clone());
+            }
+            let done = Prefetched {
+                resident_before,
+                faults: Faults::thread().since(faults),
+                storage_read: read_since(read, residency::thread_storage_read_bytes()),
+                at: self.start.elapsed(),
+            };
+            let mut p = lock(&self.progress);
+            p.cost[i] = done;
+            p.done = i + 1;
+            if p.refused.is_none() {
+                p.refused = refused;
+            }
+            self.paged.notify_all();
+        }
+    }
+
+    /// On the compute thread, before step `i` runs: requests step `i` and every step after it that fits the
+    /// look-ahead and the budget. When the next step does not fit, announces it to the kernel instead
+    /// (read into the page cache, which the budget does not count, but not mapped in).
+    fn request_ahead(&self, ahead: &mut Lookahead, i: usize, observe: &mut impl FnMut(Event)) {
+        let n = self.exec.steps.len();
+        while ahead.requested < n && (ahead.requested == i || self.may_prefetch(i, ahead.requested))
+        {
+            let j = ahead.requested;
+            // The receiver lives until the compute thread is done.
+            let _ = ahead.tx.send((j, self.resident(j)));
+            observe(Event::PrefetchIssued {
+                step: j,
+                at: self.start.elapsed(),
+            });
+            ahead.requested += 1;
+        }
+        if ahead.requested == i + 1 && ahead.requested < n && ahead.hinted < ahead.requested {
+            if let Some(w) = self.hint(ahead.requested) {
+                self.exec.warn(&w, observe);
+            }
+            ahead.hinted = ahead.requested;
+        }
+    }
+
+    /// Blocks until step `i` is paged in; returns what it cost the prefetch thread and a read-ahead refusal
+    /// not yet reported.
+    fn wait(&self, i: usize) -> (Prefetched, Option<Warning>) {
+        let mut p = lock(&self.progress);
+        while p.done <= i {
+            p = self.paged.wait(p).unwrap_or_else(PoisonError::into_inner);
+        }
+        (p.cost[i], p.refused.take())
+    }
+
+    /// Whether step `j` may be prefetched while step `i` computes: within the look-ahead and the budget.
+    fn may_prefetch(&self, i: usize, j: usize) -> bool {
+        j - i <= self.exec.opts.lookahead
+            && self.exec.steps[i..=j].iter().map(|s| s.bytes).sum::<u64>() <= self.exec.budget
+    }
+
+    /// Asks the kernel to read step `i` into the page cache without mapping it; returns the first refusal.
+    fn hint(&self, i: usize) -> Option<Warning> {
+        let s = &self.exec.steps[i];
+        let mut refused = None;
+        for r in &s.ranges {
+            let f = self.exec.file(s.model, r.file);
+            if let Err(w) = read_ahead(f.bytes(), r.range.clone(), &f.path) {
+                refused.get_or_insert(w);
+            }
+        }
+        refused
+    }
+
+    /// Bytes of step `i` in the page cache (mincore; 0 where it cannot tell).
+    fn resident(&self, i: usize) -> u64 {
+        let s = &self.exec.steps[i];
+        s.ranges
+            .iter()
+            .map(|r| {
+                residency::resident_bytes(self.exec.file(s.model, r.file).bytes(), r.range.clone())
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 }
 
@@ -415,5 +560,38 @@ mod tests {
             200 * MIB,
             "a block over the cap still fits"
         );
+    }
+
+    #[test]
+    fn a_refused_read_ahead_is_reported_once_per_executor() {
+        // madvise refuses an address that is not on a page boundary (EINVAL): the one refusal a test can
+        // cause at will, since WILLNEED on a mapped file range always succeeds. It reads and changes nothing.
+        let page = residency::page_size();
+        let buf = vec![0u8; 3 * page];
+        let w = read_ahead(&buf[1..], 0..2 * page, Path::new("w.safetensors")).unwrap_err();
+        assert!(
+            matches!(&w, Warning::ReadAheadRefused { path, error }
+                if path == Path::new("w.safetensors") && error.raw_os_error() == Some(libc::EINVAL)),
+            "{w:?}"
+        );
+        assert!(
+            w.to_string().starts_with(
+                "w.safetensors: the kernel refused to read weights ahead (madvise WILLNEED): Invalid argument"
+            ),
+            "{w}"
+        );
+
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_tiny");
+        let models = [Model::load(dir).unwrap()];
+        let exec = Executor::new(&models, ExecOptions::default()).unwrap();
+        let mut seen = Vec::new();
+        let mut observe = |e: Event| {
+            if let Event::Warning(w) = e {
+                seen.push(w.to_string());
+            }
+        };
+        exec.warn(&w, &mut observe);
+        exec.warn(&w, &mut observe);
+        assert_eq!(seen, [w.to_string()], "reported once");
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::{combine, labels, softmax, top_k, Ensemble, Ranked};
 use crate::error::{Error, Result};
-use crate::exec::{BlockRecord, Evict, ExecOptions, Executor};
+use crate::exec::{BlockRecord, Event, Evict, ExecOptions, Executor, Warning};
 use crate::models::{Act, Model};
 use crate::npy;
 use crate::preprocess::{self, Preprocess};
@@ -97,7 +97,11 @@ pub struct Pipeline {
     labels: Vec<Vec<String>>,
     preprocess: Vec<Preprocess>,
     options: Options,
+    on_warning: Option<Box<WarningSink>>,
 }
+
+/// Where a run's warnings go (the library never prints).
+pub type WarningSink = dyn Fn(&Warning) + Send + Sync;
 
 impl Pipeline {
     /// Loads each model ([`Model::load`]) and builds the pipeline over them.
@@ -135,7 +139,14 @@ impl Pipeline {
             labels,
             preprocess,
             options,
+            on_warning: None,
         })
+    }
+
+    /// Hands each warning of a run (a refused read-ahead) to `sink`; without one they are dropped.
+    pub fn with_warnings(mut self, sink: impl Fn(&Warning) + Send + Sync + 'static) -> Pipeline {
+        self.on_warning = Some(Box::new(sink));
+        self
     }
 
     pub fn models(&self) -> &[Model] {
@@ -261,7 +272,11 @@ impl Pipeline {
             })
             .collect();
         drop(inputs);
-        let (outputs, recs) = executor.run(acts)?;
+        let (outputs, recs) = executor.run_observed(acts, |event| {
+            if let (Event::Warning(w), Some(sink)) = (event, &self.on_warning) {
+                sink(w);
+            }
+        })?;
         records.extend(recs);
         let elapsed_ms = start.elapsed().as_secs_f64() * 1e3 / n as f64;
         let classes = self.models[0].num_classes;

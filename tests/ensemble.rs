@@ -114,7 +114,10 @@ fn three_large_models_in_a_few_hundred_mib() {
         .unwrap();
     let report = String::from_utf8_lossy(&boxed.stderr);
     if boxed.status.code() == Some(3) {
-        eprintln!("SKIPPED the 512 MiB cgroup run: {report}");
+        common::skip_or_fail(&format!(
+            "the ensemble's 512 MiB cgroup run: {}",
+            report.trim().replace('\n', "; ")
+        ));
         return;
     }
     eprintln!("{}", report.trim());

@@ -84,6 +84,17 @@ pub enum Evict {
 }
 
 impl RunArgs {
+    /// Loads the models into a pipeline run with these flags; its warnings go to stderr.
+    pub fn pipeline(
+        &self,
+        paths: &[impl AsRef<std::path::Path>],
+        top: usize,
+        logits: bool,
+    ) -> wstream::Result<Pipeline> {
+        Ok(Pipeline::load(paths, self.options(top, logits))?
+            .with_warnings(|w| eprintln!("warning: {w}")))
+    }
+
     /// The pipeline's options for these flags, ranking `top` classes, with logits or without.
     pub fn options(&self, top: usize, logits: bool) -> Options {
         Options {
@@ -118,7 +129,7 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let pipeline = Pipeline::load(&paths, args.run.options(args.top as usize, args.logits))?;
+    let pipeline = args.run.pipeline(&paths, args.top as usize, args.logits)?;
     let items = read_inputs(&args.inputs)?;
     let show_progress = !args.json && items.len() > 1;
     let bar = if show_progress {

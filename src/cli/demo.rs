@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use wstream::pipeline::{Item, Pipeline, Source};
+use wstream::pipeline::{Item, Source};
 
 use super::classify::{format_answer, memory_report, RunArgs, DEFAULT_MODELS};
 use super::out;
@@ -32,7 +32,7 @@ pub fn run(args: Args) -> Result<()> {
             super::synth::synthesize(arch, dir, 0)?;
         }
     }
-    let pipeline = Pipeline::load(&DEFAULT_MODELS, args.run.options(3, false))?;
+    let pipeline = args.run.pipeline(&DEFAULT_MODELS, 3, false)?;
     let photo = image::load_from_memory(PHOTO)?.to_rgb8();
     let items = [Item {
         name: "bundled photo: a tabby cat (tests/data/cat.jpg)".into(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use wstream::pipeline::{read_inputs, Pipeline};
+use wstream::pipeline::read_inputs;
 use wstream::profile::Profile;
 use wstream::residency::{drop_file_cache, MemReading};
 
@@ -49,7 +49,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     // The profile reports blocks, not answers.
-    let pipeline = Pipeline::load(&args.models, args.run.options(1, false))?;
+    let pipeline = args.run.pipeline(&args.models, 1, false)?;
     let items = read_inputs(&args.inputs)?;
     if args.cold {
         for m in pipeline.models() {

@@ -92,10 +92,13 @@ pub fn check(model_dir: &str, to_timm: impl Fn(&str, &Act) -> Act, block_tol: f3
 /// Full-size parity and speed against a timm export in `$WSTREAM_FULLSIZE/<name>` (tools/export_timm.py):
 /// max abs logit diff on reference/cat.input.npy (<= 1e-4), and the plain runner's time per image at 2
 /// threads (median of 3 after a warm-up that pages the weights in) next to timm's from reference/meta.json,
-/// with the time per kind of block. Skips when WSTREAM_FULLSIZE is not set.
+/// with the time per kind of block. Without WSTREAM_FULLSIZE, [`super::skip_or_fail`].
 pub fn fullsize(name: &str) {
     let Ok(root) = std::env::var("WSTREAM_FULLSIZE") else {
-        eprintln!("WSTREAM_FULLSIZE is not set; skipping {name}");
+        super::skip_or_fail(&format!(
+            "{name} full-size parity: WSTREAM_FULLSIZE is not set (the folder of timm exports made by \
+             tools/export_timm.py)"
+        ));
         return;
     };
     let dir = Path::new(&root).join(name);
