@@ -20,7 +20,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::models::{Act, Model};
-use crate::residency::{self, Faults, MemReading, Released};
+use crate::process::{self, Faults, MemReading};
+use crate::residency::{self, Released};
 use crate::store::FileRange;
 use crate::weight;
 
@@ -244,7 +245,7 @@ impl<'m> Executor<'m> {
                 scope.spawn(move || {
                     for i in rx {
                         let (faults, read) =
-                            (Faults::thread(), residency::thread_storage_read_bytes());
+                            (Faults::thread(), process::thread_storage_read_bytes());
                         for r in &self.steps[i].ranges {
                             let map = self.file(self.steps[i].model, r.file);
                             // Read-ahead is advisory: a failed madvise only means populate faults more.
@@ -253,7 +254,7 @@ impl<'m> Executor<'m> {
                         }
                         let done = Prefetched {
                             faults: Faults::thread().since(faults),
-                            storage_read: read_since(read, residency::thread_storage_read_bytes()),
+                            storage_read: read_since(read, process::thread_storage_read_bytes()),
                             at: start.elapsed(),
                         };
                         let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -304,7 +305,7 @@ impl<'m> Executor<'m> {
                         step: i,
                         at: prefetched.at,
                     });
-                    let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
+                    let (faults, read) = (Faults::thread(), process::thread_storage_read_bytes());
                     let compute_start = Instant::now();
                     weight::take_scratch();
                     let x = acts[step.model]
@@ -314,7 +315,7 @@ impl<'m> Executor<'m> {
                     let compute = compute_start.elapsed();
                     let scratch_bytes = weight::take_scratch() as u64;
                     let compute_faults = Faults::thread().since(faults);
-                    let compute_read = read_since(read, residency::thread_storage_read_bytes());
+                    let compute_read = read_since(read, process::thread_storage_read_bytes());
                     let released = self.release(i)?;
                     let record = BlockRecord {
                         model: model.name.clone(),

@@ -10,8 +10,8 @@ use wstream::exec::{BlockRecord, Evict, ExecOptions, Executor};
 use wstream::models::{Act, Model};
 use wstream::npy;
 use wstream::preprocess::{self, Preprocess};
+use wstream::process::MemReading;
 use wstream::profile::Totals;
-use wstream::residency::MemReading;
 
 use super::{human_bytes, out, parse_bytes};
 

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use wstream::process::MemReading;
 use wstream::profile::Profile;
-use wstream::residency::{drop_file_cache, MemReading};
+use wstream::residency::drop_file_cache;
 
 use super::classify::{classify, load_models, read_inputs, RunArgs};
 use super::out;
