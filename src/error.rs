@@ -1,5 +1,8 @@
 //! The library's error type. Every message names the file (and the tensor, where there is one) and gives
 //! expected vs actual numbers, so the CLI can print it as the one line a user needs.
+//!
+//! A message is complete on its own, so no variant also reports a `source()`: an OS error is part of
+//! [`Error::Io`]'s message, and a printer that walks the chain (anyhow's `{:#}`) shows it once.
 
 use std::path::PathBuf;
 
@@ -7,10 +10,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: no such file or folder", path.display())]
     NotFound { path: PathBuf },
@@ -92,12 +95,12 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         let path = path.into();
-        if source.kind() == std::io::ErrorKind::NotFound {
+        if error.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound { path }
         } else {
-            Error::Io { path, source }
+            Error::Io { path, error }
         }
     }
 }
