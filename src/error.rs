@@ -88,10 +88,35 @@ pub enum Error {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
+    /// Weights that do not make a model wstream can run (an unknown family, missing or misshapen tensors,
+    /// weights that disagree with their config); `path` is the model's.
     #[error("{}: {msg}", path.display())]
     Model { path: PathBuf, msg: String },
+    /// A config.json that is not timm's or asks for what wstream does not do; `path` is the config, or the
+    /// model it belongs to.
+    #[error("{}: {msg}", path.display())]
+    Config { path: PathBuf, msg: String },
+    /// An input file (image, .npy) that cannot be read as one.
     #[error("{}: {msg}", path.display())]
     Input { path: PathBuf, msg: String },
+    /// An input that does not fit the model it reached (shape, size); `path` is the model's.
+    #[error("{}: {msg}", path.display())]
+    InputShape { path: PathBuf, msg: String },
+    /// A memory budget below what the largest block needs paged in at once.
+    #[error("{}: budget of {budget} bytes is below what block `{block}` of {model} needs: the minimum budget is {needed} bytes", path.display())]
+    Budget {
+        path: PathBuf,
+        budget: u64,
+        model: String,
+        block: String,
+        needed: u64,
+    },
+    /// An output that is refused (it exists, or is the input) or came out other than planned.
+    #[error("{}: {msg}", path.display())]
+    Output { path: PathBuf, msg: String },
+    /// An architecture `synth` has no recipe for.
+    #[error("unknown architecture `{arch}`; known: {known}")]
+    UnknownArch { arch: String, known: String },
 }
 
 impl Error {

@@ -182,14 +182,12 @@ impl<'m> Executor<'m> {
         if let (Some(budget), Some(big)) = (opts.budget, steps.iter().max_by_key(|s| s.bytes)) {
             if big.bytes > budget {
                 let m = &models[big.model];
-                return Err(Error::Model {
+                return Err(Error::Budget {
                     path: m.store.path().to_path_buf(),
-                    msg: format!(
-                        "budget of {budget} bytes is below what block `{}` of {} needs: the minimum budget is {} bytes",
-                        m.blocks[big.block].name(),
-                        m.name,
-                        big.bytes
-                    ),
+                    budget,
+                    model: m.name.clone(),
+                    block: m.blocks[big.block].name().into(),
+                    needed: big.bytes,
                 });
             }
         }
