@@ -4,7 +4,6 @@
 //! Ranges are byte ranges of a whole-file mapping (the mapping starts on a page boundary at file offset 0,
 //! so a mapping offset is also a file offset). `prefetch` and `resident_bytes` round outward to whole pages;
 //! `release` rounds inward, so a page shared with a neighbouring range that is still in use is never dropped.
-#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::ops::Range;
@@ -14,6 +13,7 @@ use std::sync::OnceLock;
 use serde::Serialize;
 
 /// The system page size.
+#[allow(unsafe_code)]
 pub fn page_size() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();
     *PAGE.get_or_init(|| {
@@ -50,6 +50,7 @@ fn check_range(map: &[u8], r: &Range<usize>) {
 }
 
 /// Asks the kernel to start reading the pages of `range` (madvise WILLNEED). Returns at once.
+#[allow(unsafe_code)]
 pub fn prefetch(map: &[u8], range: Range<usize>) -> std::io::Result<()> {
     check_range(map, &range);
     let r = round_out(&range, map.len());
@@ -75,6 +76,7 @@ pub fn prefetch(map: &[u8], range: Range<usize>) -> std::io::Result<()> {
 /// Maps the pages of `range` into this process on the calling thread, reading them from storage where they
 /// are not cached: one madvise(MADV_POPULATE_READ) call (Linux 5.14+), which fills the page tables without a
 /// fault per page; on older kernels, falls back to [`touch`].
+#[allow(unsafe_code)]
 pub fn populate(map: &[u8], range: Range<usize>) {
     check_range(map, &range);
     let r = round_out(&range, map.len());
@@ -124,6 +126,7 @@ pub struct Released {
 /// Drops the pages lying wholly inside `range` from this process (madvise DONTNEED). With `drop_cache`, also
 /// asks the kernel to drop them from the page cache (posix_fadvise DONTNEED; clean pages no other process
 /// maps go at once). The data stays valid: a later touch pages it back in from the file.
+#[allow(unsafe_code)]
 pub fn release(
     map: &[u8],
     range: Range<usize>,
@@ -172,6 +175,7 @@ pub fn release(
 /// Drops a whole file from the page cache (posix_fadvise DONTNEED), e.g. before a cold run. Dirty pages
 /// (a file written moments ago, such as a fresh checkout) cannot be dropped, so they are written back first
 /// (fdatasync; the contents do not change).
+#[allow(unsafe_code)]
 pub fn drop_file_cache(file: &File) -> std::io::Result<()> {
     file.sync_data()?;
     // SAFETY: plain syscall on an open file descriptor; len 0 means "to the end of the file".
@@ -188,6 +192,7 @@ pub fn drop_file_cache(file: &File) -> std::io::Result<()> {
 ///
 /// Linux reports page-cache residency of file pages only to a process that owns the file or may write it;
 /// otherwise only the pages this process has mapped count.
+#[allow(unsafe_code)]
 pub fn resident_bytes(map: &[u8], range: Range<usize>) -> std::io::Result<u64> {
     check_range(map, &range);
     let r = round_out(&range, map.len());
