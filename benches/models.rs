@@ -36,7 +36,7 @@ fn image() -> Act {
 
 fn models(c: &mut Criterion) {
     // As the command line does, so the figures are the CLI's.
-    wstream::residency::keep_freed_heap();
+    wstream::process::keep_freed_heap();
     let all: Vec<Model> = ARCHS.iter().map(|a| model(a)).collect();
     let mut g = c.benchmark_group("model_batch1_warm");
     g.sample_size(10);

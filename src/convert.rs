@@ -141,7 +141,7 @@ pub fn convert(
     opts: &Options,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Summary> {
-    let refuse = |msg: String| Error::Model {
+    let refuse = |msg: String| Error::Output {
         path: output.to_path_buf(),
         msg,
     };
@@ -331,7 +331,7 @@ pub fn convert(
 }
 
 fn internal(w: &PartialFile, name: &str, what: &str, planned: usize, actual: u64) -> Error {
-    Error::Model {
+    Error::Output {
         path: w.path().to_path_buf(),
         msg: format!(
             "internal error: tensor `{name}` {what} at data byte {actual}, planned {planned}"
@@ -355,7 +355,7 @@ fn input_config(input: &Path) -> Option<PathBuf> {
 /// replaced (and its keys re-serialised in sorted order).
 fn write_config(src: &Path, dest: &Path, opts: &Options, source: &str) -> Result<()> {
     let text = std::fs::read_to_string(src).map_err(|e| Error::io(src, e))?;
-    let bad = |msg: String| Error::Model {
+    let bad = |msg: String| Error::Config {
         path: src.to_path_buf(),
         msg,
     };

@@ -1,5 +1,8 @@
 //! The library's error type. Every message names the file (and the tensor, where there is one) and gives
 //! expected vs actual numbers, so the CLI can print it as the one line a user needs.
+//!
+//! A message is complete on its own, so no variant also reports a `source()`: an OS error is part of
+//! [`Error::Io`]'s message, and a printer that walks the chain (anyhow's `{:#}`) shows it once.
 
 use std::path::PathBuf;
 
@@ -7,10 +10,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: no such file or folder", path.display())]
     NotFound { path: PathBuf },
@@ -85,19 +88,47 @@ pub enum Error {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
+    /// Weights that do not make a model wstream can run (an unknown family, missing or misshapen tensors,
+    /// weights that disagree with their config); `path` is the model's.
     #[error("{}: {msg}", path.display())]
     Model { path: PathBuf, msg: String },
+    /// A config.json that is not timm's or asks for what wstream does not do; `path` is the config, or the
+    /// model it belongs to.
+    #[error("{}: {msg}", path.display())]
+    Config { path: PathBuf, msg: String },
+    /// An input file (image, .npy) that cannot be read as one.
     #[error("{}: {msg}", path.display())]
     Input { path: PathBuf, msg: String },
+    /// An input that does not fit the model it reached (shape, size); `path` is the model's.
+    #[error("{}: {msg}", path.display())]
+    InputShape { path: PathBuf, msg: String },
+    /// A memory budget below what the largest block needs paged in at once.
+    #[error("{}: budget of {budget} bytes is below what block `{block}` of {model} needs: the minimum budget is {needed} bytes", path.display())]
+    Budget {
+        path: PathBuf,
+        budget: u64,
+        model: String,
+        block: String,
+        needed: u64,
+    },
+    /// An output that is refused (it exists, or is the input) or came out other than planned.
+    #[error("{}: {msg}", path.display())]
+    Output { path: PathBuf, msg: String },
+    /// An architecture `synth` has no recipe for.
+    #[error("unknown architecture `{arch}`; known: {known}")]
+    UnknownArch { arch: String, known: String },
+    /// Options a library caller gave that cannot work (no model, an empty batch).
+    #[error("{0}")]
+    Options(String),
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         let path = path.into();
-        if source.kind() == std::io::ErrorKind::NotFound {
+        if error.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound { path }
         } else {
-            Error::Io { path, source }
+            Error::Io { path, error }
         }
     }
 }

@@ -24,7 +24,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::models::{Act, Model};
-use crate::residency::{self, Faults, MemReading, Released};
+use crate::process::{self, Faults, MemReading};
+use crate::residency::{self, Released};
 use crate::store::{FileRange, MappedFile};
 use crate::weight;
 
@@ -228,14 +229,12 @@ impl<'m> Executor<'m> {
         if let (Some(budget), Some(big)) = (opts.budget, steps.iter().max_by_key(|s| s.bytes)) {
             if big.bytes > budget {
                 let m = &models[big.model];
-                return Err(Error::Model {
+                return Err(Error::Budget {
                     path: m.store.path().to_path_buf(),
-                    msg: format!(
-                        "budget of {budget} bytes is below what block `{}` of {} needs: the minimum budget is {} bytes",
-                        m.blocks[big.block].name(),
-                        m.name,
-                        big.bytes
-                    ),
+                    budget,
+                    model: m.name.clone(),
+                    block: m.blocks[big.block].name().into(),
+                    needed: big.bytes,
                 });
             }
         }
@@ -335,7 +334,7 @@ impl<'m> Executor<'m> {
             self.warn(&w, observe);
         }
 
-        let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
+        let (faults, read) = (Faults::thread(), process::thread_storage_read_bytes());
         let compute_start = Instant::now();
         weight::take_scratch();
         let x = acts[step.model]
@@ -345,7 +344,7 @@ impl<'m> Executor<'m> {
         let compute = compute_start.elapsed();
         let scratch_bytes = weight::take_scratch() as u64;
         let compute_faults = Faults::thread().since(faults);
-        let compute_read = read_since(read, residency::thread_storage_read_bytes());
+        let compute_read = read_since(read, process::thread_storage_read_bytes());
         let released = self.release(i)?;
         let record = BlockRecord {
             model: model.name.clone(),
@@ -445,7 +444,7 @@ impl<'e> Prefetcher<'e> {
     /// and maps them in (populate), so the page faults land here and not on the compute thread.
     fn serve(&self, requests: Receiver<(usize, u64)>) {
         for (i, resident_before) in requests {
-            let (faults, read) = (Faults::thread(), residency::thread_storage_read_bytes());
+            let (faults, read) = (Faults::thread(), process::thread_storage_read_bytes());
             let s = &self.exec.steps[i];
             let mut refused = None;
             for r in &s.ranges {
@@ -459,7 +458,7 @@ impl<'e> Prefetcher<'e> {
             let done = Prefetched {
                 resident_before,
                 faults: Faults::thread().since(faults),
-                storage_read: read_since(read, residency::thread_storage_read_bytes()),
+                storage_read: read_since(read, process::thread_storage_read_bytes()),
                 at: self.start.elapsed(),
             };
             let mut p = lock(&self.progress);

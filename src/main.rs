@@ -5,6 +5,6 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    wstream::residency::keep_freed_heap();
+    wstream::process::keep_freed_heap();
     cli::run()
 }

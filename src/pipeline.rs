@@ -111,11 +111,16 @@ impl Pipeline {
     }
 
     /// Refuses, before any work, models that disagree on their classes, a config.json whose preprocessing
-    /// cannot work, and a budget below what the largest block needs. Panics without models or with a
-    /// batch of 0 inputs.
+    /// cannot work, a budget below what the largest block needs, no model and a batch of 0 inputs.
     pub fn new(models: Vec<Model>, options: Options) -> Result<Pipeline> {
-        assert!(!models.is_empty(), "a pipeline needs a model");
-        assert!(options.batch > 0, "a batch holds at least one input");
+        if models.is_empty() {
+            return Err(Error::Options("a pipeline needs at least one model".into()));
+        }
+        if options.batch == 0 {
+            return Err(Error::Options(
+                "a batch holds at least one input, not 0".into(),
+            ));
+        }
         if let Some(m) = models
             .iter()
             .find(|m| m.num_classes != models[0].num_classes)

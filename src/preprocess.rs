@@ -117,7 +117,7 @@ impl Preprocess {
     /// leaves them out. Errors (an interpolation other than bicubic/bilinear, an unknown crop mode, sizes
     /// or statistics that cannot work) name `path`, the model the config belongs to.
     pub fn from_config(cfg: &ModelConfig, path: &Path) -> Result<Self> {
-        let err = |msg: String| Error::Model {
+        let err = |msg: String| Error::Config {
             path: path.into(),
             msg: format!("config.json pretrained_cfg: {msg}"),
         };

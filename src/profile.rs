@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::exec::{as_ms, BlockRecord};
-use crate::residency::Faults;
+use crate::process::Faults;
 
 const MIB: f64 = 1024.0 * 1024.0;
 

@@ -1,9 +1,9 @@
-//! Page residency control over byte ranges of a mapped file, and process memory / fault readings.
+//! Page residency control over byte ranges of a mapped file: prefetch, populate, release, and how much is
+//! in memory (readings of the process as a whole live in [`crate::process`]).
 //!
 //! Ranges are byte ranges of a whole-file mapping (the mapping starts on a page boundary at file offset 0,
 //! so a mapping offset is also a file offset). `prefetch` and `resident_bytes` round outward to whole pages;
 //! `release` rounds inward, so a page shared with a neighbouring range that is still in use is never dropped.
-#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::ops::Range;
@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use serde::Serialize;
 
 /// The system page size.
+#[allow(unsafe_code)]
 pub fn page_size() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();
     *PAGE.get_or_init(|| {
@@ -49,6 +50,7 @@ fn check_range(map: &[u8], r: &Range<usize>) {
 }
 
 /// Asks the kernel to start reading the pages of `range` (madvise WILLNEED). Returns at once.
+#[allow(unsafe_code)]
 pub fn prefetch(map: &[u8], range: Range<usize>) -> std::io::Result<()> {
     check_range(map, &range);
     let r = round_out(&range, map.len());
@@ -74,6 +76,7 @@ pub fn prefetch(map: &[u8], range: Range<usize>) -> std::io::Result<()> {
 /// Maps the pages of `range` into this process on the calling thread, reading them from storage where they
 /// are not cached: one madvise(MADV_POPULATE_READ) call (Linux 5.14+), which fills the page tables without a
 /// fault per page; on older kernels, falls back to [`touch`].
+#[allow(unsafe_code)]
 pub fn populate(map: &[u8], range: Range<usize>) {
     check_range(map, &range);
     let r = round_out(&range, map.len());
@@ -123,6 +126,7 @@ pub struct Released {
 /// Drops the pages lying wholly inside `range` from this process (madvise DONTNEED). With `drop_cache`, also
 /// asks the kernel to drop them from the page cache (posix_fadvise DONTNEED; clean pages no other process
 /// maps go at once). The data stays valid: a later touch pages it back in from the file.
+#[allow(unsafe_code)]
 pub fn release(
     map: &[u8],
     range: Range<usize>,
@@ -171,6 +175,7 @@ pub fn release(
 /// Drops a whole file from the page cache (posix_fadvise DONTNEED), e.g. before a cold run. Dirty pages
 /// (a file written moments ago, such as a fresh checkout) cannot be dropped, so they are written back first
 /// (fdatasync; the contents do not change).
+#[allow(unsafe_code)]
 pub fn drop_file_cache(file: &File) -> std::io::Result<()> {
     file.sync_data()?;
     // SAFETY: plain syscall on an open file descriptor; len 0 means "to the end of the file".
@@ -187,6 +192,7 @@ pub fn drop_file_cache(file: &File) -> std::io::Result<()> {
 ///
 /// Linux reports page-cache residency of file pages only to a process that owns the file or may write it;
 /// otherwise only the pages this process has mapped count.
+#[allow(unsafe_code)]
 pub fn resident_bytes(map: &[u8], range: Range<usize>) -> std::io::Result<u64> {
     check_range(map, &range);
     let r = round_out(&range, map.len());
@@ -217,130 +223,6 @@ pub fn resident_bytes(map: &[u8], range: Range<usize>) -> std::io::Result<u64> {
         }
     }
     Ok(bytes)
-}
-
-/// Lets the C allocator keep freed activation buffers for reuse (glibc only; elsewhere a no-op). A
-/// program calls it once at start, before its threads; the library never changes process-wide settings.
-///
-/// By default glibc hands buffers over its dynamic threshold (a few MiB, raised as they are freed) back to
-/// the kernel with munmap or a heap trim, so every block's next activation buffer faults its pages in
-/// again and the kernel zeroes them: 73K minor faults per ensemble image, about a third of ViT-L's
-/// in-model GEMM time went to it (qkv 7.9 -> 5.9 ms, fc1 8.4 -> 7.3 ms, measured). Serving buffers up to
-/// 64 MiB from the heap and trimming only above 256 MiB of free top keeps them mapped; peak RSS does not
-/// change (freed buffers are reused by the next block, the live set is what peaks), faults drop to 30K.
-pub fn keep_freed_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it is called before other threads allocate (the
-    // caller's contract above) and a refused value (return 0) leaves the defaults in place.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
-}
-
-/// Memory of this process, in bytes, from /proc/self/status.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct MemReading {
-    pub vm_rss: u64,
-    pub vm_hwm: u64,
-    pub rss_anon: u64,
-    pub rss_file: u64,
-}
-
-impl MemReading {
-    pub fn now() -> Self {
-        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let mut m = MemReading::default();
-        for line in text.lines() {
-            let Some((key, rest)) = line.split_once(':') else {
-                continue;
-            };
-            let kib: u64 = rest
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .unwrap_or(0);
-            let field = match key {
-                "VmRSS" => &mut m.vm_rss,
-                "VmHWM" => &mut m.vm_hwm,
-                "RssAnon" => &mut m.rss_anon,
-                "RssFile" => &mut m.rss_file,
-                _ => continue,
-            };
-            *field = kib * 1024;
-        }
-        m
-    }
-}
-
-/// Page-fault counts from getrusage.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Faults {
-    pub minor: u64,
-    pub major: u64,
-}
-
-impl Faults {
-    /// The whole process.
-    pub fn process() -> Self {
-        rusage(libc::RUSAGE_SELF)
-    }
-
-    /// The calling thread only.
-    pub fn thread() -> Self {
-        rusage(libc::RUSAGE_THREAD)
-    }
-
-    pub fn since(self, earlier: Faults) -> Faults {
-        Faults {
-            minor: self.minor.saturating_sub(earlier.minor),
-            major: self.major.saturating_sub(earlier.major),
-        }
-    }
-}
-
-fn rusage(who: libc::c_int) -> Faults {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given; it is zero-initialised, so it is valid even on error.
-    let ru = unsafe {
-        libc::getrusage(who, ru.as_mut_ptr());
-        ru.assume_init()
-    };
-    Faults {
-        minor: ru.ru_minflt as u64,
-        major: ru.ru_majflt as u64,
-    }
-}
-
-/// The largest peak RSS (bytes) of the child processes this process has waited for (getrusage
-/// RUSAGE_CHILDREN): how tools and tests measure a command's VmHWM without sampling it.
-pub fn children_peak_rss() -> u64 {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: as in `rusage`: the struct is zero-initialised and getrusage only writes into it.
-    let ru = unsafe {
-        libc::getrusage(libc::RUSAGE_CHILDREN, ru.as_mut_ptr());
-        ru.assume_init()
-    };
-    ru.ru_maxrss as u64 * 1024
-}
-
-/// Bytes this process caused to be read from storage (`read_bytes` of /proc/self/io), where the kernel
-/// accounts it.
-pub fn storage_read_bytes() -> Option<u64> {
-    io_read_bytes("/proc/self/io")
-}
-
-/// The same for the calling thread only (/proc/thread-self/io).
-pub fn thread_storage_read_bytes() -> Option<u64> {
-    io_read_bytes("/proc/thread-self/io")
-}
-
-fn io_read_bytes(path: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("read_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]

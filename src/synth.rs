@@ -241,19 +241,16 @@ pub fn weight_bytes(arch: &str) -> Option<u64> {
 /// `progress(bytes_written)` is called as the data is written.
 pub fn write(arch: &str, out: &Path, seed: u64, mut progress: impl FnMut(u64)) -> Result<()> {
     let Some((mut specs, cfg)) = specs(arch) else {
-        return Err(Error::Model {
-            path: out.into(),
-            msg: format!(
-                "unknown architecture `{arch}`; known: {}",
-                ARCHITECTURES.join(", ")
-            ),
+        return Err(Error::UnknownArch {
+            arch: arch.into(),
+            known: ARCHITECTURES.join(", "),
         });
     };
     let weights = out.join("model.safetensors");
     let config = out.join("config.json");
     for p in [&weights, &config] {
         if p.exists() {
-            return Err(Error::Model {
+            return Err(Error::Output {
                 path: p.clone(),
                 msg: "already exists; synth never overwrites (remove it or pick another --out)"
                     .into(),

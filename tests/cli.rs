@@ -145,6 +145,28 @@ fn config_that_disagrees_with_the_weights_is_refused() {
 }
 
 #[test]
+fn an_os_error_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    let (a, vit, img) = (a.to_str().unwrap(), vit(), image());
+    for args in [
+        &["inspect", a][..],
+        &["classify", "--model", a, &img],
+        &["classify", "--model", &vit, a],
+    ] {
+        expect_one_line(args, &format!("{a}: "));
+        let (_, _, stderr) = wstream(args);
+        assert_eq!(
+            stderr.matches("(os error 40)").count(),
+            1,
+            "{args:?}: the symlink loop (ELOOP) is reported once: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn images_and_tensors_give_the_same_answer() {
     let (vit, img) = (vit(), image());
     let npy = fixture("vit_tiny")

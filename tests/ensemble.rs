@@ -8,7 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use wstream::residency::{children_peak_rss, drop_file_cache};
+use wstream::process::children_peak_rss;
+use wstream::residency::drop_file_cache;
 
 const ARCHS: [&str; 3] = [
     "vit_large_patch16_224",

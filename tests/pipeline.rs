@@ -164,3 +164,19 @@ fn a_server_can_share_a_pipeline() {
     shareable::<Pipeline>();
     shareable::<Item>();
 }
+
+#[test]
+fn no_model_or_an_empty_batch_is_refused() {
+    let none = Pipeline::new(Vec::new(), Options::default()).err().unwrap();
+    assert_eq!(none.to_string(), "a pipeline needs at least one model");
+    let empty = Pipeline::load(
+        &[fixture("vit_tiny")],
+        Options {
+            batch: 0,
+            ..Options::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert_eq!(empty.to_string(), "a batch holds at least one input, not 0");
+}

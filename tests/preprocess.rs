@@ -162,10 +162,10 @@ fn with_cfg(f: impl FnOnce(&mut PretrainedCfg)) -> wstream::Result<Preprocess> {
     Preprocess::from_config(&cfg, Path::new("models/x"))
 }
 
-fn model_msg(r: wstream::Result<Preprocess>) -> String {
+fn config_msg(r: wstream::Result<Preprocess>) -> String {
     match r {
-        Err(e @ Error::Model { .. }) => e.to_string(),
-        other => panic!("expected Error::Model, got {other:?}"),
+        Err(e @ Error::Config { .. }) => e.to_string(),
+        other => panic!("expected Error::Config, got {other:?}"),
     }
 }
 
@@ -198,24 +198,24 @@ fn other_crop_modes_and_interpolations() {
 
 #[test]
 fn unsupported_config_is_refused_clearly() {
-    let msg = model_msg(with_cfg(|p| p.crop_mode = Some("fancy".into())));
+    let msg = config_msg(with_cfg(|p| p.crop_mode = Some("fancy".into())));
     assert_eq!(
         msg,
         "models/x: config.json pretrained_cfg: crop_mode `fancy` is not supported \
          (timm's modes are center, squash and border)"
     );
-    let msg = model_msg(with_cfg(|p| p.interpolation = Some("lanczos".into())));
+    let msg = config_msg(with_cfg(|p| p.interpolation = Some("lanczos".into())));
     assert!(
         msg.contains("interpolation `lanczos` is not supported"),
         "{msg}"
     );
-    let msg = model_msg(with_cfg(|p| p.input_size = Some([1, 224, 224])));
+    let msg = config_msg(with_cfg(|p| p.input_size = Some([1, 224, 224])));
     assert!(msg.contains("input_size has 1 channels"), "{msg}");
-    let msg = model_msg(with_cfg(|p| p.std = Some([0.5, 0.0, 0.5])));
+    let msg = config_msg(with_cfg(|p| p.std = Some([0.5, 0.0, 0.5])));
     assert!(msg.contains("std"), "{msg}");
-    let msg = model_msg(with_cfg(|p| p.crop_pct = Some(-1.0)));
+    let msg = config_msg(with_cfg(|p| p.crop_pct = Some(-1.0)));
     assert!(msg.contains("crop_pct -1"), "{msg}");
-    let msg = model_msg(with_cfg(|p| p.crop_pct = Some(1e-9)));
+    let msg = config_msg(with_cfg(|p| p.crop_pct = Some(1e-9)));
     assert!(msg.contains("resize size"), "{msg}");
 }
 

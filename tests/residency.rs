@@ -5,9 +5,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use wstream::residency::{
-    drop_file_cache, page_size, prefetch, release, resident_bytes, touch, Faults, MemReading,
-};
+use wstream::process::{Faults, MemReading};
+use wstream::residency::{drop_file_cache, page_size, prefetch, release, resident_bytes, touch};
 use wstream::Store;
 
 /// A file on real storage (the page cache behaves differently on tmpfs), synced so its pages are clean and

@@ -12,7 +12,7 @@ fn main() {
     let reps: usize = args.get(2).map_or(20, |s| s.parse().unwrap());
     let filter = args.get(3).cloned().unwrap_or_default();
     let mode = args.get(4).map_or("yt", |s| s.as_str());
-    wstream::residency::keep_freed_heap();
+    wstream::process::keep_freed_heap();
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()

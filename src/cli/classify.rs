@@ -7,8 +7,8 @@ use wstream::classify::{self, Ranked};
 use wstream::exec::{self, BlockRecord};
 use wstream::models::Model;
 use wstream::pipeline::{read_inputs, Answer, Options, Pipeline};
+use wstream::process::MemReading;
 use wstream::profile::Totals;
-use wstream::residency::MemReading;
 
 use super::{human_bytes, out, parse_bytes};
 

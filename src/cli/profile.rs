@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use wstream::pipeline::read_inputs;
+use wstream::process::MemReading;
 use wstream::profile::Profile;
-use wstream::residency::{drop_file_cache, MemReading};
+use wstream::residency::drop_file_cache;
 
 use super::classify::RunArgs;
 use super::out;

@@ -38,7 +38,7 @@ impl ModelConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(Error::io(path, e)),
         };
-        serde_json::from_str(&text).map_err(|e| Error::Model {
+        serde_json::from_str(&text).map_err(|e| Error::Config {
             path: path.into(),
             msg: format!("not a valid timm config.json: {e}"),
         })

@@ -51,7 +51,7 @@ pub trait Block: Send + Sync {
 
 /// An error about what reached a block (input shape, size), naming the model's weights.
 pub(crate) fn input_error(store: &Store, msg: String) -> Error {
-    Error::Model {
+    Error::InputShape {
         path: store.path().to_path_buf(),
         msg,
     }

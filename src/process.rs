@@ -1,0 +1,128 @@
+//! Readings of this process as a whole: memory (/proc/self/status), page faults and children's peak RSS
+//! (getrusage), bytes read from storage (/proc/self/io); and the one allocator setting a program may opt
+//! into. Page residency of mapped byte ranges is [`crate::residency`]'s.
+
+use serde::Serialize;
+
+/// Memory of this process, in bytes, from /proc/self/status.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemReading {
+    pub vm_rss: u64,
+    pub vm_hwm: u64,
+    pub rss_anon: u64,
+    pub rss_file: u64,
+}
+
+impl MemReading {
+    pub fn now() -> Self {
+        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mut m = MemReading::default();
+        for line in text.lines() {
+            let Some((key, rest)) = line.split_once(':') else {
+                continue;
+            };
+            let kib: u64 = rest
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            let field = match key {
+                "VmRSS" => &mut m.vm_rss,
+                "VmHWM" => &mut m.vm_hwm,
+                "RssAnon" => &mut m.rss_anon,
+                "RssFile" => &mut m.rss_file,
+                _ => continue,
+            };
+            *field = kib * 1024;
+        }
+        m
+    }
+}
+
+/// Page-fault counts from getrusage.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Faults {
+    pub minor: u64,
+    pub major: u64,
+}
+
+impl Faults {
+    /// The whole process.
+    pub fn process() -> Self {
+        Self::of(libc::RUSAGE_SELF)
+    }
+
+    /// The calling thread only.
+    pub fn thread() -> Self {
+        Self::of(libc::RUSAGE_THREAD)
+    }
+
+    pub fn since(self, earlier: Faults) -> Faults {
+        Faults {
+            minor: self.minor.saturating_sub(earlier.minor),
+            major: self.major.saturating_sub(earlier.major),
+        }
+    }
+
+    fn of(who: libc::c_int) -> Self {
+        let ru = rusage(who);
+        Faults {
+            minor: ru.ru_minflt as u64,
+            major: ru.ru_majflt as u64,
+        }
+    }
+}
+
+/// The largest peak RSS (bytes) of the child processes this process has waited for (getrusage
+/// RUSAGE_CHILDREN): how tools and tests measure a command's VmHWM without sampling it.
+pub fn children_peak_rss() -> u64 {
+    rusage(libc::RUSAGE_CHILDREN).ru_maxrss as u64 * 1024
+}
+
+#[allow(unsafe_code)]
+fn rusage(who: libc::c_int) -> libc::rusage {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; it is zero-initialised, so it is valid even on error.
+    unsafe {
+        libc::getrusage(who, ru.as_mut_ptr());
+        ru.assume_init()
+    }
+}
+
+/// Bytes this process caused to be read from storage (`read_bytes` of /proc/self/io), where the kernel
+/// accounts it.
+pub fn storage_read_bytes() -> Option<u64> {
+    io_read_bytes("/proc/self/io")
+}
+
+/// The same for the calling thread only (/proc/thread-self/io).
+pub fn thread_storage_read_bytes() -> Option<u64> {
+    io_read_bytes("/proc/thread-self/io")
+}
+
+fn io_read_bytes(path: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("read_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Lets the C allocator keep freed activation buffers for reuse (glibc only; elsewhere a no-op). A
+/// program calls it once at start, before its threads; the library never changes process-wide settings.
+///
+/// By default glibc hands buffers over its dynamic threshold (a few MiB, raised as they are freed) back to
+/// the kernel with munmap or a heap trim, so every block's next activation buffer faults its pages in
+/// again and the kernel zeroes them (73K minor faults per ensemble image). Serving buffers up to 64 MiB
+/// from the heap and trimming only above 256 MiB of free top keeps them mapped. Peak RSS does not change:
+/// freed buffers are reused by the next block, and the live set is what peaks.
+#[allow(unsafe_code)]
+pub fn keep_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before other threads allocate (the
+    // caller's contract above) and a refused value (return 0) leaves the defaults in place.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}

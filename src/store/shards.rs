@@ -1,0 +1,100 @@
+//! Which files make up a checkpoint: the weights file of a model folder, or a shard index
+//! (`model.safetensors.index.json`) checked against the shards it names.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::{header, MappedFile, TensorInfo};
+use crate::error::{Error, Result};
+
+const SINGLE_FILE: &str = "model.safetensors";
+const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// Which file of a model folder holds the weights.
+pub(super) fn weights_in_folder(dir: &Path) -> Result<PathBuf> {
+    for name in [SHARD_INDEX, SINGLE_FILE] {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    match found.len() {
+        0 => Err(Error::NoWeights { path: dir.into() }),
+        1 => Ok(found.remove(0)),
+        count => Err(Error::AmbiguousWeights {
+            path: dir.into(),
+            count,
+        }),
+    }
+}
+
+/// Opens the shards `index` names, each checked to hold exactly the tensors the index maps to it.
+pub(super) fn open_sharded(index: &Path) -> Result<(Vec<MappedFile>, Vec<TensorInfo>)> {
+    let bad = |msg: String| Error::ShardIndex {
+        index: index.into(),
+        msg,
+    };
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
+        return Err(bad("no `weight_map` object".into()));
+    };
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut shard_names = BTreeSet::new();
+    for (tensor, shard) in map {
+        let Some(shard) = shard.as_str() else {
+            return Err(bad(format!(
+                "`weight_map` entry for `{tensor}` is not a file name"
+            )));
+        };
+        if shard.contains('/') || shard.contains('\\') || shard.is_empty() {
+            return Err(bad(format!(
+                "shard name `{shard}` must be a plain file name"
+            )));
+        }
+        shard_names.insert(shard.to_string());
+    }
+    let mut files = Vec::new();
+    let mut tensors = Vec::new();
+    let mut shard_of: HashMap<String, usize> = HashMap::new();
+    for (i, shard) in shard_names.iter().enumerate() {
+        let path = dir.join(shard);
+        let file = MappedFile::open(&path).map_err(|e| match e {
+            Error::NotFound { .. } => Error::MissingShard {
+                index: index.into(),
+                shard: shard.clone(),
+                reason: "no such file".into(),
+            },
+            other => other,
+        })?;
+        tensors.extend(header::parse(&file.path, file.bytes(), i)?);
+        files.push(file);
+        shard_of.insert(shard.clone(), i);
+    }
+    let found: HashMap<&str, usize> = tensors.iter().map(|t| (t.name.as_str(), t.file)).collect();
+    for (tensor, shard) in map {
+        let shard = shard.as_str().unwrap_or_default();
+        if found.get(tensor.as_str()) != Some(&shard_of[shard]) {
+            return Err(bad(format!(
+                "`{tensor}` is mapped to `{shard}`, which does not hold it"
+            )));
+        }
+    }
+    if tensors.len() != map.len() {
+        let extra = tensors
+            .iter()
+            .find(|t| !map.contains_key(&t.name))
+            .map(|t| format!("`{}` in `{}`", t.name, files[t.file].path.display()))
+            .unwrap_or_default();
+        return Err(bad(format!(
+            "shards hold tensors the index does not list: {extra}"
+        )));
+    }
+    Ok((files, tensors))
+}
