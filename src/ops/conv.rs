@@ -278,6 +278,49 @@ fn dw_row_any(rows: &DwRows, k: usize, taps: &[f32], bias: &[f32], dst: &mut [f3
 mod tests {
     use super::*;
 
+    /// The AVX-512 7x7 row against its portable reference, the register-blocked [`dw_row`], bitwise: rows at
+    /// the top, middle and bottom border (padding lines), widths around both kernels' pixel blocks.
+    #[test]
+    fn depthwise7_row_matches_portable_row() {
+        let mut ran = false;
+        for (h, w, c) in [(7, 7, 16), (9, 11, 32), (3, 1, 16), (5, 13, 48)] {
+            let x: Vec<f32> = (0..h * w * c).map(|i| (i as f32 * 0.37).sin()).collect();
+            let taps: Vec<f32> = (0..49 * c).map(|i| (i as f32 * 0.11).cos()).collect();
+            let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.01).collect();
+            let zeros = vec![0.0f32; c];
+            for oy in 0..h {
+                let line = |ky: usize| {
+                    (oy + ky)
+                        .checked_sub(3)
+                        .filter(|&iy| iy < h)
+                        .map(|iy| &x[iy * w * c..][..w * c])
+                };
+                let lines: [Option<&[f32]>; 7] = std::array::from_fn(line);
+                let mut got = vec![f32::NAN; w * c];
+                if !simd::depthwise7_row(&lines, w, c, &taps, &bias, &mut got) {
+                    continue;
+                }
+                ran = true;
+                let rows = DwRows {
+                    line: &line,
+                    zeros: &zeros,
+                    w,
+                    c,
+                    pad: 3,
+                };
+                let mut want = vec![f32::NAN; w * c];
+                dw_row::<7>(&rows, &taps, &bias, &mut want);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "[{h}, {w}, {c}] row {oy}");
+            }
+        }
+        if !ran {
+            eprintln!(
+                "skipped: this CPU has no AVX-512 7x7 row kernel, so only the portable row runs"
+            );
+        }
+    }
+
     #[test]
     fn depthwise_matches_naive_across_shapes_and_kernels() {
         // Widths below, at and above the register block, borders wider than the image, k = 1 .. 9,
