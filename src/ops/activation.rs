@@ -2,8 +2,8 @@
 
 use rayon::prelude::*;
 
-use super::rows_per_task;
 use super::simd::{self, Kernel};
+use super::{rows_per_task, ELEMS_PER_TASK};
 
 /// The error function, to about 1e-7 absolute: the branch-free rational approximation used by Eigen and
 /// XLA, so loops over it vectorise. Exact GELU needs it. Plain multiplies and adds, not `mul_add`: without
@@ -43,7 +43,8 @@ pub fn gelu(x: &mut [f32]) {
             self.0.iter_mut().for_each(|v| *v = gelu1(*v));
         }
     }
-    x.par_chunks_mut(16384).for_each(|c| simd::run(Gelu(c)));
+    x.par_chunks_mut(ELEMS_PER_TASK)
+        .for_each(|c| simd::run(Gelu(c)));
 }
 
 /// `x = gelu(x + bias)` over rows of `bias.len()` values, in place: a linear layer's bias and the exact GELU

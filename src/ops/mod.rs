@@ -30,7 +30,12 @@ pub use self::gemm::{matmul, matmul_t, MatRef, Threads};
 pub use self::linear::{linear, linear_weight, mlp, WIDEN_CHUNK_BYTES};
 pub use self::norm::layer_norm;
 
-/// Rows handed to one rayon task by the row-wise kernels: enough work to amortise the task.
-fn rows_per_task(row_len: usize) -> usize {
-    (16384 / row_len.max(1)).max(1)
+/// Values (64 KiB of f32) one rayon task of an element-wise or row-wise kernel handles: enough work to
+/// amortise the task, and still a dozen or more tasks over one image's activations.
+pub(crate) const ELEMS_PER_TASK: usize = 16384;
+
+/// Rows of `row_len` values handed to one rayon task by the row-wise kernels: [`ELEMS_PER_TASK`] values'
+/// worth, at least one row.
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
+    (ELEMS_PER_TASK / row_len.max(1)).max(1)
 }
