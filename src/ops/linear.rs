@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::activation::{bias_gelu, bias_gelu_t};
-use super::gemm::{matmul, matmul_t, MatRef, Threads};
+use super::gemm::{matmul, matmul_t, MatRef};
 use super::{rows_per_task, simd};
 use crate::weight::{self, Weight};
 
@@ -44,9 +44,7 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]
             &mut y,
             MatRef::rows(w, out, inp),
             MatRef::transposed(x, rows, inp),
-            1.0,
             bias.is_some(),
-            Threads::Pool,
         );
         return y;
     }
@@ -54,9 +52,7 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]
         &mut y,
         MatRef::rows(x, rows, inp),
         MatRef::transposed(w, out, inp),
-        1.0,
         bias.is_some(),
-        Threads::Pool,
     );
     y
 }
@@ -72,14 +68,7 @@ const TRANSPOSE_BELOW_ROWS: usize = 256;
 /// its left-hand operand.
 fn weight_times(yt: &mut [f32], w: &[f32], xt: MatRef) {
     let out = w.len() / xt.rows.max(1);
-    matmul(
-        yt,
-        MatRef::rows(w, out, xt.rows),
-        xt,
-        1.0,
-        false,
-        Threads::Pool,
-    );
+    matmul(yt, MatRef::rows(w, out, xt.rows), xt, false);
 }
 
 /// Runs `f` on a `len`-element buffer for `yᵀ`, the calling thread's own, kept from call to call: a fresh
