@@ -20,7 +20,6 @@ pub enum Layout {
 /// im2col + GEMM on the conv weight `[out, c, k, k]` read in place (or widened in chunks, see
 /// [`linear_weight`]). Input `[b, c, h, w]` (or NHWC), output
 /// NHWC `[b, h/k, w/k, out]`. Rows and columns that do not fill a whole patch are dropped, as torch does.
-#[allow(clippy::too_many_arguments)]
 pub fn patch_conv(
     x: &[f32],
     layout: Layout,

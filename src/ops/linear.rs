@@ -182,7 +182,6 @@ fn product_t(yt: &mut [f32], w: &Weight, xt: MatRef) {
 /// skips fc1's transpose (0.3-0.4 ms at ViT-L's and ConvNeXt-L's stage-2 shapes) and fc2's product runs
 /// faster from it (ViT-L 6.4 -> 5.8 ms, ConvNeXt-L stage 2 3.8 -> 3.3 ms, 2 threads): the crate packs its
 /// right-hand operand from whole rows. Otherwise it is [`linear_weight`], [`bias_gelu`], [`linear_weight`].
-#[allow(clippy::too_many_arguments)]
 pub fn mlp(
     x: &[f32],
     rows: usize,
