@@ -58,9 +58,8 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]
 }
 
 /// With fewer rows than this (and than outputs) `linear` computes `yᵀ` densely and transposes it; from here on
-/// the GEMM writes `y` directly through a transposed view, which got faster than the extra pass (criterion,
-/// 2 threads: ViT-L fc1 at 197 rows 7.0 vs 7.7-8.9 ms; at 394 rows 13.5 vs 12.7 ms; at 1576 rows 61 vs 44 ms;
-/// ConvNeXt-L stage-1 fc1 at 784 rows 4.9 vs 3.2 ms).
+/// the GEMM writes `y` directly through a transposed view, which gets faster than the extra pass somewhere
+/// between ViT-L's 197 rows and a batch of two's 394 (ViT-L fc1 at batch 8: 28% less time, criterion).
 const TRANSPOSE_BELOW_ROWS: usize = 256;
 
 /// `yt = w × xt`, `[out, rows]`, for `w` `[out, in]` and `xt` an `[in, rows]` view (`xᵀ` of an `[rows, in]`
@@ -98,8 +97,8 @@ fn transpose_bias(yt: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
 }
 
 /// Bound on the f32 rows a non-f32 weight is widened into at a time (f32 weights need none). 16 MiB holds
-/// every ViT-L matrix whole; smaller chunks cost more than the widening (int8 ViT-L: 4 MiB chunks +33% over
-/// f32, 16 MiB +14%, measured) and the int8 ensemble's peak RSS did not change.
+/// every ViT-L matrix whole; smaller chunks cost more than the widening (4 MiB chunks made int8 ViT-L 33%
+/// slower than f32) and a bigger bound did not change the int8 ensemble's peak RSS.
 pub const WIDEN_CHUNK_BYTES: usize = 16 << 20;
 
 /// [`linear`] on a weight in its stored dtype. f32 is read in place; f16, bf16 and int8 rows are widened
@@ -179,9 +178,8 @@ fn product_t(yt: &mut [f32], w: &Weight, xt: MatRef) {
 ///
 /// With fewer rows than both layers' outputs (and [`TRANSPOSE_BELOW_ROWS`]) the hidden activation stays
 /// transposed: fc1's `hᵀ = w1 × xᵀ` gets its bias and GELU row by row and feeds fc2's product as it is. That
-/// skips fc1's transpose (0.3-0.4 ms at ViT-L's and ConvNeXt-L's stage-2 shapes) and fc2's product runs
-/// faster from it (ViT-L 6.4 -> 5.8 ms, ConvNeXt-L stage 2 3.8 -> 3.3 ms, 2 threads): the crate packs its
-/// right-hand operand from whole rows. Otherwise it is [`linear_weight`], [`bias_gelu`], [`linear_weight`].
+/// skips fc1's transpose, and fc2's product runs faster from it (9-13% less time at ViT-L's and ConvNeXt-L's
+/// stage-2 fc2): the crate packs its right-hand operand from whole rows. Otherwise it is [`linear_weight`], [`bias_gelu`], [`linear_weight`].
 pub fn mlp(
     x: &[f32],
     rows: usize,
