@@ -63,9 +63,9 @@ pub fn patch_conv(
 
 /// Depthwise `k x k` convolution, stride 1, zero padding `k / 2`, on NHWC input `[b, h, w, c]` with the
 /// weight `[c, 1, k, k]`. Channels are innermost so the loops vectorise over them; rayon splits rows. For
-/// k = 7 and whole vectors of channels on an AVX-512 CPU, each output row goes to [`simd::depthwise7_row`],
+/// k = 7 and whole vectors of channels on an AVX-512 CPU, each output row goes to `simd::depthwise7_row`,
 /// which keeps more of the block in registers than the compiler does. Otherwise, for k = 3, 5, 7, in register
-/// blocks of [`DW_OUT`] pixels ([`dw_block`]), half the time of one-tap-at-a-time accumulation. The sums run
+/// blocks of `DW_OUT` pixels (`dw_block`), half the time of one-tap-at-a-time accumulation. The sums run
 /// in the same order either way.
 pub fn depthwise_conv(
     x: &[f32],

@@ -15,7 +15,7 @@ use crate::weight::{self, Weight};
 /// With fewer rows than outputs (every transformer layer at batch 1, ConvNeXt's late stages) it computes
 /// `yᵀ = w × xᵀ`: the `gemm` crate then streams the large weight as its left-hand operand, 1.4-2.2x faster at
 /// ViT-L's fc2 and ConvNeXt-L's stage-3 shapes (measured, x86-v4), writing `yᵀ` densely and transposing it
-/// below [`TRANSPOSE_BELOW_ROWS`] rows, straight into `y` above; with more rows than outputs, `y = x × wᵀ`
+/// below `TRANSPOSE_BELOW_ROWS` rows, straight into `y` above; with more rows than outputs, `y = x × wᵀ`
 /// directly is faster. The orders agree to rounding, not bitwise: the crate's blocking depends on the shape
 /// (a batch matches its images run one by one to 1e-5, tests/exec.rs).
 pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, bias: Option<&[f32]>) -> Vec<f32> {
@@ -176,7 +176,7 @@ fn product_t(yt: &mut [f32], w: &Weight, xt: MatRef) {
 
 /// A transformer or ConvNeXt MLP on `x` `[rows, in]`: `fc2(gelu(fc1(x) + b1)) + b2`, `[rows, out]`.
 ///
-/// With fewer rows than both layers' outputs (and [`TRANSPOSE_BELOW_ROWS`]) the hidden activation stays
+/// With fewer rows than both layers' outputs (and `TRANSPOSE_BELOW_ROWS`) the hidden activation stays
 /// transposed: fc1's `hᵀ = w1 × xᵀ` gets its bias and GELU row by row and feeds fc2's product as it is. That
 /// skips fc1's transpose, and fc2's product runs faster from it (9-13% less time at ViT-L's and ConvNeXt-L's
 /// stage-2 fc2): the crate packs its right-hand operand from whole rows. Otherwise it is [`linear_weight`], [`bias_gelu`], [`linear_weight`].
