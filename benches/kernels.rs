@@ -38,62 +38,37 @@ fn linear(c: &mut Criterion) {
     g.finish();
 }
 
-/// `ops::matmul` alone at the shapes that dominate the three models (batch 1, 2 threads unless `Single`):
-/// `w` names the `A = weight [out, in]`, `B = xᵀ` orientation `linear` uses when rows < out, `x` the
-/// `A = x [rows, in]`, `B = wᵀ` one, `att` the strided attention products (one head, one thread).
+/// `ops::matmul` alone at the shapes that dominate the three models (batch 1, 2 threads): `A = weight
+/// [out, in]`, `B = xᵀ` as `linear` multiplies when rows < out, or, in the `_rows` cases, `A = x [rows, in]`,
+/// `B = wᵀ`.
 fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm");
-    // (name, orientation, M, K, N)
-    for (name, orient, m, k, n) in [
-        ("vitl_qkv", 'w', 3072, 1024, 197),
-        ("vitl_proj", 'w', 1024, 1024, 197),
-        ("vitl_fc1", 'w', 4096, 1024, 197),
-        ("vitl_fc2", 'w', 1024, 4096, 197),
-        ("s2_fc1", 'w', 3072, 768, 196),
-        ("s2_fc2", 'w', 768, 3072, 196),
-        ("s3_fc1", 'w', 6144, 1536, 49),
-        ("s3_fc2", 'w', 1536, 6144, 49),
-        ("s1_fc1", 'w', 1536, 384, 784),
-        ("s1_fc2_rows", 'x', 784, 1536, 384),
-        ("s0_fc1_rows", 'x', 3136, 192, 768),
-        ("vitl_b8_qkv", 'w', 3072, 1024, 1576),
-        ("att_vitl_qk", 'a', 197, 64, 197),
-        ("att_swin_qk", 'a', 49, 32, 49),
+    // (name, M, K, N)
+    for (name, m, k, n) in [
+        ("vitl_qkv", 3072, 1024, 197),
+        ("vitl_proj", 1024, 1024, 197),
+        ("vitl_fc1", 4096, 1024, 197),
+        ("vitl_fc2", 1024, 4096, 197),
+        ("s2_fc1", 3072, 768, 196),
+        ("s2_fc2", 768, 3072, 196),
+        ("s3_fc1", 6144, 1536, 49),
+        ("s3_fc2", 1536, 6144, 49),
+        ("s1_fc1", 1536, 384, 784),
+        ("s1_fc2_rows", 784, 1536, 384),
+        ("s0_fc1_rows", 3136, 192, 768),
+        ("vitl_b8_qkv", 3072, 1024, 1576),
     ] {
         let a = values(m * k, 1);
         let b = values(n * k, 2);
-        // Attention: q and k are column blocks of a [tokens, 3C] qkv buffer (ViT-L C = 1024, Swin-L s0 192).
-        let c3 = if m == 197 { 3 * 1024 } else { 3 * 192 };
-        let qkv = values(m * c3, 3);
         let mut dst = vec![0.0f32; m * n];
         g.throughput(Throughput::Elements((2 * m * k * n) as u64));
         g.bench_function(BenchmarkId::new(name, format!("{m}x{k}x{n}")), |bench| {
             bench.iter(|| {
-                let (av, bv, threads) = match orient {
-                    'w' | 'x' => (
-                        ops::MatRef::rows(&a, m, k),
-                        ops::MatRef::transposed(&b, n, k),
-                        ops::Threads::Pool,
-                    ),
-                    _ => (
-                        ops::MatRef {
-                            data: &qkv,
-                            rows: m,
-                            cols: k,
-                            row_stride: c3,
-                            col_stride: 1,
-                        },
-                        ops::MatRef {
-                            data: &qkv[c3 / 3..],
-                            rows: k,
-                            cols: n,
-                            row_stride: 1,
-                            col_stride: c3,
-                        },
-                        ops::Threads::Single,
-                    ),
-                };
-                ops::matmul(black_box(&mut dst), av, bv, 1.0, false, threads)
+                let (av, bv) = (
+                    ops::MatRef::rows(&a, m, k),
+                    ops::MatRef::transposed(&b, n, k),
+                );
+                ops::matmul(black_box(&mut dst), av, bv, false)
             })
         });
     }

@@ -9,6 +9,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::ops;
 use crate::ops::simd::{self, Kernel};
 
 /// The name of the scale tensor beside an int8 weight.
@@ -80,7 +81,7 @@ impl Weight<'_> {
         let n = dst.len() / per_row.max(1);
         assert_eq!(dst.len(), n * per_row, "destination is not whole rows");
         let span = first * per_row..(first + n) * per_row;
-        let chunk = per_row * (16384 / per_row.max(1)).max(1);
+        let chunk = per_row * ops::rows_per_task(per_row);
         match self {
             Weight::F32(w) => dst.copy_from_slice(&w[span]),
             Weight::F16(w) => dst

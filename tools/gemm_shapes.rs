@@ -4,7 +4,7 @@
 //! is timed: `yt` (default) the product `w × xᵀ` into a dense `yᵀ`, `y` the same product written straight into
 //! `y` (`matmul_t`), `linear` the whole `ops::linear` (product, transpose, bias) as the models call it. Run it several times (interleaved with the build it is compared to) and keep the best.
 use std::time::Instant;
-use wstream::ops::{linear, matmul, matmul_t, MatRef, Threads};
+use wstream::ops::{linear, matmul, matmul_t, MatRef};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -30,8 +30,6 @@ fn main() {
         ("s1_fc2_rows", 784, 1536, 384),
         ("s0_fc1_rows", 3136, 192, 768),
         ("vitl_b8_qkv", 3072, 1024, 1576),
-        ("att_vitl_qk", 197, 64, 197),
-        ("att_swin_qk", 49, 32, 49),
     ];
     for (name, m, k, n) in shapes {
         if !name.contains(&filter) {
@@ -39,41 +37,22 @@ fn main() {
         }
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
-        let c3 = if m == 197 { 3 * 1024 } else { 3 * 192 };
-        let qkv: Vec<f32> = (0..m * c3).map(|i| (i as f32 * 0.21).cos()).collect();
+        let bias: Vec<f32> = (0..m).map(|i| (i as f32 * 0.21).cos()).collect();
         let mut dst = vec![0.0f32; m * n];
         let inner = if m * n * k < 1 << 22 { 200 } else { 1 };
         let mut best = f64::MAX;
         for _ in 0..reps {
             let t = Instant::now();
             for _ in 0..inner {
-                if name.starts_with("att") {
-                    let av = MatRef {
-                        data: &qkv,
-                        rows: m,
-                        cols: k,
-                        row_stride: c3,
-                        col_stride: 1,
-                    };
-                    let bv = MatRef {
-                        data: &qkv[c3 / 3..],
-                        rows: k,
-                        cols: n,
-                        row_stride: 1,
-                        col_stride: c3,
-                    };
-                    matmul(&mut dst, av, bv, 0.5, false, Threads::Single);
-                } else if mode == "linear" {
-                    std::hint::black_box(linear(&b, n, &a, m, Some(&qkv[..m])));
+                if mode == "linear" {
+                    std::hint::black_box(linear(&b, n, &a, m, Some(&bias)));
                 } else {
                     let gemm = if mode == "y" { matmul_t } else { matmul };
                     gemm(
                         &mut dst,
                         MatRef::rows(&a, m, k),
                         MatRef::transposed(&b, n, k),
-                        1.0,
                         false,
-                        Threads::Pool,
                     );
                 }
             }

@@ -51,46 +51,18 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// How many threads a GEMM may use. Inside a rayon task that already splits the work, use `Single`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Threads {
-    Single,
-    Pool,
+/// `dst = a × b` (or `dst += a × b` with `accumulate`), `dst` dense row-major `a.rows x b.cols`, on the
+/// rayon pool's threads.
+pub fn matmul(dst: &mut [f32], a: MatRef, b: MatRef, accumulate: bool) {
+    gemm_into(dst, false, a, b, accumulate)
 }
 
-/// `dst = a × b * scale` (or `dst += ...` with `accumulate`), `dst` dense row-major `a.rows x b.cols`.
-pub fn matmul(
-    dst: &mut [f32],
-    a: MatRef,
-    b: MatRef,
-    scale: f32,
-    accumulate: bool,
-    threads: Threads,
-) {
-    gemm_into(dst, false, a, b, scale, accumulate, threads)
+/// [`matmul`] writing the transpose: `dst = (a × b)ᵀ`, `dst` dense row-major `b.cols x a.rows`.
+pub fn matmul_t(dst: &mut [f32], a: MatRef, b: MatRef, accumulate: bool) {
+    gemm_into(dst, true, a, b, accumulate)
 }
 
-/// [`matmul`] writing the transpose: `dst = (a × b)ᵀ * scale`, `dst` dense row-major `b.cols x a.rows`.
-pub fn matmul_t(
-    dst: &mut [f32],
-    a: MatRef,
-    b: MatRef,
-    scale: f32,
-    accumulate: bool,
-    threads: Threads,
-) {
-    gemm_into(dst, true, a, b, scale, accumulate, threads)
-}
-
-fn gemm_into(
-    dst: &mut [f32],
-    transposed: bool,
-    a: MatRef,
-    b: MatRef,
-    scale: f32,
-    accumulate: bool,
-    threads: Threads,
-) {
+fn gemm_into(dst: &mut [f32], transposed: bool, a: MatRef, b: MatRef, accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions differ");
     assert_eq!(dst.len(), m * n, "destination size");
@@ -107,10 +79,7 @@ fn gemm_into(
     // Element (i, j) of the product goes to dst[i * n + j], or to dst[j * m + i] when transposed.
     let (dst_cs, dst_rs) = if transposed { (m, 1) } else { (1, n) };
     let out = DstPtr(dst.as_mut_ptr());
-    let parts = match threads {
-        Threads::Single => 1,
-        Threads::Pool => split_parts(m, rayon::current_num_threads()),
-    };
+    let parts = split_parts(m, rayon::current_num_threads());
     // Part p is rows bound(p)..bound(p + 1): even shares rounded to whole tiles.
     let bound = |p: usize| {
         if p == parts {
@@ -127,7 +96,7 @@ fn gemm_into(
             // the bounds.
             #[allow(unsafe_code)]
             unsafe {
-                kernel(out, (dst_cs, dst_rs), a, b, i0, i1 - i0, scale, accumulate)
+                kernel(out, (dst_cs, dst_rs), a, b, i0, i1 - i0, accumulate)
             };
         }
     };
@@ -138,7 +107,7 @@ fn gemm_into(
     }
 }
 
-/// Row alignment of the parts [`Threads::Pool`] splits a product into: the crate's widest AVX-512
+/// Row alignment of the parts [`gemm_into`] splits a product into: the crate's widest AVX-512
 /// microkernel is 64 rows high, so where the crate keeps this orientation no part ends in a narrow remainder
 /// tile a whole one would cover. (A row-major destination it turns around: these rows become its columns,
 /// tiled by 6, and the alignment is merely harmless.)
@@ -146,8 +115,9 @@ const SPLIT_ALIGN: usize = 64;
 
 /// How many parts of `a`'s rows a pooled product is split into: one per thread, each multiplied by one
 /// thread on its own rows of `a` (for a linear layer, its own rows of the weight). The crate's own
-/// threading splits deep products (ViT-L fc2, k = 4096) unevenly: 6.6 vs 6.1 ms there, 4.5 vs 3.8 ms at
-/// Swin-L's stage-3 fc2 (measured, 2 threads). Too few rows for every thread to get a whole tile: one part.
+/// threading splits deep products (ViT-L fc2, k = 4096) unevenly: this split takes 8-16% less time at
+/// ViT-L's fc2 and Swin-L's stage-3 fc2 (2 threads). Too few rows for every thread to get a whole tile: one
+/// part.
 fn split_parts(m: usize, threads: usize) -> usize {
     threads.min(m / SPLIT_ALIGN).max(1)
 }
@@ -162,14 +132,14 @@ unsafe impl Send for DstPtr {}
 #[allow(unsafe_code)]
 unsafe impl Sync for DstPtr {}
 
-/// Rows `i0..i0 + rows` of `dst = a × b * scale` (or `dst += ...`), one thread, element (i, j) at
+/// Rows `i0..i0 + rows` of `dst = a × b` (or `dst += ...`), one thread, element (i, j) at
 /// `dst[i * dst_rs + j * dst_cs]`.
 ///
 /// # Safety
 /// `dst` must point to a buffer holding every element (i, j) of the whole `a.rows x b.cols` product under
 /// those strides, not aliasing `a` or `b`, with no other thread touching rows `i0..i0 + rows`; `a` and
 /// `b` must be in bounds (`MatRef::in_bounds`), `i0 + rows <= a.rows`.
-#[allow(clippy::too_many_arguments, unsafe_code)]
+#[allow(unsafe_code)]
 unsafe fn kernel(
     dst: DstPtr,
     (dst_cs, dst_rs): (usize, usize),
@@ -177,7 +147,6 @@ unsafe fn kernel(
     b: MatRef,
     i0: usize,
     rows: usize,
-    scale: f32,
     accumulate: bool,
 ) {
     // SAFETY: the caller's contract: every element written, (i0 + r) * dst_rs + j * dst_cs for r < rows
@@ -199,7 +168,7 @@ unsafe fn kernel(
             b.col_stride as isize,
             b.row_stride as isize,
             1.0,
-            scale,
+            1.0,
             false,
             false,
             false,
@@ -216,8 +185,8 @@ mod tests {
         (0..n).map(|i| ((i as f32 + 1.0) * seed).sin()).collect()
     }
 
-    /// `dst0 + scale * a × b` (or `scale * a × b`) in f64.
-    fn naive(a: &MatRef, b: &MatRef, dst0: &[f32], scale: f32, accumulate: bool) -> Vec<f64> {
+    /// `dst0 + a × b` (or `a × b`) in f64.
+    fn naive(a: &MatRef, b: &MatRef, dst0: &[f32], accumulate: bool) -> Vec<f64> {
         let (m, k, n) = (a.rows, a.cols, b.cols);
         let mut out = vec![0.0f64; m * n];
         for i in 0..m {
@@ -228,19 +197,18 @@ mod tests {
                             * b.data[p * b.row_stride + j * b.col_stride] as f64
                     })
                     .sum();
-                out[i * n + j] = s * scale as f64
-                    + if accumulate {
-                        dst0[i * n + j] as f64
-                    } else {
-                        0.0
-                    };
+                out[i * n + j] = s + if accumulate {
+                    dst0[i * n + j] as f64
+                } else {
+                    0.0
+                };
             }
         }
         out
     }
 
     /// Every layout the callers use and a few they do not, at awkward sizes (not multiples of any tile,
-    /// k = 1, k deeper than a cache block), scale and accumulate, one thread and the pool, against f64.
+    /// k = 1, k deeper than a cache block), with and without accumulating, split into one part or several, against f64.
     #[test]
     fn matmul_matches_naive_across_shapes_layouts_and_modes() {
         let sizes = [
@@ -283,19 +251,17 @@ mod tests {
                 ),
             ];
             for (li, (av, bv)) in layouts.iter().enumerate() {
-                for (scale, accumulate) in [(1.0, false), (0.5, false), (1.0, true), (-2.0, true)] {
-                    for threads in [Threads::Single, Threads::Pool] {
-                        let dst0 = values(m * n, 0.53);
-                        let mut dst = dst0.clone();
-                        matmul(&mut dst, *av, *bv, scale, accumulate, threads);
-                        let want = naive(av, bv, &dst0, scale, accumulate);
-                        for (idx, (g, w)) in dst.iter().zip(&want).enumerate() {
-                            let tol = 1e-5 * (k as f64).sqrt() * (1.0 + w.abs());
-                            assert!(
-                                (*g as f64 - w).abs() < tol,
-                                "{m}x{k}x{n} layout {li} scale {scale} acc {accumulate} at {idx}: {g} vs {w}"
-                            );
-                        }
+                for accumulate in [false, true] {
+                    let dst0 = values(m * n, 0.53);
+                    let mut dst = dst0.clone();
+                    matmul(&mut dst, *av, *bv, accumulate);
+                    let want = naive(av, bv, &dst0, accumulate);
+                    for (idx, (g, w)) in dst.iter().zip(&want).enumerate() {
+                        let tol = 1e-5 * (k as f64).sqrt() * (1.0 + w.abs());
+                        assert!(
+                            (*g as f64 - w).abs() < tol,
+                            "{m}x{k}x{n} layout {li} acc {accumulate} at {idx}: {g} vs {w}"
+                        );
                     }
                 }
             }
@@ -307,42 +273,19 @@ mod tests {
         let (m, k, n) = (1000, 700, 197);
         let a = values(m * k, 0.37);
         let b = values(n * k, 0.11);
-        let run = |threads| {
+        let run = || {
             let mut d = vec![0.0f32; m * n];
             let (av, bv) = (MatRef::rows(&a, m, k), MatRef::transposed(&b, n, k));
-            matmul(&mut d, av, bv, 1.0, false, threads);
+            matmul(&mut d, av, bv, false);
             d
         };
-        let first = run(Threads::Pool);
+        let first = run();
         for t in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(t)
                 .build()
                 .unwrap();
-            assert!(pool.install(|| run(Threads::Pool)) == first, "{t} threads");
-        }
-    }
-
-    #[test]
-    fn matmul_matches_naive_with_transposed_view() {
-        let (m, k, n) = (5, 7, 3);
-        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect(); // [n, k] like a linear weight
-        let mut dst = vec![1.0; m * n];
-        matmul(
-            &mut dst,
-            MatRef::rows(&a, m, k),
-            MatRef::transposed(&w, n, k),
-            2.0,
-            true,
-            Threads::Pool,
-        );
-        for i in 0..m {
-            for j in 0..n {
-                let want: f32 =
-                    1.0 + 2.0 * (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum::<f32>();
-                assert!((dst[i * n + j] - want).abs() < 1e-5);
-            }
+            assert!(pool.install(run) == first, "{t} threads");
         }
     }
 
@@ -358,13 +301,6 @@ mod tests {
             col_stride: 1,
         };
         let mut dst = vec![0.0; 6];
-        matmul(
-            &mut dst,
-            bad,
-            MatRef::rows(&a, 3, 2),
-            1.0,
-            false,
-            Threads::Single,
-        );
+        matmul(&mut dst, bad, MatRef::rows(&a, 3, 2), false);
     }
 }

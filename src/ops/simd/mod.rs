@@ -1,6 +1,9 @@
-//! Run-time instruction-set dispatch for the element-wise and attention kernels, and the two kernels no
-//! compiler vectorises well, written with AVX-512 intrinsics: the transpose of a linear layer's yᵀ
-//! ([`transposed`]) and the 7x7 depthwise row ([`depthwise7_row`]).
+//! Run-time instruction-set dispatch for the element-wise and attention kernels, portable helpers they share
+//! ([`reduce`]), and the dispatchers of the two kernels no compiler vectorises well: the transpose of a linear
+//! layer's yᵀ ([`transposed`]) and the 7x7 depthwise row ([`depthwise7_row`]). Everything specific to an
+//! instruction set lives in a submodule per architecture (`x86` for AVX2 and AVX-512), entered only from
+//! here after [`level`] has detected the features it is compiled for; each hand-written kernel keeps a
+//! portable reference that a test compares it with.
 //!
 //! The crate builds for baseline x86-64 (SSE2), so it runs on any x86-64 box. A [`Kernel`]'s body is plain
 //! scalar Rust marked `#[inline(always)]`; [`run`] calls it through a function compiled for AVX-512 or
@@ -8,6 +11,9 @@
 //! contracts `a * b + c` into an FMA on its own, and the intrinsics kernels multiply and add separately in
 //! the scalar paths' order, so every level computes bitwise the same results.
 #![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -56,26 +62,14 @@ fn level() -> Level {
 #[inline]
 pub fn run<K: Kernel>(k: K) -> K::Output {
     match level() {
-        // SAFETY: `level` returned Avx512 only after detecting every feature `avx512` is compiled for.
+        // SAFETY: `level` returned Avx512 only after detecting every feature `x86::avx512` is compiled for.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { avx512(k) },
+        Level::Avx512 => unsafe { x86::avx512(k) },
         // SAFETY: as above, for AVX2 and FMA.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { avx2(k) },
+        Level::Avx2 => unsafe { x86::avx2(k) },
         Level::Baseline => k.run(),
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-unsafe fn avx512<K: Kernel>(k: K) -> K::Output {
-    k.run()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2<K: Kernel>(k: K) -> K::Output {
-    k.run()
 }
 
 /// Vector lanes the reductions interleave over: an AVX-512 register of f32.
@@ -157,25 +151,16 @@ fn transpose_add(
     #[cfg(target_arch = "x86_64")]
     if level() == Level::Avx512 {
         // SAFETY: the CPU has AVX-512F (checked by `level`), and the asserts above keep every element read
-        // and written inside `src` and `dst`, which is what `transpose_add_avx512` requires.
-        unsafe { transpose_add_avx512(src, ld_src, dst, ld_dst, cols, bias) };
+        // and written inside `src` and `dst`, which is what `x86::transpose_add_avx512` requires.
+        unsafe { x86::transpose_add_avx512(src, ld_src, dst, ld_dst, cols, bias) };
         return;
     }
-    for j in 0..cols {
-        for (i, b) in bias.iter().enumerate() {
-            dst[j * ld_dst + i].write(src[i * ld_src + j] + b);
-        }
-    }
+    transpose_add_portable(src, ld_src, dst, ld_dst, cols, bias);
 }
 
-/// [`transpose_add`] in 16x16 register tiles.
-///
-/// # Safety
-/// The CPU must have AVX-512F; `src` must hold `(bias.len() - 1) * ld_src + cols` elements and `dst`
-/// `(cols - 1) * ld_dst + bias.len()`, with `cols <= ld_src` and `bias.len() <= ld_dst`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_add_avx512(
+/// [`transpose_add`] one element at a time: the reference for the vector kernels, and the path on CPUs
+/// without one.
+fn transpose_add_portable(
     src: &[f32],
     ld_src: usize,
     dst: &mut [MaybeUninit<f32>],
@@ -183,62 +168,9 @@ unsafe fn transpose_add_avx512(
     cols: usize,
     bias: &[f32],
 ) {
-    use std::arch::x86_64::*;
-    let rows = bias.len();
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut f32);
-    for i0 in (0..rows).step_by(16) {
-        let w = 16.min(rows - i0);
-        let wmask: __mmask16 = (1u32 << w).wrapping_sub(1) as u16;
-        // SAFETY (all loads and stores below): lanes outside the masks are not accessed; the accessed ones
-        // are rows i0..i0 + w < rows of src, columns j0..j0 + h <= cols, and their transposes in dst, all
-        // within the lengths the caller guarantees.
-        let b = unsafe { _mm512_maskz_loadu_ps(wmask, bias.as_ptr().add(i0)) };
-        for j0 in (0..cols).step_by(16) {
-            let h = 16.min(cols - j0);
-            let hmask: __mmask16 = (1u32 << h).wrapping_sub(1) as u16;
-            let mut r = [_mm512_setzero_ps(); 16];
-            for (i, ri) in r.iter_mut().enumerate().take(w) {
-                *ri = unsafe { _mm512_maskz_loadu_ps(hmask, s.add((i0 + i) * ld_src + j0)) };
-            }
-            // Pairs, then quads within 128-bit lanes: u[4g + c] lane L holds column 4L + c, rows 4g..4g + 3.
-            let mut t = [_mm512_setzero_ps(); 16];
-            for p in 0..8 {
-                t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
-                t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
-            }
-            let mut u = [_mm512_setzero_ps(); 16];
-            for g in 0..4 {
-                let (lo, hi) = (t[4 * g], t[4 * g + 2]);
-                let (lo2, hi2) = (t[4 * g + 1], t[4 * g + 3]);
-                u[4 * g] = _mm512_shuffle_ps::<0x44>(lo, hi);
-                u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(lo, hi);
-                u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(lo2, hi2);
-                u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(lo2, hi2);
-            }
-            // Then 128-bit lanes across registers: column c, 4 + c, 8 + c, 12 + c, rows 0..16.
-            for c in 0..4 {
-                let v = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
-                let vp = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
-                let x = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
-                let xp = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
-                let cols4 = [
-                    (c, _mm512_shuffle_f32x4::<0x88>(v, vp)),
-                    (4 + c, _mm512_shuffle_f32x4::<0x88>(x, xp)),
-                    (8 + c, _mm512_shuffle_f32x4::<0xDD>(v, vp)),
-                    (12 + c, _mm512_shuffle_f32x4::<0xDD>(x, xp)),
-                ];
-                for (j, col) in cols4 {
-                    if j < h {
-                        unsafe {
-                            _mm512_mask_storeu_ps(
-                                d.add((j0 + j) * ld_dst + i0),
-                                wmask,
-                                _mm512_add_ps(col, b),
-                            )
-                        };
-                    }
-                }
-            }
+    for j in 0..cols {
+        for (i, b) in bias.iter().enumerate() {
+            dst[j * ld_dst + i].write(src[i * ld_src + j] + b);
         }
     }
 }
@@ -249,6 +181,7 @@ unsafe fn transpose_add_avx512(
 /// Blocks of 8 pixels x 16 channels stay in registers over all 49 taps, which are each loaded once per block
 /// (a compiler would not keep the blocks in registers: 3x the time). Each output adds its bias, then its taps
 /// in row-major order, skipping padding, with separate multiplies and adds: bitwise the plain loop's sums.
+/// The portable reference is `ops::conv`'s register-blocked row, which a test there compares it with.
 pub fn depthwise7_row(
     lines: &[Option<&[f32]>; 7],
     w: usize,
@@ -268,64 +201,57 @@ pub fn depthwise7_row(
             "depthwise input rows"
         );
         // SAFETY: the CPU has AVX-512F (checked by `level`); the asserts give the lengths
-        // `depthwise7_row_avx512` requires.
-        unsafe { depthwise7_row_avx512(lines, w, c, taps, bias, dst) };
+        // `x86::depthwise7_row_avx512` requires.
+        unsafe { x86::depthwise7_row_avx512(lines, w, c, taps, bias, dst) };
         return true;
     }
     let _ = (lines, w, c, taps, bias, dst);
     false
 }
 
-/// [`depthwise7_row`]'s kernel.
-///
-/// # Safety
-/// The CPU must have AVX-512F; `c` must be a multiple of 16, every line and `dst` hold `w * c` values,
-/// `taps` `49 * c` and `bias` `c`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn depthwise7_row_avx512(
-    lines: &[Option<&[f32]>; 7],
-    w: usize,
-    c: usize,
-    taps: &[f32],
-    bias: &[f32],
-    dst: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    const OB: usize = 8;
-    let d = dst.as_mut_ptr();
-    // SAFETY (every load and store below): channel offsets are c0 + 0..16 <= c; pixel indices are < w, checked
-    // where they can fall outside; tap indices < 49; so each access lies in a slice of the length the caller
-    // guarantees.
-    for c0 in (0..c).step_by(LANES) {
-        let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(c0)) };
-        for ox0 in (0..w).step_by(OB) {
-            let mut acc = [b; OB];
-            for (ky, line) in lines.iter().enumerate() {
-                let Some(line) = line else { continue };
-                let l = line.as_ptr();
-                for kx in 0..7 {
-                    let t = unsafe { _mm512_loadu_ps(taps.as_ptr().add((ky * 7 + kx) * c + c0)) };
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        // Input column ox0 + j + kx - 3, skipped where it is padding (or past a short block).
-                        let x = ox0 + j + kx;
-                        if x >= 3 && x - 3 < w {
-                            let v = unsafe { _mm512_loadu_ps(l.add((x - 3) * c + c0)) };
-                            *a = _mm512_add_ps(*a, _mm512_mul_ps(v, t));
-                        }
-                    }
-                }
-            }
-            for (j, a) in acc.iter().enumerate().take(w - ox0) {
-                unsafe { _mm512_storeu_ps(d.add((ox0 + j) * c + c0), *a) };
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX-512 transpose against its portable reference, bitwise, on strided sub-blocks with partial tiles
+    /// (where the CPU has AVX-512; elsewhere the portable path is all there is).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn transpose_kernel_matches_portable() {
+        if level() != Level::Avx512 {
+            eprintln!("skipped: this CPU has no AVX-512, so only the portable transpose runs");
+            return;
+        }
+        for (rows, cols, ld_src, ld_dst) in [
+            (16, 16, 16, 16),
+            (5, 3, 7, 9),
+            (17, 33, 40, 20),
+            (40, 1, 1, 41),
+        ] {
+            let src: Vec<f32> = (0..rows * ld_src)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect();
+            let bias: Vec<f32> = (0..rows).map(|i| i as f32 * 0.1).collect();
+            let len = (cols - 1) * ld_dst + rows;
+            let mut got = vec![MaybeUninit::new(f32::NAN); len];
+            let mut want = vec![MaybeUninit::new(f32::NAN); len];
+            // SAFETY: AVX-512 was detected above; `src` holds rows * ld_src elements, `got` (cols - 1) *
+            // ld_dst + rows, and cols <= ld_src, rows <= ld_dst in every case.
+            unsafe { x86::transpose_add_avx512(&src, ld_src, &mut got, ld_dst, cols, &bias) };
+            transpose_add_portable(&src, ld_src, &mut want, ld_dst, cols, &bias);
+            // SAFETY: both start initialised (NaN) and the kernels only write f32 values.
+            let read = |v: &[MaybeUninit<f32>]| {
+                v.iter()
+                    .map(|x| unsafe { x.assume_init() }.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                read(&got),
+                read(&want),
+                "{rows}x{cols} ld {ld_src}/{ld_dst}"
+            );
+        }
+    }
 
     /// Every tile shape: whole, partial in either direction or both, several strips, against the definition.
     #[test]
