@@ -2,6 +2,7 @@
 //! of the mapping and never copy the big matrices; activations are dense row-major `Vec<f32>`.
 
 mod attention;
+pub mod elementwise;
 mod gemm;
 pub(crate) mod simd;
 
