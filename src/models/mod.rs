@@ -551,8 +551,37 @@ mod tests {
         }
     }
 
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
     fn vit_tiny() -> Model {
-        Model::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_tiny")).unwrap()
+        Model::load(fixture("vit_tiny")).unwrap()
+    }
+
+    /// Runs every block of every fixture, f32 and int8 (scales read through their weight's handle), with the
+    /// undeclared-read check on: no forward reads outside its block's meta.
+    #[test]
+    fn every_block_reads_only_what_it_declared() {
+        use crate::convert::{convert, Dtype, Layout, Options};
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["vit_tiny", "convnext_tiny", "swin_tiny"] {
+            let int8 = tmp.path().join(name);
+            let opts = Options {
+                dtype: Dtype::Int8,
+                layout: Layout::Source,
+            };
+            convert(&fixture(name), &int8, &opts, |_, _| {}).unwrap();
+            for path in [fixture(name), int8] {
+                let model = Model::load(&path).unwrap();
+                let [c, h, w] = model.input_size();
+                let x = Act::new(vec![0.5; c * h * w], vec![1, c, h, w]);
+                let y = model.forward(x).unwrap();
+                assert_eq!(y.shape, [1, model.num_classes], "{}", path.display());
+            }
+        }
     }
 
     fn param_of(model: &Model, block: usize, nth: usize) -> Param {
