@@ -23,6 +23,7 @@ use safetensors::{Dtype as StDtype, SafeTensors};
 use crate::error::{Error, Result};
 use crate::models::{Model, PAD_PREFIX};
 use crate::store::{Store, TensorInfo};
+use crate::weight::{scale_name, SCALE_SUFFIX};
 use crate::writer::{self, HeaderEntry, PartialDir, PartialFile};
 
 /// Every tensor of an exec-layout file starts on a multiple of this (absolute file offset).
@@ -30,8 +31,6 @@ pub const TENSOR_ALIGN: usize = 64;
 /// Every block of an exec-layout file starts on a multiple of this (absolute file offset), as does the data
 /// section.
 pub const BLOCK_ALIGN: usize = 4096;
-/// Suffix of the per-output-channel scales of an int8 weight.
-pub const SCALE_SUFFIX: &str = "_scale";
 /// `wstream.int8` in the file's `__metadata__`: how to read the int8 weights back.
 pub const INT8_FORMAT: &str =
     "symmetric per-output-channel; <name> I8 + <name>_scale F32 [out]; w = q * scale";
@@ -421,7 +420,7 @@ fn convert_one<'s>(store: &Store, t: &'s TensorInfo, dtype: Dtype) -> Result<Vec
         Dtype::Bf16 if t.dtype == StDtype::F32 => to(StDtype::BF16),
         Dtype::F16 | Dtype::Bf16 => keep(),
         Dtype::Int8 if is_matrix(t) => {
-            let scale = format!("{}{SCALE_SUFFIX}", t.name);
+            let scale = scale_name(&t.name);
             if store.contains(&scale) {
                 return Err(Error::BadTensor {
                     path: store.files()[t.file].path.clone(),

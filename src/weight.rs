@@ -12,9 +12,12 @@ use rayon::prelude::*;
 use crate::ops;
 use crate::ops::simd::{self, Kernel};
 
+/// Suffix of the per-output-channel scales of an int8 weight: `<name>_scale` sits beside `<name>`.
+pub const SCALE_SUFFIX: &str = "_scale";
+
 /// The name of the scale tensor beside an int8 weight.
 pub fn scale_name(weight: &str) -> String {
-    format!("{weight}_scale")
+    format!("{weight}{SCALE_SUFFIX}")
 }
 
 thread_local! {

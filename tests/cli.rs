@@ -38,11 +38,10 @@ fn vit_with_classes(dir: &Path, classes: usize) -> String {
     let out = dir.join("vit10");
     std::fs::create_dir_all(&out).unwrap();
     write_f32(&out.join("model.safetensors"), &tensors);
-    std::fs::copy(
-        fixture("vit_tiny").join("config.json"),
-        out.join("config.json"),
-    )
-    .unwrap();
+    let config = std::fs::read_to_string(fixture("vit_tiny").join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["num_classes"] = classes.into();
+    std::fs::write(out.join("config.json"), config.to_string()).unwrap();
     out.display().to_string()
 }
 

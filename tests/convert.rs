@@ -191,15 +191,13 @@ fn int8_all_zero_rows_get_scale_zero() {
 /// The tensor order the executor reads `model` in, with int8 scales after their weights.
 fn exec_order(model: &Model, int8: bool) -> Vec<Vec<String>> {
     let mut seen = std::collections::HashSet::new();
-    model
-        .blocks
-        .iter()
-        .map(|b| {
+    (0..model.blocks.len())
+        .map(|i| {
             let mut g = Vec::new();
-            for n in b.tensors() {
+            for n in model.block_tensors(i) {
                 if seen.insert(n.clone()) {
                     g.push(n.clone());
-                    let t = model.store.info(n).unwrap();
+                    let t = model.store.info(&n).unwrap();
                     if int8 && is_matrix(t) {
                         g.push(format!("{n}_scale"));
                     }

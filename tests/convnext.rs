@@ -55,7 +55,7 @@ fn convnext_block_list_is_timms() {
     );
     assert_eq!(model.num_classes, 1000);
     // Every tensor is claimed by exactly one block.
-    let claimed: usize = model.blocks.iter().map(|b| b.tensors().len()).sum();
+    let claimed: usize = model.blocks.iter().map(|b| b.meta().tensors.len()).sum();
     assert_eq!(claimed, model.store.tensors().len());
 }
 

@@ -12,14 +12,10 @@
 //! RmsNorm / SimpleNorm variants (`*_rms`), dilated stages (`output_stride` < 32), pooling other than `avg`,
 //! activations other than GELU.
 
-use std::borrow::Cow;
-
-use rayon::prelude::*;
-
 use crate::error::Result;
-use crate::models::{input_error, Act, Block, BuildCtx};
-use crate::ops::{self, Layout};
-use crate::store::Store;
+use crate::models::layers::{Bias, Depthwise, LayerNorm, Linear, Mlp, PatchConv};
+use crate::models::{Act, Block, BuildCtx, Forward, Param, Weights};
+use crate::ops::{self, elementwise, Layout};
 
 /// timm's LayerNorm / LayerNorm2d default (every variant but `convnext_xxlarge`).
 const EPS: f32 = 1e-6;
@@ -28,17 +24,13 @@ const XXLARGE_EPS: f32 = 1e-5;
 
 /// Builds the blocks in execution order: `stem`, per stage `stages.{s}.downsample` (stages 1..) and
 /// `stages.{s}.blocks.{b}`, then `head`.
-pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
+pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
     refuse_unsupported(ctx)?;
 
     // Stem: conv [dims0, in_chans, p, p] stride p, then LayerNorm2d.
-    let w = ctx.shape("stem.0.weight")?;
-    let &[d0, in_chans, patch, patch_w] = w.as_slice() else {
-        return Err(ctx.err(format!(
-            "stem.0.weight has shape {w:?}, expected a conv weight [dim, in_chans, k, k]"
-        )));
-    };
-    if patch != patch_w || patch == 0 || d0 == 0 || in_chans == 0 {
+    let w = ctx.dims("stem.0.weight")?;
+    let [d0, in_chans, patch, patch_w] = w;
+    if patch != patch_w {
         return Err(ctx.err(format!(
             "stem.0.weight has shape {w:?}, expected a square k x k patch conv"
         )));
@@ -79,7 +71,11 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
     let eps = norm_eps(ctx, &depths, &dims);
 
     // Variant switches read once from the first block, then required of every block.
-    let fc1 = ctx.shape("stages.0.blocks.0.mlp.fc1.weight")?;
+    let fc1 = ctx
+        .store
+        .info("stages.0.blocks.0.mlp.fc1.weight")?
+        .shape
+        .clone();
     let conv_mlp = match fc1.len() {
         2 => false,
         4 => true,
@@ -108,161 +104,123 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
         }
     }
 
-    let mut blocks: Vec<Box<dyn Block>> =
-        Vec::with_capacity(depths.iter().sum::<usize>() + n_stages + 2);
-    let mut tensors = vec![ctx.expect("stem.0.weight", &[d0, in_chans, patch, patch])?];
-    tensors.extend(claim_bias(ctx, "stem.0.bias", d0, conv_bias)?);
-    tensors.push(ctx.expect("stem.1.weight", &[d0])?);
-    tensors.push(ctx.expect("stem.1.bias", &[d0])?);
-    blocks.push(Box::new(Stem {
-        tensors,
-        in_chans,
-        patch,
-        dim: d0,
-        bias: conv_bias,
-        eps,
-    }));
+    let mut blocks = Vec::with_capacity(depths.iter().sum::<usize>() + n_stages + 2);
+    ctx.begin_block("stem");
+    let stem = Stem {
+        conv: PatchConv::new(
+            ctx,
+            "stem.0",
+            (d0, in_chans, patch),
+            conv_bias_of(ctx, "stem.0.bias", conv_bias)?,
+        )?,
+        norm: LayerNorm::new(ctx, "stem.1", d0, eps)?,
+    };
+    blocks.push(Block::new(ctx.end_block(), stem));
 
     let mut prev = d0;
     for s in 0..n_stages {
         let dim = dims[s];
-        let p = format!("stages.{s}.");
+        let p = format!("stages.{s}");
         // timm: stage 0 follows the stride-4 stem at the same width (Identity); every later stage has
         // stride 2, so a LayerNorm2d + 2x2 stride-2 conv downsample.
         if s > 0 {
-            let n = |t: &str| format!("{p}downsample.{t}");
-            let mut tensors = vec![
-                ctx.expect(&n("0.weight"), &[prev])?,
-                ctx.expect(&n("0.bias"), &[prev])?,
-                ctx.expect(&n("1.weight"), &[dim, prev, 2, 2])?,
-            ];
-            tensors.extend(claim_bias(ctx, &n("1.bias"), dim, conv_bias)?);
-            blocks.push(Box::new(Downsample {
-                name: format!("stages.{s}.downsample"),
-                prefix: format!("{p}downsample."),
-                tensors,
-                in_dim: prev,
-                dim,
-                k: 2,
-                bias: conv_bias,
-                eps,
-            }));
+            ctx.begin_block(format!("{p}.downsample"));
+            let down = Downsample {
+                norm: LayerNorm::new(ctx, &format!("{p}.downsample.0"), prev, eps)?,
+                conv: PatchConv::new(
+                    ctx,
+                    &format!("{p}.downsample.1"),
+                    (dim, prev, 2),
+                    conv_bias_of(ctx, &format!("{p}.downsample.1.bias"), conv_bias)?,
+                )?,
+            };
+            blocks.push(Block::new(ctx.end_block(), down));
         } else if dim != prev {
             return Err(ctx.err(format!(
                 "stages.0 is {dim} wide but the stem outputs {prev} channels"
             )));
         }
 
-        let dw = ctx.shape(&format!("{p}blocks.0.conv_dw.weight"))?;
-        let &[_, 1, k, k_w] = dw.as_slice() else {
+        let dw_name = format!("{p}.blocks.0.conv_dw.weight");
+        let dw = ctx.dims(&dw_name)?;
+        let [_, 1, k, k_w] = dw else {
             return Err(ctx.err(format!(
-                "{p}blocks.0.conv_dw.weight has shape {dw:?}, expected a depthwise weight [{dim}, 1, k, k]"
+                "{dw_name} has shape {dw:?}, expected a depthwise weight [{dim}, 1, k, k]"
             )));
         };
         if k != k_w || k % 2 == 0 {
             return Err(ctx.err(format!(
-                "{p}blocks.0.conv_dw.weight has shape {dw:?}: only square odd depthwise kernels are supported"
+                "{dw_name} has shape {dw:?}: only square odd depthwise kernels are supported"
             )));
         }
-        let hidden = out_dim(ctx, &format!("{p}blocks.0.mlp.fc1.weight"))?;
-        let (fc1_shape, fc2_shape) = if conv_mlp {
-            (vec![hidden, dim, 1, 1], vec![dim, hidden, 1, 1])
-        } else {
-            (vec![hidden, dim], vec![dim, hidden])
-        };
+        let hidden = out_dim(ctx, &format!("{p}.blocks.0.mlp.fc1.weight"))?;
         for b in 0..depths[s] {
-            let prefix = format!("{p}blocks.{b}.");
-            let n = |t: &str| format!("{prefix}{t}");
-            let mut tensors = vec![ctx.expect(&n("conv_dw.weight"), &[dim, 1, k, k])?];
-            tensors.extend(claim_bias(ctx, &n("conv_dw.bias"), dim, conv_bias)?);
-            tensors.extend([
-                ctx.expect(&n("norm.weight"), &[dim])?,
-                ctx.expect(&n("norm.bias"), &[dim])?,
-                ctx.expect(&n("mlp.fc1.weight"), &fc1_shape)?,
-                ctx.expect(&n("mlp.fc1.bias"), &[hidden])?,
-                ctx.expect(&n("mlp.fc2.weight"), &fc2_shape)?,
-                ctx.expect(&n("mlp.fc2.bias"), &[dim])?,
-            ]);
-            if layer_scale {
-                tensors.push(ctx.expect(&n("gamma"), &[dim])?);
-            } else if ctx.store.contains(&n("gamma")) {
-                return Err(ctx.err(format!(
-                    "{} is present but stages.0.blocks.0.gamma is not: mixed layer scale",
-                    n("gamma")
-                )));
-            }
-            blocks.push(Box::new(ConvBlock {
-                name: format!("stages.{s}.blocks.{b}"),
-                prefix,
-                tensors,
-                dim,
-                k,
-                bias: conv_bias,
-                gamma: layer_scale,
-                eps,
-            }));
+            let prefix = format!("{p}.blocks.{b}");
+            let n = |t: &str| format!("{prefix}.{t}");
+            ctx.begin_block(&prefix);
+            let dw_bias = conv_bias_of(ctx, &n("conv_dw.bias"), conv_bias)?;
+            let block = ConvBlock {
+                conv_dw: Depthwise::new(ctx, &n("conv_dw"), dim, k, dw_bias)?,
+                norm: LayerNorm::new(ctx, &n("norm"), dim, eps)?,
+                mlp: if conv_mlp {
+                    Mlp::conv1x1(ctx, &n("mlp"), dim, hidden)?
+                } else {
+                    Mlp::new(ctx, &n("mlp"), dim, hidden)?
+                },
+                gamma: if layer_scale {
+                    Some(ctx.param(&n("gamma"), &[dim])?)
+                } else if ctx.store.contains(&n("gamma")) {
+                    return Err(ctx.err(format!(
+                        "{} is present but stages.0.blocks.0.gamma is not: mixed layer scale",
+                        n("gamma")
+                    )));
+                } else {
+                    None
+                },
+            };
+            blocks.push(Block::new(ctx.end_block(), block));
         }
         prev = dim;
     }
 
-    blocks.push(Box::new(build_head(ctx, prev, eps)?));
+    blocks.push(build_head(ctx, prev, eps)?);
     Ok(blocks)
 }
 
 /// The head: timm's `NormMlpClassifierHead` (pool -> `head.norm` -> optional `head.pre_logits.fc` + GELU ->
 /// `head.fc`), or with `head_norm_first` (`convnext_tiny_hnf`) `norm_pre` -> pool -> `head.fc`.
-fn build_head(ctx: &mut BuildCtx, dim: usize, eps: f32) -> Result<Head> {
-    let mut tensors = Vec::new();
-    let head_norm = ctx.optional("head.norm.weight", &[dim])?;
-    let norm_pre = ctx.optional("norm_pre.weight", &[dim])?;
+fn build_head(ctx: &mut BuildCtx, dim: usize, eps: f32) -> Result<Block> {
+    // `head_hidden_size` (convnext_large_mlp): a pre-logits Linear + GELU between the norm and the classifier.
+    let hidden = if ctx.store.contains("head.pre_logits.fc.weight") {
+        Some(out_dim(ctx, "head.pre_logits.fc.weight")?)
+    } else {
+        None
+    };
+    let classes = out_dim(ctx, "head.fc.weight")?;
+    ctx.classes("head.fc.weight", classes)?;
+    ctx.begin_block("head");
+    let head_norm = LayerNorm::optional(ctx, "head.norm", dim, eps)?;
+    let norm_pre = LayerNorm::optional(ctx, "norm_pre", dim, eps)?;
     let norm = match (head_norm, norm_pre) {
-        (Some(w), None) => {
-            tensors.extend([w, ctx.expect("head.norm.bias", &[dim])?]);
-            HeadNorm::AfterPool
-        }
-        (None, Some(w)) => {
-            tensors.extend([w, ctx.expect("norm_pre.bias", &[dim])?]);
-            HeadNorm::BeforePool
-        }
+        (Some(n), None) => HeadNorm::AfterPool(n),
+        (None, Some(n)) => HeadNorm::BeforePool(n),
         (Some(_), Some(_)) => return Err(ctx.err(
             "both head.norm and norm_pre are present; timm has one or the other (head_norm_first)",
         )),
         // What timm computes after `reset_classifier(.., reset_other=True)`: pool -> fc.
         (None, None) => HeadNorm::None,
     };
-    // `head_hidden_size` (convnext_large_mlp): a pre-logits Linear + GELU between the norm and the classifier.
-    let hidden = if ctx.store.contains("head.pre_logits.fc.weight") {
-        let hidden = out_dim(ctx, "head.pre_logits.fc.weight")?;
-        tensors.extend([
-            ctx.expect("head.pre_logits.fc.weight", &[hidden, dim])?,
-            ctx.expect("head.pre_logits.fc.bias", &[hidden])?,
-        ]);
-        Some(hidden)
-    } else {
-        None
-    };
+    let pre_logits = hidden
+        .map(|h| Linear::new(ctx, "head.pre_logits.fc", dim, h, Bias::Yes))
+        .transpose()?;
     let feat = hidden.unwrap_or(dim);
-    let classes = out_dim(ctx, "head.fc.weight")?;
-    tensors.extend([
-        ctx.expect("head.fc.weight", &[classes, feat])?,
-        ctx.expect("head.fc.bias", &[classes])?,
-    ]);
-    if let Some(want) = ctx.config.num_classes {
-        if want != classes {
-            return Err(ctx.err(format!(
-                "config.json says num_classes {want} but head.fc.weight has {classes} rows"
-            )));
-        }
-    }
-    ctx.num_classes = Some(classes);
-    Ok(Head {
-        tensors,
-        dim,
-        classes,
+    let head = Head {
         norm,
-        hidden,
-        eps,
-    })
+        pre_logits,
+        fc: Linear::new(ctx, "head.fc", feat, classes, Bias::Yes)?,
+        dim,
+    };
+    Ok(Block::new(ctx.end_block(), head))
 }
 
 /// Variants whose computation differs from what the blocks here do: refused by name, never half-run.
@@ -322,13 +280,13 @@ fn refuse_unsupported(ctx: &BuildCtx) -> Result<()> {
     Ok(())
 }
 
-/// The leading (output) dimension of a weight, claiming it; its full shape is checked with `expect` later.
-fn out_dim(ctx: &mut BuildCtx, name: &str) -> Result<usize> {
-    let shape = ctx.shape(name)?;
+/// The leading (output) dimension of a weight; its full shape is checked when it is declared.
+fn out_dim(ctx: &BuildCtx, name: &str) -> Result<usize> {
+    let shape = &ctx.store.info(name)?.shape;
     match shape.first() {
         Some(&n) if n > 0 => Ok(n),
         _ => Err(ctx.err(format!(
-            "{name} has shape {shape:?}, expected a weight with a non-zero output dimension"
+            "`{name}` has shape {shape:?}, expected a weight with a non-zero output dimension"
         ))),
     }
 }
@@ -353,336 +311,146 @@ fn norm_eps(ctx: &BuildCtx, depths: &[usize], dims: &[usize]) -> f32 {
     }
 }
 
-/// Claims a conv bias that the checkpoint's `conv_bias` setting (read from `stem.0.bias`) says is there, and
-/// refuses one that it says is not.
-fn claim_bias(ctx: &mut BuildCtx, name: &str, n: usize, conv_bias: bool) -> Result<Option<String>> {
+/// A conv bias that the checkpoint's `conv_bias` setting (read from `stem.0.bias`) says is there; one it says
+/// is not there is refused.
+fn conv_bias_of(ctx: &BuildCtx, name: &str, conv_bias: bool) -> Result<Bias> {
     if conv_bias {
-        ctx.expect(name, &[n]).map(Some)
+        Ok(Bias::Yes)
     } else if ctx.store.contains(name) {
         Err(ctx.err(format!(
             "{name} is present but stem.0.bias is not: mixed conv_bias"
         )))
     } else {
-        Ok(None)
+        Ok(Bias::No)
     }
 }
 
 /// Checks a channels-last activation `[b, h, w, c]` and returns `(b, h, w)`.
-fn nhwc(s: &Store, block: &str, x: &Act, c: usize) -> Result<(usize, usize, usize)> {
+fn nhwc(w: &Weights, x: &Act, c: usize) -> Result<(usize, usize, usize)> {
     match *x.shape.as_slice() {
-        [b, h, w, cc] if cc == c && x.data.len() == b * h * w * c => Ok((b, h, w)),
-        _ => Err(input_error(
-            s,
-            format!(
-                "{block}: expected channels-last activations [batch, h, w, {c}], got shape {:?} ({} values)",
-                x.shape,
-                x.data.len()
-            ),
-        )),
-    }
-}
-
-/// A conv bias, or zeros for `conv_bias=False` checkpoints.
-fn bias_or_zeros<'a>(s: &'a Store, on: bool, name: &str, n: usize) -> Result<Cow<'a, [f32]>> {
-    if on {
-        s.floats(name)
-    } else {
-        Ok(Cow::Owned(vec![0.0; n]))
+        [b, h, wd, cc] if cc == c && x.data.len() == b * h * wd * c => Ok((b, h, wd)),
+        _ => Err(w.input_error(format!(
+            "expected channels-last activations [batch, h, w, {c}], got shape {:?} ({} values)",
+            x.shape,
+            x.data.len()
+        ))),
     }
 }
 
 /// `stem`: `[b, in_chans, h, w]` (NCHW image) -> conv k x k stride k -> LayerNorm2d -> `[b, h/k, w/k, dim]`.
 struct Stem {
-    tensors: Vec<String>,
-    in_chans: usize,
-    patch: usize,
-    dim: usize,
-    bias: bool,
-    eps: f32,
+    conv: PatchConv,
+    norm: LayerNorm,
 }
 
-impl Block for Stem {
-    fn name(&self) -> &str {
-        "stem"
-    }
-
-    fn tensors(&self) -> &[String] {
-        &self.tensors
-    }
-
-    fn forward(&self, s: &Store, x: Act) -> Result<Act> {
-        let (b, c, h, w) = match *x.shape.as_slice() {
-            [b, c, h, w] if x.data.len() == b * c * h * w => (b, c, h, w),
+impl Forward for Stem {
+    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
+        let (in_chans, p) = (self.conv.in_chans, self.conv.k);
+        let (b, c, h, wd) = match *x.shape.as_slice() {
+            [b, c, h, wd] if x.data.len() == b * c * h * wd => (b, c, h, wd),
             _ => {
-                return Err(input_error(
-                    s,
-                    format!(
-                        "stem: expected an image [batch, {}, h, w], got shape {:?} ({} values)",
-                        self.in_chans,
-                        x.shape,
-                        x.data.len()
-                    ),
-                ))
+                return Err(w.input_error(format!(
+                    "expected an image [batch, {in_chans}, h, w], got shape {:?} ({} values)",
+                    x.shape,
+                    x.data.len()
+                )))
             }
         };
-        if c != self.in_chans || h < self.patch || w < self.patch {
-            return Err(input_error(
-                s,
-                format!(
-                    "stem: input {c}x{h}x{w} does not fit: the stem is a {p}x{p} stride-{p} conv over {} channels",
-                    self.in_chans,
-                    p = self.patch
-                ),
-            ));
+        if c != in_chans || h < p || wd < p {
+            return Err(w.input_error(format!(
+                "input {c}x{h}x{wd} does not fit: the stem is a {p}x{p} stride-{p} conv over {in_chans} channels"
+            )));
         }
-        let bias = if self.bias {
-            Some(s.floats("stem.0.bias")?)
-        } else {
-            None
-        };
-        let mut y = ops::patch_conv(
-            &x.data,
-            Layout::Nchw,
-            (b, c, h, w),
-            self.patch,
-            &s.weight("stem.0.weight")?,
-            bias.as_deref(),
-            self.dim,
-        );
-        ops::layer_norm(
-            &mut y,
-            self.dim,
-            &s.floats("stem.1.weight")?,
-            &s.floats("stem.1.bias")?,
-            self.eps,
-        );
-        Ok(Act::new(
-            y,
-            vec![b, h / self.patch, w / self.patch, self.dim],
-        ))
+        let mut y = self.conv.forward(w, &x.data, Layout::Nchw, (b, h, wd))?;
+        self.norm.apply(w, &mut y)?;
+        Ok(Act::new(y, vec![b, h / p, wd / p, self.conv.out]))
     }
 }
 
 /// `stages.{s}.downsample`: LayerNorm2d -> conv k x k stride k, `[b, h, w, in_dim]` -> `[b, h/k, w/k, dim]`.
 struct Downsample {
-    name: String,
-    prefix: String,
-    tensors: Vec<String>,
-    in_dim: usize,
-    dim: usize,
-    k: usize,
-    bias: bool,
-    eps: f32,
+    norm: LayerNorm,
+    conv: PatchConv,
 }
 
-impl Block for Downsample {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn tensors(&self) -> &[String] {
-        &self.tensors
-    }
-
-    fn forward(&self, s: &Store, mut x: Act) -> Result<Act> {
-        let (b, h, w) = nhwc(s, &self.name, &x, self.in_dim)?;
-        if h < self.k || w < self.k {
-            return Err(input_error(
-                s,
-                format!(
-                    "{}: a {h}x{w} feature map is too small for the {k}x{k} stride-{k} downsample (input image too small)",
-                    self.name,
-                    k = self.k
-                ),
-            ));
+impl Forward for Downsample {
+    fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
+        let k = self.conv.k;
+        let (b, h, wd) = nhwc(w, &x, self.conv.in_chans)?;
+        if h < k || wd < k {
+            return Err(w.input_error(format!(
+                "a {h}x{wd} feature map is too small for the {k}x{k} stride-{k} downsample (input image too small)"
+            )));
         }
-        let f = |t: &str| s.floats(&format!("{}{t}", self.prefix));
-        let m = |t: &str| s.weight(&format!("{}{t}", self.prefix));
-        ops::layer_norm(
-            &mut x.data,
-            self.in_dim,
-            &f("0.weight")?,
-            &f("0.bias")?,
-            self.eps,
-        );
-        let bias = if self.bias { Some(f("1.bias")?) } else { None };
-        let y = ops::patch_conv(
-            &x.data,
-            Layout::Nhwc,
-            (b, self.in_dim, h, w),
-            self.k,
-            &m("1.weight")?,
-            bias.as_deref(),
-            self.dim,
-        );
-        Ok(Act::new(y, vec![b, h / self.k, w / self.k, self.dim]))
+        self.norm.apply(w, &mut x.data)?;
+        let y = self.conv.forward(w, &x.data, Layout::Nhwc, (b, h, wd))?;
+        Ok(Act::new(y, vec![b, h / k, wd / k, self.conv.out]))
     }
 }
 
 /// `stages.{s}.blocks.{b}`: `x + gamma * fc2(gelu(fc1(LayerNorm(dwconv(x)))))`, all channels-last.
 struct ConvBlock {
-    name: String,
-    prefix: String,
-    tensors: Vec<String>,
-    dim: usize,
-    k: usize,
-    bias: bool,
-    gamma: bool,
-    eps: f32,
+    conv_dw: Depthwise,
+    norm: LayerNorm,
+    mlp: Mlp,
+    gamma: Option<Param>,
 }
 
-impl Block for ConvBlock {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn tensors(&self) -> &[String] {
-        &self.tensors
-    }
-
-    fn forward(&self, s: &Store, mut x: Act) -> Result<Act> {
-        let dim = self.dim;
-        let (b, h, w) = nhwc(s, &self.name, &x, dim)?;
-        let rows = b * h * w;
-        let f = |t: &str| s.floats(&format!("{}{t}", self.prefix));
-        let m = |t: &str| s.weight(&format!("{}{t}", self.prefix));
-
-        let dw_bias = bias_or_zeros(s, self.bias, &format!("{}conv_dw.bias", self.prefix), dim)?;
-        let mut y = ops::depthwise_conv(
-            &x.data,
-            (b, h, w, dim),
-            self.k,
-            &f("conv_dw.weight")?,
-            &dw_bias,
-        );
-        ops::layer_norm(&mut y, dim, &f("norm.weight")?, &f("norm.bias")?, self.eps);
-        // fc1 / fc2: Linear [out, in] or 1x1 conv [out, in, 1, 1], the same matrix either way. fc2's bias goes
-        // in with the layer scale and the residual.
-        let out = ops::mlp(
-            &y,
-            rows,
-            &m("mlp.fc1.weight")?,
-            &f("mlp.fc1.bias")?,
-            &m("mlp.fc2.weight")?,
-            None,
-            dim,
-        );
+impl Forward for ConvBlock {
+    fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
+        let (b, h, wd) = nhwc(w, &x, self.conv_dw.dim)?;
+        let mut y = self.conv_dw.forward(w, &x.data, (b, h, wd))?;
+        self.norm.apply(w, &mut y)?;
+        // fc2's bias goes in with the layer scale and the residual.
+        let out = self.mlp.forward_without_fc2_bias(w, &y, b * h * wd)?;
         drop(y);
-        let gamma = if self.gamma { Some(f("gamma")?) } else { None };
-        residual(&mut x.data, &out, &f("mlp.fc2.bias")?, gamma.as_deref());
+        elementwise::add_bias_scaled(
+            &mut x.data,
+            &out,
+            &w.floats(self.mlp.fc2_bias)?,
+            w.maybe_floats(self.gamma)?.as_deref(),
+        );
         Ok(x)
     }
 }
 
-/// `x += gamma * (y + bias)` per row of `bias.len()` channels (gamma absent: `x += y + bias`), one pass.
-fn residual(x: &mut [f32], y: &[f32], bias: &[f32], gamma: Option<&[f32]>) {
-    let c = bias.len();
-    let chunk = c * (16384 / c.max(1)).max(1);
-    x.par_chunks_mut(chunk)
-        .zip(y.par_chunks(chunk))
-        .for_each(|(xc, yc)| {
-            for (xr, yr) in xc.chunks_exact_mut(c).zip(yc.chunks_exact(c)) {
-                match gamma {
-                    Some(g) => {
-                        for (((a, v), bb), g) in xr.iter_mut().zip(yr).zip(bias).zip(g) {
-                            *a += g * (v + bb);
-                        }
-                    }
-                    None => {
-                        for ((a, v), bb) in xr.iter_mut().zip(yr).zip(bias) {
-                            *a += v + bb;
-                        }
-                    }
-                }
-            }
-        });
-}
-
 /// Where the head's LayerNorm sits.
-#[derive(Clone, Copy, Debug)]
 enum HeadNorm {
     /// `head.norm` on the pooled features (the default ConvNeXt head).
-    AfterPool,
+    AfterPool(LayerNorm),
     /// `norm_pre` on every position before pooling (`head_norm_first`, `convnext_tiny_hnf`).
-    BeforePool,
+    BeforePool(LayerNorm),
     /// No norm (a head reset with `reset_other`).
     None,
 }
 
 /// `head`: `[b, h, w, dim]` -> average over h, w -> norm -> (pre-logits fc + GELU) -> fc -> `[b, classes]`.
 struct Head {
-    tensors: Vec<String>,
-    dim: usize,
-    classes: usize,
     norm: HeadNorm,
-    hidden: Option<usize>,
-    eps: f32,
+    pre_logits: Option<Linear>,
+    fc: Linear,
+    dim: usize,
 }
 
-impl Block for Head {
-    fn name(&self) -> &str {
-        "head"
-    }
-
-    fn tensors(&self) -> &[String] {
-        &self.tensors
-    }
-
-    fn forward(&self, s: &Store, mut x: Act) -> Result<Act> {
+impl Forward for Head {
+    fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
         let dim = self.dim;
-        let (b, h, w) = nhwc(s, "head", &x, dim)?;
-        if h * w == 0 {
-            return Err(input_error(
-                s,
-                format!("head: cannot pool an empty {h}x{w} feature map"),
-            ));
+        let (b, h, wd) = nhwc(w, &x, dim)?;
+        if h * wd == 0 {
+            return Err(w.input_error(format!("cannot pool an empty {h}x{wd} feature map")));
         }
-        if let HeadNorm::BeforePool = self.norm {
-            ops::layer_norm(
-                &mut x.data,
-                dim,
-                &s.floats("norm_pre.weight")?,
-                &s.floats("norm_pre.bias")?,
-                self.eps,
-            );
+        if let HeadNorm::BeforePool(n) = &self.norm {
+            n.apply(w, &mut x.data)?;
         }
-        let mut pooled = vec![0.0f32; b * dim];
-        let n = (h * w) as f32;
-        for (dst, img) in pooled
-            .chunks_exact_mut(dim)
-            .zip(x.data.chunks_exact(h * w * dim))
-        {
-            for px in img.chunks_exact(dim) {
-                dst.iter_mut().zip(px).for_each(|(d, v)| *d += v);
-            }
-            dst.iter_mut().for_each(|d| *d /= n);
+        let mut pooled = elementwise::mean_pool(&x.data, (b, h * wd, dim), 0);
+        if let HeadNorm::AfterPool(n) = &self.norm {
+            n.apply(w, &mut pooled)?;
         }
-        if let HeadNorm::AfterPool = self.norm {
-            ops::layer_norm(
-                &mut pooled,
-                dim,
-                &s.floats("head.norm.weight")?,
-                &s.floats("head.norm.bias")?,
-                self.eps,
-            );
-        }
-        if let Some(hidden) = self.hidden {
-            pooled = ops::linear_weight(
-                &pooled,
-                b,
-                &s.weight("head.pre_logits.fc.weight")?,
-                hidden,
-                Some(&s.floats("head.pre_logits.fc.bias")?),
-            );
+        if let Some(fc) = &self.pre_logits {
+            pooled = fc.forward(w, &pooled, b)?;
             ops::gelu(&mut pooled);
         }
-        let logits = ops::linear_weight(
-            &pooled,
-            b,
-            &s.weight("head.fc.weight")?,
-            self.classes,
-            Some(&s.floats("head.fc.bias")?),
-        );
-        Ok(Act::new(logits, vec![b, self.classes]))
+        let logits = self.fc.forward(w, &pooled, b)?;
+        Ok(Act::new(logits, vec![b, self.fc.out_dim]))
     }
 }

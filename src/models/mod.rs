@@ -1,20 +1,34 @@
 //! Model families and the block abstraction they share.
 //!
-//! A model is an ordered list of [`Block`]s. Each block names the tensors it reads (so the executor knows its
-//! byte ranges) and has a forward over [`Act`]ivations that reads those tensors straight from the [`Store`].
+//! A model is an ordered list of [`Block`]s. A family's `build` walks the checkpoint once, declaring each
+//! tensor through [`BuildCtx`] between [`BuildCtx::begin_block`] and [`BuildCtx::end_block`]; each
+//! declaration returns a [`Param`] handle and records the tensor in the block's [`BlockMeta`]. A block's
+//! forward then reads its weights through [`Weights`], by handle, so the tensors the executor pages in for a
+//! block ([`Model::block_ranges`], from the meta) are by construction the ones its forward reads; debug and
+//! test builds panic on a read outside the running block's declared set.
+//!
 //! Hyper-parameters come from tensor names and shapes plus `config.json`, never from fixed sizes.
+//!
+//! **Adding a timm family**: read one model file (`vit.rs` is the smallest) and [`layers`]. Write a
+//! `build(ctx) -> Result<Vec<Block>>` that probes shapes ([`BuildCtx::dims`], [`BuildCtx::count`]),
+//! declares each block's layers ([`layers::Linear`], [`layers::LayerNorm`], [`layers::Mlp`], ...) between
+//! `begin_block` / `end_block`, and wraps a struct implementing [`Forward`] with [`Block::new`]. Register it
+//! in [`Family`]. Loading then refuses any tensor of the file that no block declared.
 
 pub mod config;
 pub mod convnext;
+pub mod layers;
 pub mod swin;
 pub mod vit;
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 pub use crate::store::PAD_PREFIX;
 use crate::store::{FileRange, Store};
-use crate::weight;
+use crate::weight::{self, Weight};
 
 pub use config::ModelConfig;
 
@@ -40,20 +54,103 @@ impl Act {
     }
 }
 
-/// One streaming unit of a model.
-pub trait Block: Send + Sync {
-    /// The block's name as timm's module path: `patch_embed`, `blocks.3`, `stages.2.downsample`, `head`.
-    fn name(&self) -> &str;
-    /// The tensors its forward reads.
-    fn tensors(&self) -> &[String];
-    fn forward(&self, store: &Store, x: Act) -> Result<Act>;
+/// A tensor a block declared: its index in [`Store::tensors`] and, for an int8 weight, its scale's. Only
+/// [`BuildCtx`] makes one, so a `Param` always names a tensor of the model's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    index: usize,
+    scale: Option<usize>,
 }
 
-/// An error about what reached a block (input shape, size), naming the model's weights.
-pub(crate) fn input_error(store: &Store, msg: String) -> Error {
-    Error::InputShape {
-        path: store.path().to_path_buf(),
-        msg,
+/// What the executor knows of a block: its name and every tensor its forward reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockMeta {
+    /// timm's module path: `patch_embed`, `blocks.3`, `stages.2.downsample`, `head`.
+    pub name: String,
+    /// Indices into [`Store::tensors`] in declaration order, an int8 weight's scale right after it.
+    pub tensors: Vec<usize>,
+}
+
+/// The computation of one block over the weights it declared.
+pub trait Forward: Send + Sync {
+    fn forward(&self, w: &Weights, x: Act) -> Result<Act>;
+}
+
+/// One streaming unit of a model: its meta and its forward.
+pub struct Block {
+    meta: BlockMeta,
+    forward: Box<dyn Forward>,
+}
+
+impl Block {
+    pub fn new(meta: BlockMeta, forward: impl Forward + 'static) -> Block {
+        Block {
+            meta,
+            forward: Box::new(forward),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    pub fn meta(&self) -> &BlockMeta {
+        &self.meta
+    }
+
+    /// Runs the block on `x`, reading its weights from `store` (the store it was built from).
+    pub fn forward(&self, store: &Store, x: Act) -> Result<Act> {
+        self.forward.forward(
+            &Weights {
+                store,
+                meta: &self.meta,
+            },
+            x,
+        )
+    }
+}
+
+/// The store as the running block sees it: its declared tensors, read by [`Param`], zero-copy.
+pub struct Weights<'a> {
+    store: &'a Store,
+    meta: &'a BlockMeta,
+}
+
+impl<'a> Weights<'a> {
+    /// A small tensor (norm, bias, layer scale, depthwise kernel) as f32: see [`Store::floats`].
+    pub fn floats(&self, p: Param) -> Result<Cow<'a, [f32]>> {
+        self.store.floats(self.name(p))
+    }
+
+    /// [`Weights::floats`] of a tensor some variants lack.
+    pub fn maybe_floats(&self, p: Option<Param>) -> Result<Option<Cow<'a, [f32]>>> {
+        p.map(|p| self.floats(p)).transpose()
+    }
+
+    /// A weight matrix in its stored dtype: see [`Store::weight`].
+    pub fn weight(&self, p: Param) -> Result<Weight<'a>> {
+        self.store.weight(self.name(p))
+    }
+
+    /// An error about what reached this block (input shape, size), naming the block and the weights.
+    pub fn input_error(&self, msg: impl std::fmt::Display) -> Error {
+        Error::InputShape {
+            path: self.store.path().to_path_buf(),
+            msg: format!("{}: {msg}", self.meta.name),
+        }
+    }
+
+    fn name(&self, p: Param) -> &'a str {
+        #[cfg(any(debug_assertions, test))]
+        for i in std::iter::once(p.index).chain(p.scale) {
+            assert!(
+                self.meta.tensors.contains(&i),
+                "block `{}` read `{}`, which it did not declare",
+                self.meta.name,
+                self.store.tensors()[i].name
+            );
+        }
+        &self.store.tensors()[p.index].name
     }
 }
 
@@ -110,7 +207,7 @@ pub struct Model {
     pub family: Family,
     pub config: ModelConfig,
     pub store: Store,
-    pub blocks: Vec<Box<dyn Block>>,
+    pub blocks: Vec<Block>,
     /// Classes the head produces.
     pub num_classes: usize,
 }
@@ -200,20 +297,20 @@ impl Model {
         Ok(x)
     }
 
-    /// Every tensor block `i` reads, in the order it names them; an int8 weight's scale follows the weight.
+    /// The name of block `i`: timm's module path.
+    pub fn block_name(&self, i: usize) -> &str {
+        self.blocks[i].name()
+    }
+
+    /// The names of every tensor block `i` reads, in declaration order; an int8 weight's scale follows it.
     pub fn block_tensors(&self, i: usize) -> Vec<String> {
-        let mut names = Vec::new();
-        for n in self.blocks[i].tensors() {
-            names.push(n.clone());
-            if self
-                .store
-                .info(n)
-                .is_ok_and(|t| t.dtype == safetensors::Dtype::I8)
-            {
-                names.push(weight::scale_name(n));
-            }
-        }
-        names
+        let all = self.store.tensors();
+        self.blocks[i]
+            .meta()
+            .tensors
+            .iter()
+            .map(|&t| all[t].name.clone())
+            .collect()
     }
 
     /// The byte ranges block `i` reads.
@@ -228,24 +325,37 @@ impl Model {
     }
 }
 
-/// What a family's builder needs: the weights, the config, and a record of which tensors the blocks claim,
-/// so a checkpoint that holds tensors no block uses (a different architecture) is refused.
+/// What a family's builder needs: the weights, the config, the block being declared, and a record of which
+/// tensors the blocks claim, so a checkpoint that holds tensors no block uses (a different architecture) is
+/// refused.
 pub struct BuildCtx<'a> {
     pub store: &'a Store,
     pub config: &'a ModelConfig,
     path: &'a Path,
-    used: std::collections::HashSet<String>,
-    /// Set by the builder from the head's shape.
-    pub num_classes: Option<usize>,
+    /// Each tensor's index in [`Store::tensors`].
+    index: HashMap<&'a str, usize>,
+    /// Per tensor of the store: claimed by a block (or skipped as a stale buffer).
+    used: Vec<bool>,
+    /// The block between `begin_block` and `end_block`.
+    open: Option<BlockMeta>,
+    /// Set by the builder through [`BuildCtx::classes`].
+    num_classes: Option<usize>,
 }
 
 impl<'a> BuildCtx<'a> {
     fn new(store: &'a Store, config: &'a ModelConfig, path: &'a Path) -> Self {
+        let tensors = store.tensors();
         BuildCtx {
             store,
             config,
             path,
-            used: Default::default(),
+            index: tensors
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.name.as_str(), i))
+                .collect(),
+            used: vec![false; tensors.len()],
+            open: None,
             num_classes: None,
         }
     }
@@ -258,18 +368,56 @@ impl<'a> BuildCtx<'a> {
         }
     }
 
-    /// The shape of a tensor the model requires, recording it as used. Any tensor may be F32, F16 or BF16;
-    /// a weight matrix (`*.weight`, 2 or more dims) may also be int8 with its `<name>_scale` beside it.
-    pub fn shape(&mut self, name: &str) -> Result<Vec<usize>> {
+    /// Starts declaring block `name` (timm's module path); every [`BuildCtx::param`] until
+    /// [`BuildCtx::end_block`] belongs to it.
+    pub fn begin_block(&mut self, name: impl Into<String>) {
+        assert!(self.open.is_none(), "begin_block inside an open block");
+        self.open = Some(BlockMeta {
+            name: name.into(),
+            tensors: Vec::new(),
+        });
+    }
+
+    /// Closes the block opened by [`BuildCtx::begin_block`]: its name and the tensors declared since.
+    pub fn end_block(&mut self) -> BlockMeta {
+        self.open.take().expect("end_block without begin_block")
+    }
+
+    /// The shape of `name`, which must have exactly `N` dimensions, none zero: for reading hyper-parameters
+    /// off a tensor before declaring it. Claims nothing.
+    pub fn dims<const N: usize>(&self, name: &str) -> Result<[usize; N]> {
+        let shape = &self.store.info(name)?.shape;
+        match <[usize; N]>::try_from(shape.as_slice()) {
+            Ok(dims) if !dims.contains(&0) => Ok(dims),
+            _ => Err(self.degenerate(name, shape, N)),
+        }
+    }
+
+    fn degenerate(&self, name: &str, shape: &[usize], rank: usize) -> Error {
+        Error::BadTensor {
+            path: self.path.to_path_buf(),
+            name: name.into(),
+            msg: format!("shape {shape:?}, expected {rank} non-zero dimension(s)"),
+        }
+    }
+
+    /// Declares a tensor the open block reads and checks its shape (no dimension may be zero). Any tensor
+    /// may be F32, F16 or BF16; a weight matrix (`*.weight`, 2 or more dims) may also be int8 with its
+    /// scale beside it, declared with it.
+    pub fn param(&mut self, name: &str, shape: &[usize]) -> Result<Param> {
         use safetensors::Dtype;
+        self.check_shape(name, shape)?;
+        if shape.is_empty() || shape.contains(&0) {
+            return Err(self.degenerate(name, shape, shape.len().max(1)));
+        }
         let t = self.store.info(name)?;
-        let matrix = name.ends_with(".weight") && t.shape.len() >= 2;
-        match t.dtype {
-            Dtype::F32 | Dtype::F16 | Dtype::BF16 => {}
+        let matrix = name.ends_with(".weight") && shape.len() >= 2;
+        let scale = match t.dtype {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => None,
             Dtype::I8 if matrix => {
                 let scale = weight::scale_name(name);
                 self.store.int8_scale(t, &scale)?;
-                self.used.insert(scale);
+                Some(self.index[scale.as_str()])
             }
             other => {
                 return Err(Error::WrongDtype {
@@ -284,33 +432,65 @@ impl<'a> BuildCtx<'a> {
                     actual: other.to_string(),
                 })
             }
+        };
+        let p = Param {
+            index: self.index[name],
+            scale,
+        };
+        let block = self
+            .open
+            .as_mut()
+            .expect("param declared outside begin_block / end_block");
+        for i in std::iter::once(p.index).chain(p.scale) {
+            block.tensors.push(i);
+            self.used[i] = true;
         }
-        self.used.insert(name.to_string());
-        Ok(t.shape.clone())
+        Ok(p)
     }
 
-    /// Claims a required tensor and checks its shape.
-    pub fn expect(&mut self, name: &str, shape: &[usize]) -> Result<String> {
-        let actual = self.shape(name)?;
+    /// Declares a tensor present in some variants only: `None` when absent, an error when present with the
+    /// wrong shape.
+    pub fn optional(&mut self, name: &str, shape: &[usize]) -> Result<Option<Param>> {
+        if self.store.contains(name) {
+            self.param(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Claims a tensor that no forward reads (a stale buffer that is recomputed), checking its shape: it then
+    /// neither fails [`BuildCtx::finish`] nor gets paged in.
+    pub fn skip(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        self.check_shape(name, shape)?;
+        self.used[self.index[name]] = true;
+        Ok(())
+    }
+
+    fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let actual = &self.store.info(name)?.shape;
         if actual != shape {
             return Err(Error::WrongShape {
                 path: self.path.to_path_buf(),
                 name: name.into(),
                 expected: shape.to_vec(),
-                actual,
+                actual: actual.clone(),
             });
         }
-        Ok(name.to_string())
+        Ok(())
     }
 
-    /// Claims an optional tensor (present in some variants only): `None` when absent, an error when present
-    /// with the wrong shape.
-    pub fn optional(&mut self, name: &str, shape: &[usize]) -> Result<Option<String>> {
-        if self.store.contains(name) {
-            self.expect(name, shape).map(Some)
-        } else {
-            Ok(None)
+    /// Records the classes the head produces (the rows of `weight`), refusing a disagreement with
+    /// `config.json`'s `num_classes`.
+    pub fn classes(&mut self, weight: &str, rows: usize) -> Result<()> {
+        if let Some(want) = self.config.num_classes {
+            if want != rows {
+                return Err(self.err(format!(
+                    "config.json says num_classes {want} but {weight} has {rows} rows"
+                )));
+            }
         }
+        self.num_classes = Some(rows);
+        Ok(())
     }
 
     /// Counts `prefix{i}.` groups present: the depth of `blocks.`, `stages.`, `layers.2.blocks.` ...
@@ -326,8 +506,9 @@ impl<'a> BuildCtx<'a> {
             .store
             .tensors()
             .iter()
-            .map(|t| t.name.as_str())
-            .filter(|n| !self.used.contains(*n) && !n.starts_with(PAD_PREFIX))
+            .zip(&self.used)
+            .filter(|(t, used)| !**used && !t.name.starts_with(PAD_PREFIX))
+            .map(|(t, _)| t.name.as_str())
             .collect();
         if let Some(first) = unused.first() {
             return Err(self.err(format!(
@@ -358,7 +539,81 @@ pub fn group_of(name: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::group_of;
+    use super::*;
+
+    /// A forward that reads one tensor by handle.
+    struct Reads(Param);
+
+    impl Forward for Reads {
+        fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
+            w.floats(self.0)?;
+            Ok(x)
+        }
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    fn vit_tiny() -> Model {
+        Model::load(fixture("vit_tiny")).unwrap()
+    }
+
+    /// Runs every block of every fixture, f32 and int8 (scales read through their weight's handle), with the
+    /// undeclared-read check on: no forward reads outside its block's meta.
+    #[test]
+    fn every_block_reads_only_what_it_declared() {
+        use crate::convert::{convert, Dtype, Layout, Options};
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["vit_tiny", "convnext_tiny", "swin_tiny"] {
+            let int8 = tmp.path().join(name);
+            let opts = Options {
+                dtype: Dtype::Int8,
+                layout: Layout::Source,
+            };
+            convert(&fixture(name), &int8, &opts, |_, _| {}).unwrap();
+            for path in [fixture(name), int8] {
+                let model = Model::load(&path).unwrap();
+                let [c, h, w] = model.input_size();
+                let x = Act::new(vec![0.5; c * h * w], vec![1, c, h, w]);
+                let y = model.forward(x).unwrap();
+                assert_eq!(y.shape, [1, model.num_classes], "{}", path.display());
+            }
+        }
+    }
+
+    fn param_of(model: &Model, block: usize, nth: usize) -> Param {
+        Param {
+            index: model.blocks[block].meta().tensors[nth],
+            scale: None,
+        }
+    }
+
+    #[test]
+    fn a_block_reads_what_it_declared() {
+        let model = vit_tiny();
+        let meta = model.blocks[1].meta().clone();
+        assert_eq!(meta.name, "blocks.0");
+        assert_eq!(model.block_tensors(1)[0], "blocks.0.norm1.weight");
+        let x = Act::new(vec![1.0], vec![1]);
+        let block = Block::new(meta, Reads(param_of(&model, 1, 0)));
+        assert_eq!(block.forward(&model.store, x.clone()).unwrap(), x);
+    }
+
+    #[test]
+    #[should_panic(expected = "block `blocks.0` read `head.weight`, which it did not declare")]
+    fn reading_an_undeclared_tensor_panics() {
+        let model = vit_tiny();
+        let head = model.blocks.len() - 1;
+        let head_weight = (0..model.blocks[head].meta().tensors.len())
+            .map(|i| param_of(&model, head, i))
+            .find(|p| model.store.tensors()[p.index].name == "head.weight")
+            .unwrap();
+        let block = Block::new(model.blocks[1].meta().clone(), Reads(head_weight));
+        let _ = block.forward(&model.store, Act::new(vec![1.0], vec![1]));
+    }
 
     #[test]
     fn groups() {

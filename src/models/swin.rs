@@ -19,9 +19,9 @@
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::models::{input_error, Act, Block, BuildCtx};
-use crate::ops::{self, Layout};
-use crate::store::Store;
+use crate::models::layers::{Bias, LayerNorm, Linear, Mlp, PatchConv};
+use crate::models::{Act, Block, BuildCtx, Forward, Param, Weights};
+use crate::ops::{self, elementwise, Layout};
 
 /// `nn.LayerNorm`'s default, used by every norm in timm's Swin.
 const EPS: f32 = 1e-5;
@@ -183,19 +183,15 @@ fn claim_buffer(ctx: &mut BuildCtx, name: &str, shape: &[usize]) -> Result<()> {
             info.dtype
         )));
     }
-    ctx.expect(name, shape).map(drop)
+    ctx.skip(name, shape)
 }
 
 /// Builds the blocks: `patch_embed`, per stage `layers.{s}.downsample` (s >= 1) and `layers.{s}.blocks.{b}`,
 /// then `head`.
-pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
-    let w = ctx.shape("patch_embed.proj.weight")?;
-    let &[dim0, in_chans, patch, patch_w] = w.as_slice() else {
-        return Err(ctx.err(format!(
-            "patch_embed.proj.weight has shape {w:?}, expected [dim, 3, p, p]"
-        )));
-    };
-    if patch != patch_w || in_chans != 3 || patch == 0 {
+pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
+    let w = ctx.dims("patch_embed.proj.weight")?;
+    let [dim0, in_chans, patch, patch_w] = w;
+    if patch != patch_w || in_chans != 3 {
         return Err(ctx.err(format!(
             "patch_embed.proj.weight has shape {w:?}, expected square patches over 3 channels"
         )));
@@ -231,44 +227,35 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
         )));
     }
 
-    let mut blocks: Vec<Box<dyn Block>> = Vec::new();
-    blocks.push(Box::new(PatchEmbed {
-        tensors: vec![
-            ctx.expect("patch_embed.proj.weight", &[dim0, 3, patch, patch])?,
-            ctx.expect("patch_embed.proj.bias", &[dim0])?,
-            ctx.expect("patch_embed.norm.weight", &[dim0])?,
-            ctx.expect("patch_embed.norm.bias", &[dim0])?,
-        ],
-        dim: dim0,
-        patch,
+    let mut blocks = Vec::new();
+    ctx.begin_block("patch_embed");
+    let embed = PatchEmbed {
+        proj: PatchConv::new(ctx, "patch_embed.proj", (dim0, 3, patch), Bias::Yes)?,
+        norm: LayerNorm::new(ctx, "patch_embed.norm", dim0, EPS)?,
         img,
-    }));
+    };
+    blocks.push(Block::new(ctx.end_block(), embed));
 
     let (mut res, mut dim) = (grid, dim0);
     for s in 0..stages {
-        let norm1 = ctx.shape(&format!("layers.{s}.blocks.0.norm1.weight"))?;
-        let &[sdim] = norm1.as_slice() else {
-            return Err(ctx.err(format!(
-                "layers.{s}.blocks.0.norm1.weight has shape {norm1:?}, expected [dim]"
-            )));
-        };
+        let [sdim] = ctx.dims(&format!("layers.{s}.blocks.0.norm1.weight"))?;
         if s > 0 {
-            let src = if old { s - 1 } else { s };
-            let prefix = format!("layers.{src}.downsample.");
-            let n = |t: &str| format!("{prefix}{t}");
-            let tensors = vec![
-                ctx.expect(&n("norm.weight"), &[4 * dim])?,
-                ctx.expect(&n("norm.bias"), &[4 * dim])?,
-                ctx.expect(&n("reduction.weight"), &[sdim, 4 * dim])?,
-            ];
-            blocks.push(Box::new(PatchMerging {
-                name: format!("layers.{s}.downsample"),
-                prefix,
-                tensors,
-                dim,
-                out_dim: sdim,
+            // Where its tensors live: `layers.{s}.downsample`, or `layers.{s-1}.downsample` in the original
+            // layout.
+            let prefix = format!("layers.{}.downsample", if old { s - 1 } else { s });
+            ctx.begin_block(format!("layers.{s}.downsample"));
+            let merge = PatchMerging {
+                norm: LayerNorm::new(ctx, &format!("{prefix}.norm"), 4 * dim, EPS)?,
+                reduction: Linear::new(
+                    ctx,
+                    &format!("{prefix}.reduction"),
+                    4 * dim,
+                    sdim,
+                    Bias::No,
+                )?,
                 res,
-            }));
+            };
+            blocks.push(Block::new(ctx.end_block(), merge));
             res = (res.0.div_ceil(2), res.1.div_ceil(2));
             dim = sdim;
         } else if sdim != dim0 {
@@ -278,7 +265,7 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
         }
         let depth = ctx.count(&format!("layers.{s}.blocks."), "norm1.weight");
         for b in 0..depth {
-            blocks.push(Box::new(SwinBlock::build(ctx, s, b, dim, res)?));
+            blocks.push(SwinBlock::build(ctx, s, b, dim, res)?);
         }
     }
 
@@ -293,132 +280,71 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
             pool.unwrap_or_default()
         )));
     }
-    let fc = if old { "head." } else { "head.fc." };
-    let head_w = format!("{fc}weight");
-    let hs = ctx.shape(&head_w)?;
-    let &[classes, head_in] = hs.as_slice() else {
-        return Err(ctx.err(format!(
-            "{head_w} has shape {hs:?}, expected [classes, {dim}]"
-        )));
+    let fc = if old { "head" } else { "head.fc" };
+    let head_w = format!("{fc}.weight");
+    let [classes, _] = ctx.dims(&head_w)?;
+    ctx.classes(&head_w, classes)?;
+    ctx.begin_block("head");
+    let head = Head {
+        norm: LayerNorm::new(ctx, "norm", dim, EPS)?,
+        fc: Linear::new(ctx, fc, dim, classes, Bias::Yes)?,
     };
-    if head_in != dim {
-        return Err(ctx.err(format!(
-            "{head_w} has shape {hs:?}, expected [classes, {dim}]"
-        )));
-    }
-    blocks.push(Box::new(Head {
-        tensors: vec![
-            ctx.expect("norm.weight", &[dim])?,
-            ctx.expect("norm.bias", &[dim])?,
-            ctx.expect(&head_w, &[classes, dim])?,
-            ctx.expect(&format!("{fc}bias"), &[classes])?,
-        ],
-        fc: fc.to_string(),
-        dim,
-        classes,
-    }));
-    ctx.num_classes = Some(classes);
+    blocks.push(Block::new(ctx.end_block(), head));
     Ok(blocks)
 }
 
 /// Checks that `x` is `[b, h, w, c]` for this block; returns `b`.
-fn check_nhwc(s: &Store, block: &str, x: &Act, (h, w): (usize, usize), c: usize) -> Result<usize> {
+fn check_nhwc(w: &Weights, x: &Act, (h, wd): (usize, usize), c: usize) -> Result<usize> {
     match x.shape.as_slice() {
-        &[b, xh, xw, xc] if (xh, xw, xc) == (h, w, c) => Ok(b),
-        other => Err(input_error(
-            s,
-            format!("{block}: expected a [batch, {h}, {w}, {c}] input, got {other:?}"),
-        )),
+        &[b, xh, xw, xc] if (xh, xw, xc) == (h, wd, c) => Ok(b),
+        other => Err(w.input_error(format!(
+            "expected a [batch, {h}, {wd}, {c}] input, got {other:?}"
+        ))),
     }
-}
-
-/// `x += y` elementwise, in parallel.
-fn add_assign(x: &mut [f32], y: &[f32]) {
-    x.par_chunks_mut(16384)
-        .zip(y.par_chunks(16384))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
 }
 
 /// Conv patch embedding + LayerNorm: `[b, 3, H, W]` -> `[b, H/p, W/p, dim]`.
 struct PatchEmbed {
-    tensors: Vec<String>,
-    dim: usize,
-    patch: usize,
+    proj: PatchConv,
+    norm: LayerNorm,
     img: (usize, usize),
 }
 
-impl Block for PatchEmbed {
-    fn name(&self) -> &str {
-        "patch_embed"
-    }
-
-    fn tensors(&self) -> &[String] {
-        &self.tensors
-    }
-
-    fn forward(&self, s: &Store, x: Act) -> Result<Act> {
+impl Forward for PatchEmbed {
+    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
         let (ih, iw) = self.img;
-        let &[b, c, h, w] = x.shape.as_slice() else {
-            return Err(input_error(
-                s,
-                format!("expected a [batch, 3, {ih}, {iw}] image, got {:?}", x.shape),
-            ));
+        let &[b, c, h, wd] = x.shape.as_slice() else {
+            return Err(w.input_error(format!(
+                "expected a [batch, 3, {ih}, {iw}] image, got {:?}",
+                x.shape
+            )));
         };
-        if (c, h, w) != (3, ih, iw) {
-            return Err(input_error(
-                s,
-                format!(
-                    "input {c}x{h}x{w} does not fit: this Swin is built for 3x{ih}x{iw} images \
-                     (its windows and shift masks are fixed for that size)"
-                ),
-            ));
+        if (c, h, wd) != (3, ih, iw) {
+            return Err(w.input_error(format!(
+                "input {c}x{h}x{wd} does not fit: this Swin is built for 3x{ih}x{iw} images \
+                 (its windows and shift masks are fixed for that size)"
+            )));
         }
-        let (gh, gw) = (h / self.patch, w / self.patch);
-        let mut out = ops::patch_conv(
-            &x.data,
-            Layout::Nchw,
-            (b, c, h, w),
-            self.patch,
-            &s.weight("patch_embed.proj.weight")?,
-            Some(&s.floats("patch_embed.proj.bias")?),
-            self.dim,
-        );
-        ops::layer_norm(
-            &mut out,
-            self.dim,
-            &s.floats("patch_embed.norm.weight")?,
-            &s.floats("patch_embed.norm.bias")?,
-            EPS,
-        );
-        Ok(Act::new(out, vec![b, gh, gw, self.dim]))
+        let p = self.proj.k;
+        let mut out = self.proj.forward(w, &x.data, Layout::Nchw, (b, h, wd))?;
+        self.norm.apply(w, &mut out)?;
+        Ok(Act::new(out, vec![b, h / p, wd / p, self.proj.out]))
     }
 }
 
 /// timm's `PatchMerging`: pad to even, concat each 2x2 neighbourhood as (y0 x0, y1 x0, y0 x1, y1 x1),
 /// LayerNorm over `4 dim`, bias-free linear to `out_dim`: `[b, h, w, dim]` -> `[b, ceil(h/2), ceil(w/2), out]`.
 struct PatchMerging {
-    name: String,
-    /// Where its tensors live: `layers.{s}.downsample.`, or `layers.{s-1}.downsample.` in the original layout.
-    prefix: String,
-    tensors: Vec<String>,
-    dim: usize,
-    out_dim: usize,
+    norm: LayerNorm,
+    reduction: Linear,
     res: (usize, usize),
 }
 
-impl Block for PatchMerging {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn tensors(&self) -> &[String] {
-        &self.tensors
-    }
-
-    fn forward(&self, s: &Store, x: Act) -> Result<Act> {
-        let (h, w, c) = (self.res.0, self.res.1, self.dim);
-        let b = check_nhwc(s, &self.name, &x, self.res, c)?;
-        let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
+impl Forward for PatchMerging {
+    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
+        let (h, wd, c) = (self.res.0, self.res.1, self.reduction.in_dim / 4);
+        let b = check_nhwc(w, &x, self.res, c)?;
+        let (h2, w2) = (h.div_ceil(2), wd.div_ceil(2));
         let mut cat = vec![0.0f32; b * h2 * w2 * 4 * c];
         cat.par_chunks_mut(w2 * 4 * c)
             .enumerate()
@@ -428,37 +354,30 @@ impl Block for PatchMerging {
                     for k in 0..4 {
                         // timm: reshape(B, H/2, 2, W/2, 2, C).permute(0, 1, 3, 4, 2, 5): w offset major.
                         let (y, xx) = (2 * y2 + k % 2, 2 * x2 + k / 2);
-                        if y < h && xx < w {
+                        if y < h && xx < wd {
                             dst[(x2 * 4 + k) * c..][..c]
-                                .copy_from_slice(&x.data[((bi * h + y) * w + xx) * c..][..c]);
+                                .copy_from_slice(&x.data[((bi * h + y) * wd + xx) * c..][..c]);
                         }
                     }
                 }
             });
-        let f = |t: &str| s.floats(&format!("{}{t}", self.prefix));
-        let m = |t: &str| s.weight(&format!("{}{t}", self.prefix));
-        ops::layer_norm(&mut cat, 4 * c, &f("norm.weight")?, &f("norm.bias")?, EPS);
-        let out = ops::linear_weight(
-            &cat,
-            b * h2 * w2,
-            &m("reduction.weight")?,
-            self.out_dim,
-            None,
-        );
-        Ok(Act::new(out, vec![b, h2, w2, self.out_dim]))
+        self.norm.apply(w, &mut cat)?;
+        let out = self.reduction.forward(w, &cat, b * h2 * w2)?;
+        Ok(Act::new(out, vec![b, h2, w2, self.reduction.out_dim]))
     }
 }
 
 /// timm's `SwinTransformerBlock`: `x + attn(norm1(x))` over (shifted) windows, then `x + mlp(norm2(x))`.
 struct SwinBlock {
-    name: String,
-    prefix: String,
-    tensors: Vec<String>,
-    dim: usize,
-    /// Width of q, k, v and of the attention output: `heads * head_dim`.
-    attn_dim: usize,
+    /// `relative_position_bias_table`, `[(2 win_h - 1) * (2 win_w - 1), heads]`.
+    table: Param,
+    norm1: LayerNorm,
+    /// Width of q, k, v and of the attention output: `heads * head_dim`, a third of its output.
+    qkv: Linear,
+    proj: Linear,
+    norm2: LayerNorm,
+    mlp: Mlp,
     heads: usize,
-    qkv_bias: bool,
     /// Feature map, window and cyclic shift, all after timm's clamp.
     res: (usize, usize),
     window: (usize, usize),
@@ -466,7 +385,7 @@ struct SwinBlock {
     /// Rows of the bias table per (query, key) pair, `[n * n]`.
     rel_index: Vec<u32>,
     /// The shift mask `[num_windows, n, n]`, empty without a shift.
-    mask: std::sync::Arc<[f32]>,
+    mask: Vec<f32>,
 }
 
 impl SwinBlock {
@@ -476,16 +395,11 @@ impl SwinBlock {
         b: usize,
         dim: usize,
         res: (usize, usize),
-    ) -> Result<SwinBlock> {
-        let prefix = format!("layers.{s}.blocks.{b}.");
-        let n = |t: &str| format!("{prefix}{t}");
+    ) -> Result<Block> {
+        let prefix = format!("layers.{s}.blocks.{b}");
+        let n = |t: &str| format!("{prefix}.{t}");
         let table = n("attn.relative_position_bias_table");
-        let ts = ctx.shape(&table)?;
-        let &[rows, heads] = ts.as_slice() else {
-            return Err(ctx.err(format!(
-                "{table} has shape {ts:?}, expected [(2w-1)^2, heads]"
-            )));
-        };
+        let [rows, heads] = ctx.dims(&table)?;
         let (window, target) = block_window(ctx, &table, rows, res)?;
         // timm: shift window//2 on odd blocks, 0 along an axis the window covers whole.
         let shift = if b % 2 == 1 {
@@ -496,78 +410,54 @@ impl SwinBlock {
         } else {
             (0, 0)
         };
-        let qs = ctx.shape(&n("attn.qkv.weight"))?;
+        let qs: [usize; 2] = ctx.dims(&n("attn.qkv.weight"))?;
         let attn_dim = qs[0] / 3;
-        if qs.len() != 2 || qs[1] != dim || qs[0] % 3 != 0 || heads == 0 || attn_dim % heads != 0 {
+        if qs[1] != dim || !qs[0].is_multiple_of(3) || !attn_dim.is_multiple_of(heads) {
             return Err(ctx.err(format!(
                 "{} has shape {qs:?}, expected [3 * heads * head_dim, {dim}] with {heads} heads (from the bias \
                  table)",
                 n("attn.qkv.weight")
             )));
         }
-        let hidden = ctx.shape(&n("mlp.fc1.weight"))?[0];
-        let mut tensors = vec![
-            table.clone(),
-            ctx.expect(&n("norm1.weight"), &[dim])?,
-            ctx.expect(&n("norm1.bias"), &[dim])?,
-            ctx.expect(&n("attn.qkv.weight"), &[3 * attn_dim, dim])?,
-            ctx.expect(&n("attn.proj.weight"), &[dim, attn_dim])?,
-            ctx.expect(&n("attn.proj.bias"), &[dim])?,
-            ctx.expect(&n("norm2.weight"), &[dim])?,
-            ctx.expect(&n("norm2.bias"), &[dim])?,
-            ctx.expect(&n("mlp.fc1.weight"), &[hidden, dim])?,
-            ctx.expect(&n("mlp.fc1.bias"), &[hidden])?,
-            ctx.expect(&n("mlp.fc2.weight"), &[dim, hidden])?,
-            ctx.expect(&n("mlp.fc2.bias"), &[dim])?,
-        ];
-        let qkv_bias = ctx.optional(&n("attn.qkv.bias"), &[3 * attn_dim])?;
-        tensors.extend(qkv_bias.iter().cloned());
-
-        let tokens = window.0 * window.1;
-        let mask = shift_mask(res, window, shift);
-        claim_buffer(ctx, &n("attn.relative_position_index"), &[tokens, tokens])?;
-        let windows = mask.len() / (tokens * tokens).max(1);
-        claim_buffer(ctx, &n("attn_mask"), &[windows, tokens, tokens])?;
-        Ok(SwinBlock {
-            name: format!("layers.{s}.blocks.{b}"),
-            prefix,
-            tensors,
-            dim,
-            attn_dim,
+        let [hidden, _] = ctx.dims(&n("mlp.fc1.weight"))?;
+        ctx.begin_block(&prefix);
+        let block = SwinBlock {
+            table: ctx.param(&table, &[rows, heads])?,
+            norm1: LayerNorm::new(ctx, &n("norm1"), dim, EPS)?,
+            qkv: Linear::new(ctx, &n("attn.qkv"), dim, 3 * attn_dim, Bias::Optional)?,
+            proj: Linear::new(ctx, &n("attn.proj"), attn_dim, dim, Bias::Yes)?,
+            norm2: LayerNorm::new(ctx, &n("norm2"), dim, EPS)?,
+            mlp: Mlp::new(ctx, &n("mlp"), dim, hidden)?,
             heads,
-            qkv_bias: qkv_bias.is_some(),
             res,
             window,
             shift,
             rel_index: relative_position_index(window.0, window.1),
-            mask: mask.into(),
-        })
+            mask: shift_mask(res, window, shift),
+        };
+        let meta = ctx.end_block();
+
+        let tokens = window.0 * window.1;
+        claim_buffer(ctx, &n("attn.relative_position_index"), &[tokens, tokens])?;
+        let windows = block.mask.len() / (tokens * tokens).max(1);
+        claim_buffer(ctx, &n("attn_mask"), &[windows, tokens, tokens])?;
+        Ok(Block::new(meta, block))
     }
 }
 
-impl Block for SwinBlock {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn tensors(&self) -> &[String] {
-        &self.tensors
-    }
-
-    fn forward(&self, s: &Store, mut x: Act) -> Result<Act> {
-        let (h, w, c) = (self.res.0, self.res.1, self.dim);
-        let b = check_nhwc(s, &self.name, &x, self.res, c)?;
-        let f = |t: &str| s.floats(&format!("{}{t}", self.prefix));
-        let m = |t: &str| s.weight(&format!("{}{t}", self.prefix));
+impl Forward for SwinBlock {
+    fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
+        let (h, wd, c) = (self.res.0, self.res.1, self.proj.out_dim);
+        let b = check_nhwc(w, &x, self.res, c)?;
         let (wh, ww) = self.window;
         let (sh, sw) = self.shift;
-        let (nwh, nww) = (h.div_ceil(wh), w.div_ceil(ww));
+        let (nwh, nww) = (h.div_ceil(wh), wd.div_ceil(ww));
         let (nw, n) = (nwh * nww, wh * ww);
         let groups = b * nw;
 
         // norm1, cyclic shift by -shift, zero padding to whole windows, window partition: [b * nw, n, c].
         let mut normed = x.data.clone();
-        ops::layer_norm(&mut normed, c, &f("norm1.weight")?, &f("norm1.bias")?, EPS);
+        self.norm1.apply(w, &mut normed)?;
         let mut win = vec![0.0f32; groups * n * c];
         win.par_chunks_mut(n * c).enumerate().for_each(|(g, dst)| {
             let (bi, wy, wx) = (g / nw, g % nw / nww, g % nww);
@@ -579,33 +469,22 @@ impl Block for SwinBlock {
                 let y = (py + sh) % h;
                 for tx in 0..ww {
                     let px = wx * ww + tx;
-                    if px >= w {
+                    if px >= wd {
                         break;
                     }
-                    let xx = (px + sw) % w;
+                    let xx = (px + sw) % wd;
                     dst[(ty * ww + tx) * c..][..c]
-                        .copy_from_slice(&normed[((bi * h + y) * w + xx) * c..][..c]);
+                        .copy_from_slice(&normed[((bi * h + y) * wd + xx) * c..][..c]);
                 }
             }
         });
         drop(normed);
 
-        let qkv_bias = if self.qkv_bias {
-            Some(f("attn.qkv.bias")?)
-        } else {
-            None
-        };
-        let qkv = ops::linear_weight(
-            &win,
-            groups * n,
-            &m("attn.qkv.weight")?,
-            3 * self.attn_dim,
-            qkv_bias.as_deref(),
-        );
+        let qkv = self.qkv.forward(w, &win, groups * n)?;
         drop(win);
 
         // The relative position bias, gathered once per forward from the mapped table: [heads, n, n].
-        let table = f("attn.relative_position_bias_table")?;
+        let table = w.floats(self.table)?;
         let heads = self.heads;
         let mut rel = vec![0.0f32; heads * n * n];
         for (i, &r) in self.rel_index.iter().enumerate() {
@@ -614,9 +493,8 @@ impl Block for SwinBlock {
                 rel[hd * n * n + i] = v;
             }
         }
-        // ops::ScoreBias is a 'static closure type: it owns its bias and shares the mask.
-        let mask = std::sync::Arc::clone(&self.mask);
-        let add_bias = move |g: usize, hd: usize, row: usize, scores: &mut [f32]| {
+        let mask = &self.mask;
+        let add_bias = |g: usize, hd: usize, row: usize, scores: &mut [f32]| {
             for (sc, r) in scores.iter_mut().zip(&rel[(hd * n + row) * n..][..n]) {
                 *sc += r;
             }
@@ -629,33 +507,21 @@ impl Block for SwinBlock {
                 }
             }
         };
-        let attn = ops::attention(
-            &qkv,
-            groups,
-            n,
-            heads,
-            self.attn_dim / heads,
-            Some(&add_bias),
-        );
+        let attn_dim = self.proj.in_dim;
+        let attn = ops::attention(&qkv, groups, n, heads, attn_dim / heads, Some(&add_bias));
         drop(qkv);
-        let proj = ops::linear_weight(
-            &attn,
-            groups * n,
-            &m("attn.proj.weight")?,
-            c,
-            Some(&f("attn.proj.bias")?),
-        );
+        let proj = self.proj.forward(w, &attn, groups * n)?;
         drop(attn);
 
         // Window reverse, crop, cyclic shift by +shift, residual.
         x.data
-            .par_chunks_mut(w * c)
+            .par_chunks_mut(wd * c)
             .enumerate()
             .for_each(|(row, dst)| {
                 let (bi, y) = (row / h, row % h);
                 let py = (y + h - sh) % h;
-                for xx in 0..w {
-                    let px = (xx + w - sw) % w;
+                for xx in 0..wd {
+                    let px = (xx + wd - sw) % wd;
                     let g = bi * nw + (py / wh) * nww + px / ww;
                     let t = (py % wh) * ww + px % ww;
                     let src = &proj[(g * n + t) * c..][..c];
@@ -668,74 +534,36 @@ impl Block for SwinBlock {
         drop(proj);
 
         // MLP.
-        let rows = b * h * w;
         let mut normed = x.data.clone();
-        ops::layer_norm(&mut normed, c, &f("norm2.weight")?, &f("norm2.bias")?, EPS);
-        let out = ops::mlp(
-            &normed,
-            rows,
-            &m("mlp.fc1.weight")?,
-            &f("mlp.fc1.bias")?,
-            &m("mlp.fc2.weight")?,
-            Some(&f("mlp.fc2.bias")?),
-            c,
-        );
-        add_assign(&mut x.data, &out);
+        self.norm2.apply(w, &mut normed)?;
+        let out = self.mlp.forward(w, &normed, b * h * wd)?;
+        elementwise::add_assign(&mut x.data, &out);
         Ok(x)
     }
 }
 
 /// Final norm, global average pool over the map, `head.fc`: `[b, h, w, dim]` -> `[b, classes]`.
 struct Head {
-    tensors: Vec<String>,
-    /// `head.fc.`, or `head.` in the original layout.
-    fc: String,
-    dim: usize,
-    classes: usize,
+    norm: LayerNorm,
+    /// `head.fc`, or `head` in the original layout.
+    fc: Linear,
 }
 
-impl Block for Head {
-    fn name(&self) -> &str {
-        "head"
-    }
-
-    fn tensors(&self) -> &[String] {
-        &self.tensors
-    }
-
-    fn forward(&self, s: &Store, x: Act) -> Result<Act> {
-        let dim = self.dim;
+impl Forward for Head {
+    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
+        let dim = self.fc.in_dim;
         let (b, tokens) = match x.shape.as_slice() {
-            &[b, h, w, c] if c == dim => (b, h * w),
+            &[b, h, wd, c] if c == dim => (b, h * wd),
             other => {
-                return Err(input_error(
-                    s,
-                    format!("head: expected a [batch, h, w, {dim}] input, got {other:?}"),
-                ))
+                return Err(w.input_error(format!(
+                    "expected a [batch, h, w, {dim}] input, got {other:?}"
+                )))
             }
         };
         let mut normed = x.data;
-        ops::layer_norm(
-            &mut normed,
-            dim,
-            &s.floats("norm.weight")?,
-            &s.floats("norm.bias")?,
-            EPS,
-        );
-        let mut pooled = vec![0.0f32; b * dim];
-        for (bi, dst) in pooled.chunks_exact_mut(dim).enumerate() {
-            for row in normed[bi * tokens * dim..(bi + 1) * tokens * dim].chunks_exact(dim) {
-                dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
-            }
-            dst.iter_mut().for_each(|d| *d /= tokens as f32);
-        }
-        let logits = ops::linear_weight(
-            &pooled,
-            b,
-            &s.weight(&format!("{}weight", self.fc))?,
-            self.classes,
-            Some(&s.floats(&format!("{}bias", self.fc))?),
-        );
-        Ok(Act::new(logits, vec![b, self.classes]))
+        self.norm.apply(w, &mut normed)?;
+        let pooled = elementwise::mean_pool(&normed, (b, tokens, dim), 0);
+        let logits = self.fc.forward(w, &pooled, b)?;
+        Ok(Act::new(logits, vec![b, self.fc.out_dim]))
     }
 }

@@ -4,9 +4,9 @@
 //! linear head.
 
 use crate::error::Result;
-use crate::models::{input_error, Act, Block, BuildCtx};
-use crate::ops::{self, Layout};
-use crate::store::Store;
+use crate::models::layers::{Bias, LayerNorm, Linear, Mlp, PatchConv};
+use crate::models::{Act, Block, BuildCtx, Forward, Param, Weights};
+use crate::ops::{self, elementwise, Layout};
 
 const EPS: f32 = 1e-6;
 
@@ -26,16 +26,12 @@ fn preset_heads(arch: &str, dim: usize) -> usize {
 }
 
 /// Builds the blocks: `patch_embed`, `blocks.0` .. `blocks.{depth-1}`, `head`.
-pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
-    let w = ctx.shape("patch_embed.proj.weight")?;
-    let &[dim, in_chans, patch, patch_w] = w.as_slice() else {
-        return Err(ctx.err(format!(
-            "patch_embed.proj.weight has shape {w:?}, expected [dim, 3, p, p]"
-        )));
-    };
+pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
+    let [dim, in_chans, patch, patch_w] = ctx.dims("patch_embed.proj.weight")?;
     if patch != patch_w || in_chans != 3 {
         return Err(ctx.err(format!(
-            "patch_embed.proj.weight has shape {w:?}, expected square patches over 3 channels"
+            "patch_embed.proj.weight has shape {:?}, expected square patches over 3 channels",
+            [dim, in_chans, patch, patch_w]
         )));
     }
     let depth = ctx.count("blocks.", "attn.qkv.weight");
@@ -49,8 +45,8 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
             "{heads} heads do not divide the embedding width {dim}"
         )));
     }
-    let pos = ctx.shape("pos_embed")?;
-    let &[1, tokens, pos_dim] = pos.as_slice() else {
+    let pos = ctx.dims("pos_embed")?;
+    let [1, tokens, pos_dim] = pos else {
         return Err(ctx.err(format!(
             "pos_embed has shape {pos:?}, expected [1, tokens, {dim}]"
         )));
@@ -61,65 +57,36 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
         )));
     }
 
-    let mut blocks: Vec<Box<dyn Block>> = Vec::with_capacity(depth + 2);
-    let mut tensors = vec![
-        ctx.expect("patch_embed.proj.weight", &[dim, 3, patch, patch])?,
-        ctx.expect("patch_embed.proj.bias", &[dim])?,
-        ctx.expect("cls_token", &[1, 1, dim])?,
-        ctx.expect("pos_embed", &[1, tokens, dim])?,
-    ];
-    let norm_pre = ctx.optional("norm_pre.weight", &[dim])?.is_some();
-    if norm_pre {
-        tensors.push("norm_pre.weight".into());
-        tensors.push(ctx.expect("norm_pre.bias", &[dim])?);
-    }
-    blocks.push(Box::new(PatchEmbed {
-        tensors,
-        dim,
-        patch,
+    let mut blocks = Vec::with_capacity(depth + 2);
+    ctx.begin_block("patch_embed");
+    let embed = PatchEmbed {
+        proj: PatchConv::new(ctx, "patch_embed.proj", (dim, 3, patch), Bias::Yes)?,
+        cls_token: ctx.param("cls_token", &[1, 1, dim])?,
+        pos_embed: ctx.param("pos_embed", &[1, tokens, dim])?,
+        norm_pre: LayerNorm::optional(ctx, "norm_pre", dim, EPS)?,
         tokens,
-        norm_pre,
-    }));
+    };
+    blocks.push(Block::new(ctx.end_block(), embed));
 
-    let hidden = ctx.shape("blocks.0.mlp.fc1.weight")?[0];
+    let [hidden, _] = ctx.dims("blocks.0.mlp.fc1.weight")?;
     for i in 0..depth {
-        let p = format!("blocks.{i}.");
-        let n = |s: &str| format!("{p}{s}");
-        let mut tensors = vec![
-            ctx.expect(&n("norm1.weight"), &[dim])?,
-            ctx.expect(&n("norm1.bias"), &[dim])?,
-            ctx.expect(&n("attn.qkv.weight"), &[3 * dim, dim])?,
-            ctx.expect(&n("attn.proj.weight"), &[dim, dim])?,
-            ctx.expect(&n("attn.proj.bias"), &[dim])?,
-            ctx.expect(&n("norm2.weight"), &[dim])?,
-            ctx.expect(&n("norm2.bias"), &[dim])?,
-            ctx.expect(&n("mlp.fc1.weight"), &[hidden, dim])?,
-            ctx.expect(&n("mlp.fc1.bias"), &[hidden])?,
-            ctx.expect(&n("mlp.fc2.weight"), &[dim, hidden])?,
-            ctx.expect(&n("mlp.fc2.bias"), &[dim])?,
-        ];
-        let qkv_bias = ctx.optional(&n("attn.qkv.bias"), &[3 * dim])?;
-        let ls1 = ctx.optional(&n("ls1.gamma"), &[dim])?;
-        let ls2 = ctx.optional(&n("ls2.gamma"), &[dim])?;
-        tensors.extend(
-            [qkv_bias.clone(), ls1.clone(), ls2.clone()]
-                .into_iter()
-                .flatten(),
-        );
-        blocks.push(Box::new(EncoderBlock {
-            name: format!("blocks.{i}"),
-            prefix: p,
-            tensors,
-            dim,
+        let p = format!("blocks.{i}");
+        ctx.begin_block(&p);
+        let block = EncoderBlock {
+            norm1: LayerNorm::new(ctx, &format!("{p}.norm1"), dim, EPS)?,
+            qkv: Linear::new(ctx, &format!("{p}.attn.qkv"), dim, 3 * dim, Bias::Optional)?,
+            proj: Linear::new(ctx, &format!("{p}.attn.proj"), dim, dim, Bias::Yes)?,
+            ls1: ctx.optional(&format!("{p}.ls1.gamma"), &[dim])?,
+            norm2: LayerNorm::new(ctx, &format!("{p}.norm2"), dim, EPS)?,
+            mlp: Mlp::new(ctx, &format!("{p}.mlp"), dim, hidden)?,
+            ls2: ctx.optional(&format!("{p}.ls2.gamma"), &[dim])?,
             heads,
-            qkv_bias: qkv_bias.is_some(),
-            ls1: ls1.is_some(),
-            ls2: ls2.is_some(),
-        }));
+        };
+        blocks.push(Block::new(ctx.end_block(), block));
     }
 
-    let head = ctx.shape("head.weight")?;
-    let classes = head[0];
+    let [classes, _] = ctx.dims("head.weight")?;
+    ctx.classes("head.weight", classes)?;
     let pool = match ctx
         .config
         .model_args
@@ -134,82 +101,48 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Box<dyn Block>>> {
             )))
         }
     };
-    let mut tensors = vec![
-        ctx.expect("head.weight", &[classes, dim])?,
-        ctx.expect("head.bias", &[classes])?,
-    ];
+    ctx.begin_block("head");
     // timm replaces the final norm by fc_norm (after pooling) for average pooling.
-    let norm = ctx.optional("norm.weight", &[dim])?.is_some();
-    if norm {
-        tensors.push("norm.weight".into());
-        tensors.push(ctx.expect("norm.bias", &[dim])?);
-    }
-    let fc_norm = ctx.optional("fc_norm.weight", &[dim])?.is_some();
-    if fc_norm {
-        tensors.push("fc_norm.weight".into());
-        tensors.push(ctx.expect("fc_norm.bias", &[dim])?);
-    }
-    blocks.push(Box::new(Head {
-        tensors,
-        dim,
-        classes,
+    let head = Head {
+        norm: LayerNorm::optional(ctx, "norm", dim, EPS)?,
+        fc_norm: LayerNorm::optional(ctx, "fc_norm", dim, EPS)?,
+        fc: Linear::new(ctx, "head", dim, classes, Bias::Yes)?,
         pool,
-        norm,
-        fc_norm,
-    }));
-    ctx.num_classes = Some(classes);
+    };
+    blocks.push(Block::new(ctx.end_block(), head));
     Ok(blocks)
 }
 
 /// Patch embedding, class token and position embedding: `[b, 3, h, w]` -> `[b, tokens, dim]`.
 struct PatchEmbed {
-    tensors: Vec<String>,
-    dim: usize,
-    patch: usize,
+    proj: PatchConv,
+    cls_token: Param,
+    pos_embed: Param,
+    norm_pre: Option<LayerNorm>,
     tokens: usize,
-    norm_pre: bool,
 }
 
-impl Block for PatchEmbed {
-    fn name(&self) -> &str {
-        "patch_embed"
-    }
-
-    fn tensors(&self) -> &[String] {
-        &self.tensors
-    }
-
-    fn forward(&self, s: &Store, x: Act) -> Result<Act> {
-        let &[b, c, h, w] = x.shape.as_slice() else {
-            return Err(input_error(
-                s,
-                format!("expected a [batch, 3, h, w] image, got {:?}", x.shape),
-            ));
+impl Forward for PatchEmbed {
+    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
+        let &[b, c, h, wd] = x.shape.as_slice() else {
+            return Err(w.input_error(format!(
+                "expected a [batch, 3, h, w] image, got {:?}",
+                x.shape
+            )));
         };
-        let (gh, gw) = (h / self.patch, w / self.patch);
-        if c != 3 || gh * gw + 1 != self.tokens || h % self.patch != 0 || w % self.patch != 0 {
-            return Err(input_error(
-                s,
-                format!(
-                    "input {c}x{h}x{w} does not fit: the position embedding holds {} patches of {}x{} over 3 channels",
-                    self.tokens - 1,
-                    self.patch,
-                    self.patch
-                ),
-            ));
+        let patch = self.proj.k;
+        let (gh, gw) = (h / patch, wd / patch);
+        if c != 3 || gh * gw + 1 != self.tokens || h % patch != 0 || wd % patch != 0 {
+            return Err(w.input_error(format!(
+                "input {c}x{h}x{wd} does not fit: the position embedding holds {} patches of {patch}x{patch} \
+                 over 3 channels",
+                self.tokens - 1,
+            )));
         }
-        let dim = self.dim;
-        let patches = ops::patch_conv(
-            &x.data,
-            Layout::Nchw,
-            (b, c, h, w),
-            self.patch,
-            &s.weight("patch_embed.proj.weight")?,
-            Some(&s.floats("patch_embed.proj.bias")?),
-            dim,
-        );
-        let cls = s.floats("cls_token")?;
-        let pos = s.floats("pos_embed")?;
+        let dim = self.proj.out;
+        let patches = self.proj.forward(w, &x.data, Layout::Nchw, (b, h, wd))?;
+        let cls = w.floats(self.cls_token)?;
+        let pos = w.floats(self.pos_embed)?;
         let mut out = vec![0.0f32; b * self.tokens * dim];
         for (bi, seq) in out.chunks_exact_mut(self.tokens * dim).enumerate() {
             seq[..dim].copy_from_slice(&cls);
@@ -220,14 +153,8 @@ impl Block for PatchEmbed {
                 *v += p;
             }
         }
-        if self.norm_pre {
-            ops::layer_norm(
-                &mut out,
-                dim,
-                &s.floats("norm_pre.weight")?,
-                &s.floats("norm_pre.bias")?,
-                EPS,
-            );
+        if let Some(norm) = &self.norm_pre {
+            norm.apply(w, &mut out)?;
         }
         Ok(Act::new(out, vec![b, self.tokens, dim]))
     }
@@ -235,86 +162,44 @@ impl Block for PatchEmbed {
 
 /// A pre-norm transformer block: `x + ls1(attn(norm1(x)))`, then `x + ls2(mlp(norm2(x)))`.
 struct EncoderBlock {
-    name: String,
-    prefix: String,
-    tensors: Vec<String>,
-    dim: usize,
+    norm1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    ls1: Option<Param>,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    ls2: Option<Param>,
     heads: usize,
-    qkv_bias: bool,
-    ls1: bool,
-    ls2: bool,
 }
 
-impl EncoderBlock {
-    fn n(&self, s: &str) -> String {
-        format!("{}{s}", self.prefix)
-    }
-}
-
-/// `x += gamma * y` (gamma absent: `x += y`).
-fn add_scaled(x: &mut [f32], y: &[f32], gamma: Option<&[f32]>) {
-    use rayon::prelude::*;
-    let dim = gamma.map_or(y.len().max(1), |g| g.len());
-    x.par_chunks_mut(dim)
-        .zip(y.par_chunks(dim))
-        .for_each(|(xr, yr)| match gamma {
-            Some(g) => xr
-                .iter_mut()
-                .zip(yr)
-                .zip(g)
-                .for_each(|((a, b), g)| *a += g * b),
-            None => xr.iter_mut().zip(yr).for_each(|(a, b)| *a += b),
-        });
-}
-
-impl Block for EncoderBlock {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn tensors(&self) -> &[String] {
-        &self.tensors
-    }
-
-    fn forward(&self, s: &Store, mut x: Act) -> Result<Act> {
-        let (b, t, dim) = (x.shape[0], x.shape[1], self.dim);
+impl Forward for EncoderBlock {
+    fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
+        let dim = self.proj.out_dim;
+        let &[b, t, xd] = x.shape.as_slice() else {
+            return Err(w.input_error(format!(
+                "expected tokens [batch, tokens, {dim}], got {:?}",
+                x.shape
+            )));
+        };
+        if xd != dim {
+            return Err(w.input_error(format!(
+                "expected tokens [batch, tokens, {dim}], got {:?}",
+                x.shape
+            )));
+        }
         let rows = b * t;
-        let f = |name: &str| s.floats(&self.n(name));
-        let m = |name: &str| s.weight(&self.n(name));
-        let gamma = |on: bool, name: &str| if on { f(name).map(Some) } else { Ok(None) };
 
         let mut h = x.data.clone();
-        ops::layer_norm(&mut h, dim, &f("norm1.weight")?, &f("norm1.bias")?, EPS);
-        let qkv_bias = gamma(self.qkv_bias, "attn.qkv.bias")?;
-        let qkv = ops::linear_weight(
-            &h,
-            rows,
-            &m("attn.qkv.weight")?,
-            3 * dim,
-            qkv_bias.as_deref(),
-        );
+        self.norm1.apply(w, &mut h)?;
+        let qkv = self.qkv.forward(w, &h, rows)?;
         let attn = ops::attention(&qkv, b, t, self.heads, dim / self.heads, None);
-        let proj = ops::linear_weight(
-            &attn,
-            rows,
-            &m("attn.proj.weight")?,
-            dim,
-            Some(&f("attn.proj.bias")?),
-        );
-        add_scaled(&mut x.data, &proj, gamma(self.ls1, "ls1.gamma")?.as_deref());
+        let proj = self.proj.forward(w, &attn, rows)?;
+        elementwise::add_scaled(&mut x.data, &proj, w.maybe_floats(self.ls1)?.as_deref());
 
         let mut h = x.data.clone();
-        ops::layer_norm(&mut h, dim, &f("norm2.weight")?, &f("norm2.bias")?, EPS);
-        let out = ops::mlp(
-            &h,
-            rows,
-            &m("mlp.fc1.weight")?,
-            &f("mlp.fc1.bias")?,
-            &m("mlp.fc2.weight")?,
-            Some(&f("mlp.fc2.bias")?),
-            dim,
-        );
-        add_scaled(&mut x.data, &out, gamma(self.ls2, "ls2.gamma")?.as_deref());
+        self.norm2.apply(w, &mut h)?;
+        let out = self.mlp.forward(w, &h, rows)?;
+        elementwise::add_scaled(&mut x.data, &out, w.maybe_floats(self.ls2)?.as_deref());
         Ok(x)
     }
 }
@@ -329,74 +214,51 @@ enum Pool {
 
 /// Final norm, pooling, optional fc_norm, classifier: `[b, tokens, dim]` -> `[b, classes]`.
 struct Head {
-    tensors: Vec<String>,
-    dim: usize,
-    classes: usize,
+    norm: Option<LayerNorm>,
+    fc_norm: Option<LayerNorm>,
+    fc: Linear,
     pool: Pool,
-    norm: bool,
-    fc_norm: bool,
 }
 
-impl Block for Head {
-    fn name(&self) -> &str {
-        "head"
-    }
-
-    fn tensors(&self) -> &[String] {
-        &self.tensors
-    }
-
-    fn forward(&self, s: &Store, x: Act) -> Result<Act> {
-        let (b, t, dim) = (x.shape[0], x.shape[1], self.dim);
-        let norm = |x: &mut [f32]| -> Result<()> {
-            if self.norm {
-                ops::layer_norm(
-                    x,
-                    dim,
-                    &s.floats("norm.weight")?,
-                    &s.floats("norm.bias")?,
-                    EPS,
-                );
-            }
-            Ok(())
+impl Forward for Head {
+    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
+        let dim = self.fc.in_dim;
+        let &[b, t, xd] = x.shape.as_slice() else {
+            return Err(w.input_error(format!(
+                "expected tokens [batch, tokens, {dim}], got {:?}",
+                x.shape
+            )));
         };
-        let mut pooled = vec![0.0f32; b * dim];
-        match self.pool {
+        if xd != dim || t < 2 {
+            return Err(w.input_error(format!(
+                "expected tokens [batch, tokens, {dim}], got {:?}",
+                x.shape
+            )));
+        }
+        let norm = |x: &mut [f32]| match &self.norm {
+            Some(n) => n.apply(w, x),
+            None => Ok(()),
+        };
+        let mut pooled = match self.pool {
             Pool::Token => {
                 // Only the class token reaches the head, so only it needs the final norm.
+                let mut pooled = vec![0.0f32; b * dim];
                 for (bi, dst) in pooled.chunks_exact_mut(dim).enumerate() {
                     dst.copy_from_slice(&x.data[bi * t * dim..bi * t * dim + dim]);
                 }
                 norm(&mut pooled)?;
+                pooled
             }
             Pool::Avg => {
                 let mut normed = x.data;
                 norm(&mut normed)?;
-                for (bi, dst) in pooled.chunks_exact_mut(dim).enumerate() {
-                    for ti in 1..t {
-                        let row = &normed[(bi * t + ti) * dim..(bi * t + ti + 1) * dim];
-                        dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
-                    }
-                    dst.iter_mut().for_each(|d| *d /= (t - 1) as f32);
-                }
+                elementwise::mean_pool(&normed, (b, t, dim), 1)
             }
+        };
+        if let Some(n) = &self.fc_norm {
+            n.apply(w, &mut pooled)?;
         }
-        if self.fc_norm {
-            ops::layer_norm(
-                &mut pooled,
-                dim,
-                &s.floats("fc_norm.weight")?,
-                &s.floats("fc_norm.bias")?,
-                EPS,
-            );
-        }
-        let logits = ops::linear_weight(
-            &pooled,
-            b,
-            &s.weight("head.weight")?,
-            self.classes,
-            Some(&s.floats("head.bias")?),
-        );
-        Ok(Act::new(logits, vec![b, self.classes]))
+        let logits = self.fc.forward(w, &pooled, b)?;
+        Ok(Act::new(logits, vec![b, self.fc.out_dim]))
     }
 }

@@ -18,6 +18,7 @@
 mod activation;
 mod attention;
 mod conv;
+pub mod elementwise;
 mod gemm;
 mod linear;
 mod norm;

@@ -1,0 +1,290 @@
+//! The layers the families share, each declared once from the builder and applied with the running block's
+//! [`Weights`].
+//!
+//! A layer's constructor takes timm's module path (`blocks.3.attn.proj`), declares its tensors
+//! (`blocks.3.attn.proj.weight`, `.bias`) with their expected shapes through [`BuildCtx::param`], and keeps
+//! the [`Param`] handles; its `forward` / `apply` reads them through [`Weights`] and calls the kernel in
+//! [`crate::ops`]. A model file therefore names each tensor once, in its `build`, and its forwards hold no
+//! tensor names at all. To add a family, compose these in `build` (see `vit.rs` for the smallest example);
+//! add a layer here when a second family needs it.
+
+use std::borrow::Cow;
+
+use crate::error::Result;
+use crate::models::{BuildCtx, Param, Weights};
+use crate::ops::{self, Layout};
+
+/// Whether a layer has a bias tensor (`<prefix>.bias`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bias {
+    /// Required.
+    Yes,
+    /// Must be absent (a bias-free layer: its presence fails [`BuildCtx`]'s unused-tensor check).
+    No,
+    /// Present in some variants only (ViT's and Swin's `qkv_bias`).
+    Optional,
+}
+
+impl Bias {
+    /// Declares `{prefix}.bias` of `[n]` accordingly.
+    fn declare(self, ctx: &mut BuildCtx, prefix: &str, n: usize) -> Result<Option<Param>> {
+        let name = format!("{prefix}.bias");
+        match self {
+            Bias::Yes => ctx.param(&name, &[n]).map(Some),
+            Bias::No => Ok(None),
+            Bias::Optional => ctx.optional(&name, &[n]),
+        }
+    }
+}
+
+/// timm's `nn.Linear`: `y = x Wᵀ + b`, weight `[out, in]` in its stored dtype.
+#[derive(Debug, Clone, Copy)]
+pub struct Linear {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub in_dim: usize,
+    pub out_dim: usize,
+}
+
+impl Linear {
+    /// Declares `{prefix}.weight` `[out_dim, in_dim]` and its bias.
+    pub fn new(
+        ctx: &mut BuildCtx,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: Bias,
+    ) -> Result<Linear> {
+        Ok(Linear {
+            weight: ctx.param(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
+            bias: bias.declare(ctx, prefix, out_dim)?,
+            in_dim,
+            out_dim,
+        })
+    }
+
+    /// `[rows, in_dim]` -> `[rows, out_dim]`.
+    pub fn forward(&self, w: &Weights, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let bias = w.maybe_floats(self.bias)?;
+        Ok(ops::linear_weight(
+            x,
+            rows,
+            &w.weight(self.weight)?,
+            self.out_dim,
+            bias.as_deref(),
+        ))
+    }
+}
+
+/// timm's `nn.LayerNorm` (and `LayerNorm2d` on channels-last features) over the last `dim` values.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerNorm {
+    pub weight: Param,
+    pub bias: Param,
+    pub dim: usize,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Declares `{prefix}.weight` and `{prefix}.bias`, both `[dim]`.
+    pub fn new(ctx: &mut BuildCtx, prefix: &str, dim: usize, eps: f32) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: ctx.param(&format!("{prefix}.weight"), &[dim])?,
+            bias: ctx.param(&format!("{prefix}.bias"), &[dim])?,
+            dim,
+            eps,
+        })
+    }
+
+    /// The norm when `{prefix}.weight` is present (some variants have it), else `None`.
+    pub fn optional(
+        ctx: &mut BuildCtx,
+        prefix: &str,
+        dim: usize,
+        eps: f32,
+    ) -> Result<Option<LayerNorm>> {
+        if ctx.store.contains(&format!("{prefix}.weight")) {
+            LayerNorm::new(ctx, prefix, dim, eps).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Normalises every row of `x` in place.
+    pub fn apply(&self, w: &Weights, x: &mut [f32]) -> Result<()> {
+        ops::layer_norm(
+            x,
+            self.dim,
+            &w.floats(self.weight)?,
+            &w.floats(self.bias)?,
+            self.eps,
+        );
+        Ok(())
+    }
+}
+
+/// timm's `Mlp`: `fc2(gelu(fc1(x)))`, exact GELU, both layers biased, `dim -> hidden -> dim`.
+#[derive(Debug, Clone, Copy)]
+pub struct Mlp {
+    fc1: Param,
+    fc1_bias: Param,
+    fc2: Param,
+    /// Public for a caller that adds it itself ([`Mlp::forward_without_fc2_bias`]).
+    pub fc2_bias: Param,
+    dim: usize,
+}
+
+impl Mlp {
+    /// Declares `{prefix}.fc1` `[hidden, dim]` and `{prefix}.fc2` `[dim, hidden]` with their biases.
+    pub fn new(ctx: &mut BuildCtx, prefix: &str, dim: usize, hidden: usize) -> Result<Mlp> {
+        Mlp::declare(ctx, prefix, dim, hidden, &[])
+    }
+
+    /// [`Mlp::new`] for weights stored as 1x1 convs (`[hidden, dim, 1, 1]`, `[dim, hidden, 1, 1]`): the same
+    /// bytes as the linear weights, read in place the same way.
+    pub fn conv1x1(ctx: &mut BuildCtx, prefix: &str, dim: usize, hidden: usize) -> Result<Mlp> {
+        Mlp::declare(ctx, prefix, dim, hidden, &[1, 1])
+    }
+
+    fn declare(
+        ctx: &mut BuildCtx,
+        prefix: &str,
+        dim: usize,
+        hidden: usize,
+        kernel: &[usize],
+    ) -> Result<Mlp> {
+        let shape = |out: usize, inp: usize| [&[out, inp][..], kernel].concat();
+        Ok(Mlp {
+            fc1: ctx.param(&format!("{prefix}.fc1.weight"), &shape(hidden, dim))?,
+            fc1_bias: ctx.param(&format!("{prefix}.fc1.bias"), &[hidden])?,
+            fc2: ctx.param(&format!("{prefix}.fc2.weight"), &shape(dim, hidden))?,
+            fc2_bias: ctx.param(&format!("{prefix}.fc2.bias"), &[dim])?,
+            dim,
+        })
+    }
+
+    /// `[rows, dim]` -> `[rows, dim]`.
+    pub fn forward(&self, w: &Weights, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        self.run(w, x, rows, Some(self.fc2_bias))
+    }
+
+    /// [`Mlp::forward`] leaving out fc2's bias, for a caller that fuses it into the residual add.
+    pub fn forward_without_fc2_bias(
+        &self,
+        w: &Weights,
+        x: &[f32],
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        self.run(w, x, rows, None)
+    }
+
+    fn run(&self, w: &Weights, x: &[f32], rows: usize, b2: Option<Param>) -> Result<Vec<f32>> {
+        let b2 = w.maybe_floats(b2)?;
+        Ok(ops::mlp(
+            x,
+            rows,
+            &w.weight(self.fc1)?,
+            &w.floats(self.fc1_bias)?,
+            &w.weight(self.fc2)?,
+            b2.as_deref(),
+            self.dim,
+        ))
+    }
+}
+
+/// A non-overlapping `k x k`, stride-`k` convolution (patch embedding, ConvNeXt stem and downsample),
+/// weight `[out, in, k, k]`; output channels-last.
+#[derive(Debug, Clone, Copy)]
+pub struct PatchConv {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub in_chans: usize,
+    pub out: usize,
+    pub k: usize,
+}
+
+impl PatchConv {
+    /// Declares `{prefix}.weight` `[out, in_chans, k, k]` and its bias.
+    pub fn new(
+        ctx: &mut BuildCtx,
+        prefix: &str,
+        (out, in_chans, k): (usize, usize, usize),
+        bias: Bias,
+    ) -> Result<PatchConv> {
+        Ok(PatchConv {
+            weight: ctx.param(&format!("{prefix}.weight"), &[out, in_chans, k, k])?,
+            bias: bias.declare(ctx, prefix, out)?,
+            in_chans,
+            out,
+            k,
+        })
+    }
+
+    /// `x` of `(b, in_chans, h, w)` in `layout` -> `[b, h/k, w/k, out]`; the caller checks the shape.
+    pub fn forward(
+        &self,
+        w: &Weights,
+        x: &[f32],
+        layout: Layout,
+        (b, h, wd): (usize, usize, usize),
+    ) -> Result<Vec<f32>> {
+        let bias = w.maybe_floats(self.bias)?;
+        Ok(ops::patch_conv(
+            x,
+            layout,
+            (b, self.in_chans, h, wd),
+            self.k,
+            &w.weight(self.weight)?,
+            bias.as_deref(),
+            self.out,
+        ))
+    }
+}
+
+/// A depthwise `k x k` convolution, stride 1, padding `k / 2`, weight `[dim, 1, k, k]`, on channels-last
+/// features.
+#[derive(Debug, Clone, Copy)]
+pub struct Depthwise {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub dim: usize,
+    pub k: usize,
+}
+
+impl Depthwise {
+    /// Declares `{prefix}.weight` `[dim, 1, k, k]` and its bias.
+    pub fn new(
+        ctx: &mut BuildCtx,
+        prefix: &str,
+        dim: usize,
+        k: usize,
+        bias: Bias,
+    ) -> Result<Depthwise> {
+        Ok(Depthwise {
+            weight: ctx.param(&format!("{prefix}.weight"), &[dim, 1, k, k])?,
+            bias: bias.declare(ctx, prefix, dim)?,
+            dim,
+            k,
+        })
+    }
+
+    /// `[b, h, w, dim]` -> `[b, h, w, dim]`.
+    pub fn forward(
+        &self,
+        w: &Weights,
+        x: &[f32],
+        (b, h, wd): (usize, usize, usize),
+    ) -> Result<Vec<f32>> {
+        let bias = match self.bias {
+            Some(p) => w.floats(p)?,
+            None => Cow::Owned(vec![0.0; self.dim]),
+        };
+        Ok(ops::depthwise_conv(
+            x,
+            (b, h, wd, self.dim),
+            self.k,
+            &w.floats(self.weight)?,
+            &bias,
+        ))
+    }
+}
