@@ -2,10 +2,21 @@
 //! little RAM. Weights stay in their safetensors files, memory-mapped read-only; models run block by block
 //! straight from the mapping, and the pages of a block are released once it has run.
 //!
-//! Layers, one-way: [`store`], [`residency`], [`process`] (all `unsafe` lives there) know nothing of models;
-//! [`ops`] are kernels over activations and borrowed weights (`unsafe` there: the GEMM calls in `ops::gemm`,
-//! the run-time SIMD dispatch and the AVX-512 kernels in `ops::simd`);
-//! [`models`] build blocks over a store; the CLI sits on top.
+//! Layers, one-way:
+//! - [`store`] (the mappings, header validation, shards, the SIGBUS guard), [`residency`] (madvise, fadvise,
+//!   mincore) and [`process`] (RSS, faults, storage reads) do the OS work and know nothing of models;
+//! - [`ops`] are kernels over activations and borrowed weights, by concern (linear, norm, activation, conv,
+//!   attention, elementwise), with the run-time SIMD dispatch in `ops::simd` and the x86 kernels in
+//!   `ops::simd::x86`;
+//! - [`models`] build each family's blocks over a store: a block declares the tensors it reads (typed
+//!   [`models::Param`] handles) and its forward reads only those, through the shared [`models::layers`];
+//! - [`exec`] streams blocks through memory (prefetch, budget, release, layer-major batches) and records what
+//!   each cost; [`profile`] presents those records;
+//! - [`pipeline`] runs models on inputs (preprocessing, batches, ensembles, answers) for the CLI, a server or
+//!   any program; the `wstream` command (`src/cli`, the `cli` feature) only parses flags and presents.
+//!
+//! `unsafe` lives in `store`, `residency`, `process`, `ops::gemm` and `ops::simd`, each use with its SAFETY
+//! comment; the crate denies it elsewhere.
 
 #![deny(unsafe_code)]
 
