@@ -282,7 +282,13 @@ mod tests {
     #[test]
     fn depthwise7_row_matches_portable_row() {
         let mut ran = false;
-        for (h, w, c) in [(7, 7, 16), (9, 11, 32), (3, 1, 16), (5, 13, 48)] {
+        for (h, w, c) in [
+            (7, 7, 16),
+            (9, 11, 32),
+            (3, 1, 16),
+            (5, 13, 48),
+            (4, 29, 32),
+        ] {
             let x: Vec<f32> = (0..h * w * c).map(|i| (i as f32 * 0.37).sin()).collect();
             let taps: Vec<f32> = (0..49 * c).map(|i| (i as f32 * 0.11).cos()).collect();
             let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.01).collect();

@@ -123,8 +123,24 @@ pub(super) unsafe fn depthwise7_row_avx512(
         let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(c0)) };
         for ox0 in (0..w).step_by(OB) {
             let mut acc = [b; OB];
+            // A block whose every input column ox0 - 3 .. ox0 + OB + 3 lies inside the row needs no padding
+            // checks: its loop is straight-line, which keeps its speed independent of how the compiler lays
+            // out the checked loop's branches. Same products, same order, so the same sums.
+            let interior = ox0 >= 3 && ox0 + OB + 3 <= w;
             for (ky, line) in lines.iter().enumerate() {
                 let Some(line) = line else { continue };
+                if interior {
+                    let l = unsafe { line.as_ptr().add((ox0 - 3) * c + c0) };
+                    for kx in 0..7 {
+                        let t =
+                            unsafe { _mm512_loadu_ps(taps.as_ptr().add((ky * 7 + kx) * c + c0)) };
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            let v = unsafe { _mm512_loadu_ps(l.add((j + kx) * c)) };
+                            *a = _mm512_add_ps(*a, _mm512_mul_ps(v, t));
+                        }
+                    }
+                    continue;
+                }
                 let l = line.as_ptr();
                 for kx in 0..7 {
                     let t = unsafe { _mm512_loadu_ps(taps.as_ptr().add((ky * 7 + kx) * c + c0)) };
