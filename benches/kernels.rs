@@ -1,6 +1,8 @@
 //! Kernels at the Large models' shapes: ViT-L linear layers, ConvNeXt-L depthwise 7x7 per stage, Swin-L
 //! window attention. Weights are plain buffers here; the models bench reads them from mapped files.
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use wstream::ops;
@@ -38,26 +40,10 @@ fn linear(c: &mut Criterion) {
     g.finish();
 }
 
-/// `ops::matmul` alone at the shapes that dominate the three models (batch 1, 2 threads): `A = weight
-/// [out, in]`, `B = xᵀ` as `linear` multiplies when rows < out, or, in the `_rows` cases, `A = x [rows, in]`,
-/// `B = wᵀ`.
+/// `ops::matmul` alone at the shapes that dominate the three models ([`common::GEMM_SHAPES`]), 2 threads.
 fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm");
-    // (name, M, K, N)
-    for (name, m, k, n) in [
-        ("vitl_qkv", 3072, 1024, 197),
-        ("vitl_proj", 1024, 1024, 197),
-        ("vitl_fc1", 4096, 1024, 197),
-        ("vitl_fc2", 1024, 4096, 197),
-        ("s2_fc1", 3072, 768, 196),
-        ("s2_fc2", 768, 3072, 196),
-        ("s3_fc1", 6144, 1536, 49),
-        ("s3_fc2", 1536, 6144, 49),
-        ("s1_fc1", 1536, 384, 784),
-        ("s1_fc2_rows", 784, 1536, 384),
-        ("s0_fc1_rows", 3136, 192, 768),
-        ("vitl_b8_qkv", 3072, 1024, 1576),
-    ] {
+    for (name, m, k, n) in common::GEMM_SHAPES {
         let a = values(m * k, 1);
         let b = values(n * k, 2);
         let mut dst = vec![0.0f32; m * n];

@@ -3,6 +3,9 @@
 //! name, MxKxN, best GFLOP/s and ms. A linear layer's shape is `out x in x rows`; the last argument picks what
 //! is timed: `yt` (default) the product `w × xᵀ` into a dense `yᵀ`, `y` the same product written straight into
 //! `y` (`matmul_t`), `linear` the whole `ops::linear` (product, transpose, bias) as the models call it. Run it several times (interleaved with the build it is compared to) and keep the best.
+#[path = "../benches/common/mod.rs"]
+mod common;
+
 use std::time::Instant;
 use wstream::ops::{linear, matmul, matmul_t, MatRef};
 
@@ -17,21 +20,7 @@ fn main() {
         .num_threads(threads)
         .build_global()
         .unwrap();
-    let shapes = [
-        ("vitl_qkv", 3072, 1024, 197),
-        ("vitl_proj", 1024, 1024, 197),
-        ("vitl_fc1", 4096, 1024, 197),
-        ("vitl_fc2", 1024, 4096, 197),
-        ("s2_fc1", 3072, 768, 196),
-        ("s2_fc2", 768, 3072, 196),
-        ("s3_fc1", 6144, 1536, 49),
-        ("s3_fc2", 1536, 6144, 49),
-        ("s1_fc1", 1536, 384, 784),
-        ("s1_fc2_rows", 784, 1536, 384),
-        ("s0_fc1_rows", 3136, 192, 768),
-        ("vitl_b8_qkv", 3072, 1024, 1576),
-    ];
-    for (name, m, k, n) in shapes {
+    for (name, m, k, n) in common::GEMM_SHAPES {
         if !name.contains(&filter) {
             continue;
         }
