@@ -445,15 +445,12 @@ impl<'e> Prefetcher<'e> {
     fn serve(&self, requests: Receiver<(usize, u64)>) {
         for (i, resident_before) in requests {
             let (faults, read) = (Faults::thread(), process::thread_storage_read_bytes());
+            // Every range is announced before the first is mapped in, so the kernel reads the later ones
+            // while populate waits on the first. A refusal only means populate reads the pages itself.
+            let refused = self.hint(i);
             let s = &self.exec.steps[i];
-            let mut refused = None;
             for r in &s.ranges {
-                let f = self.exec.file(s.model, r.file);
-                // A refusal only means populate reads the pages itself.
-                if let Err(w) = read_ahead(f.bytes(), r.range.clone(), &f.path) {
-                    refused.get_or_insert(w);
-                }
-                residency::populate(f.bytes(), r.range.clone());
+                residency::populate(self.exec.file(s.model, r.file).bytes(), r.range.clone());
             }
             let done = Prefetched {
                 resident_before,
