@@ -45,11 +45,7 @@ pub struct MappedFile {
 impl MappedFile {
     #[allow(unsafe_code)]
     fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-        if meta.is_dir() {
-            return Err(Error::NoWeights { path: path.into() });
-        }
+        let (file, meta) = crate::fsutil::open_regular(path)?;
         let len = meta.len();
         if len == 0 {
             return Err(Error::EmptyFile { path: path.into() });
