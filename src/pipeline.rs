@@ -283,6 +283,11 @@ impl Pipeline {
             }
         })?;
         records.extend(recs);
+        // The executor checked each file after each block read it; once more before anything is
+        // answered, so no answer is printed from weights that are not the ones opened.
+        for m in &self.models {
+            m.store.check_unchanged()?;
+        }
         let elapsed_ms = start.elapsed().as_secs_f64() * 1e3 / n as f64;
         let classes = self.models[0].num_classes;
         let k = self.options.top;

@@ -241,3 +241,80 @@ fn a_foreign_sigbus_reaches_the_previous_handler() {
     assert_eq!(code, Some(42), "{stderr}");
     assert!(stderr.contains("previous SIGBUS handler ran"), "{stderr}");
 }
+
+/// A copy of the vit_tiny fixture in `name` (real files), its weights dated a day back so that a write
+/// now changes their modification time whatever the clock's granularity.
+fn vit_tiny_copy(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("faults")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = common::parity::fixture("vit_tiny");
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join("model.safetensors"))
+        .unwrap()
+        .set_modified(day_ago)
+        .unwrap();
+    dir
+}
+
+/// Writes f32 NaN over every byte of tensor `name` of `weights`, in place (same size).
+fn write_nan_over(weights: &std::path::Path, range: std::ops::Range<usize>) {
+    use std::os::unix::fs::FileExt;
+    let nan = f32::NAN.to_le_bytes().repeat(range.len() / 4);
+    std::fs::File::options()
+        .write(true)
+        .open(weights)
+        .unwrap()
+        .write_all_at(&nan, range.start as u64)
+        .unwrap();
+}
+
+/// Before: the file was checked only when a run began, so a same-size overwrite during a `--batch 12` run
+/// gave every input the answer "NaN% 0 tench" and exit 0.
+#[test]
+fn a_file_overwritten_in_place_mid_run_fails_the_run() {
+    use wstream::exec::{Event, ExecOptions, Executor};
+    use wstream::models::{Act, Model};
+    let dir = vit_tiny_copy("overwritten");
+    let weights = dir.join("model.safetensors");
+    let models = [Model::load(&dir).unwrap()];
+    let data = models[0].store.tensors();
+    let whole = data[0].range.start..data.iter().map(|t| t.range.end).max().unwrap();
+    let [c, h, w] = models[0].input_size();
+    let (image, _) = wstream::npy::read_f32(
+        &common::parity::fixture("vit_tiny").join("reference/cat.input.npy"),
+    )
+    .unwrap();
+    let batch = Act::new(image.repeat(12), vec![12, c, h, w]);
+    let exec = Executor::new(&models, ExecOptions::default()).unwrap();
+    let mut blocks_run = 0;
+    let err = exec
+        .run_observed(vec![batch], |e| {
+            if let Event::BlockEnd(_) = e {
+                blocks_run += 1;
+                if blocks_run == 1 {
+                    write_nan_over(&weights, whole.clone());
+                }
+            }
+        })
+        .map(|(out, _)| out[0].data[..4].to_vec())
+        .unwrap_err();
+    assert_eq!(
+        blocks_run, 1,
+        "the next block, which read the new bytes, fails the run"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: changed on disk since it was opened (modification time changed); reopen it",
+            weights.display()
+        )
+    );
+}
