@@ -318,3 +318,39 @@ fn a_file_overwritten_in_place_mid_run_fails_the_run() {
         )
     );
 }
+
+/// Before: a NaN logit ranked as class 0 with probability NaN, printed as an answer with exit 0.
+#[test]
+fn non_finite_logits_are_an_error_naming_the_model() {
+    let dir = vit_tiny_copy("nan-head");
+    let weights = dir.join("model.safetensors");
+    let bias = Store::open(&weights)
+        .unwrap()
+        .info("head.bias")
+        .unwrap()
+        .range
+        .clone();
+    write_nan_over(&weights, bias);
+    let img = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/cat.jpg");
+    let (code, stdout, stderr) = common::wstream(&[
+        "classify",
+        "--batch",
+        "12",
+        "--model",
+        dir.to_str().unwrap(),
+        img.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(stdout, "", "no answer printed");
+    let name = wstream::models::Model::load(&dir).unwrap().name;
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "wstream: error: {}: {name} computed logit NaN for class 0 of input {}: its weights hold \
+             non-finite values or overflow; no answer is given",
+            dir.display(),
+            img.display()
+        )
+    );
+}
