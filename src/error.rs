@@ -21,6 +21,18 @@ pub enum Error {
     NoWeights { path: PathBuf },
     #[error("{}: folder holds {count} .safetensors files and no model.safetensors.index.json; name one file", path.display())]
     AmbiguousWeights { path: PathBuf, count: usize },
+    /// A folder, FIFO, socket or device where a file to read was expected: never opened for reading, since
+    /// a FIFO would block forever and a device can be endless.
+    #[error("{}: not a regular file but {kind}; name a file", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    /// A file read into memory (config.json, shard index, `.npy`) larger than wstream reads of its kind.
+    #[error("{}: {what} of {size} bytes is over the {limit}-byte limit", path.display())]
+    FileTooLarge {
+        path: PathBuf,
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
     #[error("{}: file is empty (0 bytes), not a safetensors file", path.display())]
     EmptyFile { path: PathBuf },
     #[error("{}: file is {len} bytes, shorter than the 8-byte header length of a safetensors file", path.display())]

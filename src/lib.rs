@@ -24,6 +24,7 @@ pub mod classify;
 pub mod convert;
 pub mod error;
 pub mod exec;
+pub mod fsutil;
 pub mod models;
 pub mod npy;
 pub mod ops;

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 
 /// An f32 array and its shape.
 pub fn read_f32(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fsutil::read_regular(path, crate::fsutil::MAX_NPY_BYTES, ".npy array")?;
     parse_f32(&bytes).map_err(|msg| Error::Input {
         path: path.into(),
         msg: format!("not a usable .npy array: {msg}"),

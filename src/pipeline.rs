@@ -283,8 +283,29 @@ impl Pipeline {
             }
         })?;
         records.extend(recs);
-        let elapsed_ms = start.elapsed().as_secs_f64() * 1e3 / n as f64;
+        // The executor checked each file after each block read it; once more before anything is
+        // answered, so no answer is printed from weights that are not the ones opened.
+        for m in &self.models {
+            m.store.check_unchanged()?;
+        }
         let classes = self.models[0].num_classes;
+        for (m, o) in self.models.iter().zip(&outputs) {
+            for (bi, name) in names.iter().enumerate() {
+                let logits = &o.data[bi * classes..(bi + 1) * classes];
+                if let Some((class, v)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                    // A NaN would rank as class 0 with probability NaN: an answer that looks like one.
+                    return Err(Error::Model {
+                        path: m.store.path().to_path_buf(),
+                        msg: format!(
+                            "{} computed logit {v} for class {class} of input {name}: its weights \
+                             hold non-finite values or overflow; no answer is given",
+                            m.name
+                        ),
+                    });
+                }
+            }
+        }
+        let elapsed_ms = start.elapsed().as_secs_f64() * 1e3 / n as f64;
         let k = self.options.top;
         Ok(names
             .into_iter()

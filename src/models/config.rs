@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ModelConfig {
@@ -31,14 +32,15 @@ pub struct PretrainedCfg {
 }
 
 impl ModelConfig {
-    /// Reads `path` if it exists; a missing file is an empty config, a malformed one an error.
+    /// Reads `path` if it exists; a missing file is an empty config, a malformed one, one that is not a
+    /// regular file or one over [`fsutil::MAX_CONFIG_BYTES`] an error.
     pub fn load_optional(path: &Path) -> Result<Self> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match fsutil::read_regular(path, fsutil::MAX_CONFIG_BYTES, "config.json") {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(Error::io(path, e)),
+            Err(Error::NotFound { .. }) => return Ok(Self::default()),
+            Err(e) => return Err(e),
         };
-        serde_json::from_str(&text).map_err(|e| Error::Config {
+        serde_json::from_slice(&text).map_err(|e| Error::Config {
             path: path.into(),
             msg: format!("not a valid timm config.json: {e}"),
         })

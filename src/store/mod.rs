@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -37,27 +38,26 @@ pub struct MappedFile {
     pub path: PathBuf,
     file: File,
     map: Mmap,
-    /// Size and modification time at open; checked again by [`Store::check_unchanged`].
+    /// Size, modification and status-change times, device and inode at open; checked again by
+    /// [`MappedFile::check_unchanged`].
     len: u64,
     modified: Option<SystemTime>,
+    changed: (i64, i64),
+    id: (u64, u64),
 }
 
 impl MappedFile {
     #[allow(unsafe_code)]
     fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-        if meta.is_dir() {
-            return Err(Error::NoWeights { path: path.into() });
-        }
+        let (file, meta) = crate::fsutil::open_regular(path)?;
         let len = meta.len();
         if len == 0 {
             return Err(Error::EmptyFile { path: path.into() });
         }
         // SAFETY: a read-only shared mapping (PROT_READ, MAP_SHARED). We never write through it, so no
         // aliasing &mut exists. If another process truncates the file while it is mapped, touching the lost
-        // pages raises SIGBUS (reported by `sigbus` as one line naming the file); the executor checks size
-        // and mtime before use (`check_unchanged`).
+        // pages raises SIGBUS (reported by `sigbus` as one line naming the file); the executor checks the
+        // file before the run and after each block (`check_unchanged`).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         sigbus::register(&map, path);
         Ok(MappedFile {
@@ -66,7 +66,43 @@ impl MappedFile {
             map,
             len,
             modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            id: (meta.dev(), meta.ino()),
         })
+    }
+
+    /// Fails, naming the file, if it was written, truncated or replaced since it was opened. The mapped
+    /// file itself (fstat of the open descriptor) is checked for size, modification time and
+    /// status-change time: an overwrite in place, even to the same size and with its mtime put back,
+    /// changes the ctime. The path is checked to still name that file (device and inode): a file renamed
+    /// over it is new weights the mapping does not show.
+    pub fn check_unchanged(&self) -> Result<()> {
+        let changed = |what: String| Error::FileChanged {
+            path: self.path.clone(),
+            what,
+        };
+        let meta = self.file.metadata().map_err(|e| Error::io(&self.path, e))?;
+        if meta.len() != self.len {
+            return Err(changed(format!(
+                "size {} bytes, was {}",
+                meta.len(),
+                self.len
+            )));
+        }
+        if meta.modified().ok() != self.modified {
+            return Err(changed("modification time changed".into()));
+        }
+        if (meta.ctime(), meta.ctime_nsec()) != self.changed {
+            return Err(changed("status-change time changed".into()));
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(now) if (now.dev(), now.ino()) == self.id => Ok(()),
+            Ok(_) => Err(changed("replaced by another file".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(changed("removed or renamed".into()))
+            }
+            Err(e) => Err(Error::io(&self.path, e)),
+        }
     }
 
     /// The whole mapping, page-aligned at its start.
@@ -400,24 +436,10 @@ impl Store {
         covered >= gap.end
     }
 
-    /// Fails if any file's size or modification time differs from when it was opened: touching pages of a
-    /// file truncated under a shared mapping would raise SIGBUS instead of an error.
+    /// Fails if any file changed since it was opened ([`MappedFile::check_unchanged`]): touching pages of a
+    /// file truncated under a shared mapping would raise SIGBUS instead of an error, and a file overwritten
+    /// in place gives other weights than the ones checked at open.
     pub fn check_unchanged(&self) -> Result<()> {
-        for f in &self.files {
-            let meta = std::fs::metadata(&f.path).map_err(|e| Error::io(&f.path, e))?;
-            if meta.len() != f.len {
-                return Err(Error::FileChanged {
-                    path: f.path.clone(),
-                    what: format!("size {} bytes, was {}", meta.len(), f.len),
-                });
-            }
-            if meta.modified().ok() != f.modified {
-                return Err(Error::FileChanged {
-                    path: f.path.clone(),
-                    what: "modification time changed".into(),
-                });
-            }
-        }
-        Ok(())
+        self.files.iter().try_for_each(MappedFile::check_unchanged)
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{header, MappedFile, TensorInfo};
 use crate::error::{Error, Result};
+use crate::fsutil;
 
 const SINGLE_FILE: &str = "model.safetensors";
 const SHARD_INDEX: &str = "model.safetensors.index.json";
@@ -14,7 +15,8 @@ const SHARD_INDEX: &str = "model.safetensors.index.json";
 pub(super) fn weights_in_folder(dir: &Path) -> Result<PathBuf> {
     for name in [SHARD_INDEX, SINGLE_FILE] {
         let p = dir.join(name);
-        if p.is_file() {
+        // Not only regular files: a FIFO or device by that name gets its clear refusal when opened.
+        if p.metadata().is_ok_and(|m| !m.is_dir()) {
             return Ok(p);
         }
     }
@@ -39,9 +41,9 @@ pub(super) fn open_sharded(index: &Path) -> Result<(Vec<MappedFile>, Vec<TensorI
         index: index.into(),
         msg,
     };
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let text = fsutil::read_regular(index, fsutil::MAX_INDEX_BYTES, "shard index")?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        serde_json::from_slice(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
         return Err(bad("no `weight_map` object".into()));
     };

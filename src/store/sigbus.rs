@@ -1,32 +1,60 @@
 //! Turns the SIGBUS a mapped file raises when it was truncated under us into one clear line naming the file
-//! and exit status 1. Any other SIGBUS (not in a registered mapping) keeps the default action.
+//! and exit status 1. Any other SIGBUS (not in a registered mapping, or not a lost page) goes to the handler
+//! installed before ours, or gets the default action.
 //!
-//! The handler may run at any moment on any thread, so the registry is a fixed table of atomics and the
-//! messages are leaked: nothing it reads is ever freed or locked.
+//! The handler may run at any moment on any thread, so it only loads atomics and reads what they point to,
+//! which is never freed or changed once published: each mapping is one immutable leaked [`Entry`] published
+//! by a single pointer store, in a table of fixed chunks that grows by appending a leaked chunk (as many
+//! mappings as there are, never a silent limit). An entry costs a few dozen bytes plus its message, kept
+//! for the life of the process.
 
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Once;
 
-const SLOTS: usize = 256;
-/// One registered mapping: start address, length, and the leaked message naming its file.
-struct Slot {
-    start: AtomicUsize,
-    len: AtomicUsize,
-    msg: AtomicPtr<u8>,
-    msg_len: AtomicUsize,
+/// One registered mapping: where it is and the message naming its file.
+struct Entry {
+    start: usize,
+    len: usize,
+    msg: Box<[u8]>,
 }
-#[allow(clippy::declare_interior_mutable_const)]
-const EMPTY: Slot = Slot {
-    start: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
-    msg: AtomicPtr::new(std::ptr::null_mut()),
-    msg_len: AtomicUsize::new(0),
-};
-static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
+
+const CHUNK: usize = 256;
+/// A run of slots (null: free) and the next chunk, appended when every slot is taken.
+struct Chunk {
+    slots: [AtomicPtr<Entry>; CHUNK],
+    next: AtomicPtr<Chunk>,
+}
+
+impl Chunk {
+    const fn new() -> Chunk {
+        Chunk {
+            slots: [const { AtomicPtr::new(null_mut()) }; CHUNK],
+            next: AtomicPtr::new(null_mut()),
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn next(&self) -> Option<&'static Chunk> {
+        // SAFETY: `next` is null or a chunk leaked by `register`, never freed or moved.
+        unsafe { self.next.load(Ordering::Acquire).as_ref() }
+    }
+}
+
+static FIRST: Chunk = Chunk::new();
 static INSTALL: Once = Once::new();
+/// The SIGBUS action in place before ours (leaked; null until installed).
+static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(null_mut());
+/// Set by the first thread to report a lost page: the others wait for it to end the process.
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
+fn chunks() -> impl Iterator<Item = &'static Chunk> {
+    std::iter::successors(Some(&FIRST), |c| c.next())
+}
 
 /// Names `path` as the file behind `map`, so a SIGBUS inside it prints that name. Installs the handler on
 /// first use.
+#[allow(unsafe_code)]
 pub(super) fn register(map: &[u8], path: &std::path::Path) {
     INSTALL.call_once(install);
     let msg = format!(
@@ -35,70 +63,133 @@ pub(super) fn register(map: &[u8], path: &std::path::Path) {
         path.display()
     );
     // Leaked on purpose: the handler may read it at any time, even after the mapping is gone.
-    let msg: &'static mut [u8] = Box::leak(msg.into_bytes().into_boxed_slice());
-    for slot in &TABLE {
-        if slot
-            .start
-            .compare_exchange(
-                0,
-                map.as_ptr() as usize,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
-        {
-            slot.msg_len.store(msg.len(), Ordering::Release);
-            slot.msg.store(msg.as_mut_ptr(), Ordering::Release);
-            slot.len.store(map.len(), Ordering::Release);
-            return;
+    let entry: *mut Entry = Box::leak(Box::new(Entry {
+        start: map.as_ptr() as usize,
+        len: map.len(),
+        msg: msg.into_bytes().into_boxed_slice(),
+    }));
+    let mut chunk = &FIRST;
+    loop {
+        for slot in &chunk.slots {
+            // Release: the entry is complete before the handler can see its pointer.
+            if slot
+                .compare_exchange(null_mut(), entry, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return;
+            }
         }
+        chunk = match chunk.next() {
+            Some(next) => next,
+            None => {
+                let fresh: *mut Chunk = Box::leak(Box::new(Chunk::new()));
+                match chunk.next.compare_exchange(
+                    null_mut(),
+                    fresh,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    // SAFETY: just leaked, never freed.
+                    Ok(_) => unsafe { &*fresh },
+                    Err(_) => {
+                        // Another thread appended first; ours was never published.
+                        // SAFETY: `fresh` came from Box::leak above and nothing else saw it.
+                        drop(unsafe { Box::from_raw(fresh) });
+                        chunk.next().expect("appended by another thread")
+                    }
+                }
+            }
+        };
     }
-    // Table full: this mapping just has no friendly message.
 }
 
-/// Forgets `map` (about to be unmapped); its slot is reused by a later mapping.
+/// Forgets `map` (about to be unmapped); its slot is reused by a later mapping, its entry stays (the
+/// handler may be reading it).
+#[allow(unsafe_code)]
 pub(super) fn unregister(map: &[u8]) {
-    for slot in &TABLE {
-        if slot.start.load(Ordering::Acquire) == map.as_ptr() as usize {
-            slot.len.store(0, Ordering::Release);
-            slot.start.store(0, Ordering::Release);
+    let (start, len) = (map.as_ptr() as usize, map.len());
+    for slot in chunks().flat_map(|c| &c.slots) {
+        let entry = slot.load(Ordering::Acquire);
+        // SAFETY: a published entry is leaked and immutable.
+        if unsafe { entry.as_ref() }.is_some_and(|e| e.start == start && e.len == len) {
+            let _ = slot.compare_exchange(entry, null_mut(), Ordering::AcqRel, Ordering::Acquire);
+            return;
         }
     }
 }
 
 #[allow(unsafe_code)]
 fn install() {
-    // SAFETY: installs a handler for SIGBUS only; `on_sigbus` is async-signal-safe (atomics, write,
-    // _exit, signal, raise). A zeroed sigaction is a valid starting value.
+    // SAFETY: installs a handler for SIGBUS only; `on_sigbus` is async-signal-safe (atomic loads of
+    // immutable leaked data, write, _exit, pause, the previous handler, signal, raise). Zeroed sigactions
+    // are valid starting values. SA_ONSTACK as Rust's own SIGBUS handler (the one we usually replace) asks.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_sigbus as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
         libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+        let mut previous: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGBUS, &action, &mut previous) == 0 {
+            PREVIOUS.store(Box::leak(Box::new(previous)), Ordering::Release);
+        }
     }
 }
 
+/// The message of the registered mapping holding `addr`.
 #[allow(unsafe_code)]
-extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; only atomics and
+fn message_for(addr: usize) -> Option<&'static [u8]> {
+    chunks().flat_map(|c| &c.slots).find_map(|slot| {
+        // SAFETY: a published entry is leaked and immutable.
+        let e: &'static Entry = unsafe { slot.load(Ordering::Acquire).as_ref() }?;
+        (addr >= e.start && addr - e.start < e.len).then_some(&*e.msg)
+    })
+}
+
+#[allow(unsafe_code)]
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; only atomics, leaked data and
     // async-signal-safe calls follow.
     unsafe {
-        let addr = (*info).si_addr() as usize;
-        for slot in &TABLE {
-            let start = slot.start.load(Ordering::Acquire);
-            let len = slot.len.load(Ordering::Acquire);
-            if start != 0 && addr >= start && addr < start + len {
-                let msg = slot.msg.load(Ordering::Acquire);
-                libc::write(
-                    2,
-                    msg as *const libc::c_void,
-                    slot.msg_len.load(Ordering::Acquire),
-                );
+        // BUS_ADRERR: a page past the end of its file. Hardware memory errors and a SIGBUS sent by kill are
+        // not ours to explain.
+        let lost_page = (*info).si_code == libc::BUS_ADRERR;
+        if let Some(msg) = lost_page
+            .then(|| message_for((*info).si_addr() as usize))
+            .flatten()
+        {
+            if !REPORTED.swap(true, Ordering::AcqRel) {
+                let mut rest = msg;
+                while !rest.is_empty() {
+                    let n = libc::write(2, rest.as_ptr().cast(), rest.len());
+                    if n <= 0 {
+                        break;
+                    }
+                    rest = &rest[n as usize..];
+                }
                 libc::_exit(1);
             }
+            // Another thread is printing the one line and ends the process; wait for it.
+            loop {
+                libc::pause();
+            }
         }
-        // Not ours: default action (core dump), as if no handler were installed.
+        let previous = PREVIOUS.load(Ordering::Acquire).as_ref();
+        match previous.map(|p| p.sa_sigaction) {
+            Some(libc::SIG_IGN) if (*info).si_code <= 0 => return, // sent, and ignored before us
+            Some(h) if h != libc::SIG_DFL && h != libc::SIG_IGN => {
+                if previous.is_some_and(|p| p.sa_flags & libc::SA_SIGINFO != 0) {
+                    let h: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                        std::mem::transmute(h);
+                    h(sig, info, ctx);
+                } else {
+                    let h: extern "C" fn(libc::c_int) = std::mem::transmute(h);
+                    h(sig);
+                }
+                return;
+            }
+            _ => {}
+        }
+        // Default action (core dump), as if no handler were installed: delivered when this returns.
         libc::signal(sig, libc::SIG_DFL);
         libc::raise(sig);
     }
