@@ -208,3 +208,41 @@ fn images_and_tensors_give_the_same_answer() {
         "logits only with --logits"
     );
 }
+
+#[test]
+fn a_missing_argument_is_named() {
+    for (args, names) in [
+        (&["classify"][..], "<INPUTS>"),
+        (&["convert", "in"], "<OUTPUT>"),
+        (&["synth", "--arch", "vit_tiny_patch16_224"], "--out <OUT>"),
+        (&["profile", "x.jpg"], "--model <MODELS>"),
+    ] {
+        let (code, stdout, stderr) = wstream(args);
+        assert_eq!(code, 2, "{args:?}: usage exit code");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(
+            stderr.contains(&format!("not provided: {names}")),
+            "{args:?}: `{stderr}` names {names}"
+        );
+        assert!(
+            stderr.contains(&format!("(see wstream {} --help)", args[0])),
+            "{args:?}: `{stderr}` points at the subcommand's help"
+        );
+    }
+}
+
+#[test]
+fn bare_wstream_prints_help_as_a_usage_error() {
+    let (code, stdout, stderr) = wstream(&[]);
+    assert_eq!(code, 2, "a usage error, not success");
+    assert!(stdout.is_empty(), "help goes to stderr: {stdout}");
+    assert!(
+        stderr.contains("Usage: wstream <COMMAND>") && stderr.contains("classify"),
+        "the help, listing the subcommands: {stderr}"
+    );
+    assert!(
+        !stderr.starts_with("wstream: Run large"),
+        "not the description dressed as an error: {stderr}"
+    );
+}

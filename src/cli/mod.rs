@@ -45,17 +45,21 @@ pub fn run() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
+            match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    return ExitCode::SUCCESS;
+                }
+                // Bare `wstream` (or a subcommand group without its subcommand): the help is the useful
+                // answer, but on stderr with the usage exit code, so a script that forgot its arguments
+                // neither parses help as output nor carries on as if it had succeeded.
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    return ExitCode::from(2);
+                }
+                _ => {}
             }
-            // clap's first line names the bad flag or value; the usage block after it is noise here.
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "wstream: {} (see wstream --help)",
-                first.trim_start_matches("error: ")
-            );
+            eprintln!("wstream: {}", usage_error(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -75,6 +79,39 @@ pub fn run() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's rendering of a usage error as one line. Its first paragraph is the message, and for a missing
+/// argument the names follow on indented lines of their own (so its first line alone names nothing); a
+/// `tip:` paragraph (a similar flag, `--` before a value) is kept, the usage block is left out.
+fn usage_error(rendered: &str) -> String {
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let mut parts = vec![first.join(" ")];
+    parts.extend(
+        rendered
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("tip: "))
+            .map(String::from),
+    );
+    let message = parts.join("; ");
+    // Point at the help of the subcommand that was being parsed, which names its arguments.
+    let command = std::env::args()
+        .nth(1)
+        .filter(|a| {
+            <Cli as clap::CommandFactory>::command()
+                .find_subcommand(a)
+                .is_some()
+        })
+        .map_or("wstream".to_string(), |a| format!("wstream {a}"));
+    format!(
+        "{} (see {command} --help)",
+        message.trim_start_matches("error: ")
+    )
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
