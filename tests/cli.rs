@@ -246,3 +246,65 @@ fn bare_wstream_prints_help_as_a_usage_error() {
         "not the description dressed as an error: {stderr}"
     );
 }
+
+/// A name, key or label with an ANSI colour code, a bell, a newline and a right-to-left override.
+const HOSTILE: &str = "evil\u{1b}[31m\u{7}\nforged line\u{202e}";
+const ESCAPED: &str = r"evil\u{1b}[31m\u{7}\nforged line\u{202e}";
+
+fn assert_printable(what: &str, text: &str) {
+    assert!(
+        !text.contains(['\u{1b}', '\u{7}', '\u{202e}']) && !text.contains("\nforged"),
+        "{what}: raw control characters: {text:?}"
+    );
+}
+
+#[test]
+fn control_characters_from_files_are_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = serde_json::json!({
+        HOSTILE: {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+    })
+    .to_string();
+    let file = common::write_raw(&dir.path().join("t.safetensors"), &header, &[0; 8]);
+    let file = file.to_str().unwrap();
+    let (code, stdout, stderr) = wstream(&["inspect", file]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_printable("inspect's table", &stdout);
+    assert!(stdout.contains(ESCAPED), "the name, escaped: {stdout}");
+    let (_, json, _) = wstream(&["inspect", "--json", file]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["tensors"][0]["name"], HOSTILE, "JSON keeps the name");
+
+    // The same name in an error: still one line.
+    let short = common::write_raw(&dir.path().join("short.safetensors"), &header, &[0; 4]);
+    expect_one_line(&["inspect", short.to_str().unwrap()], ESCAPED);
+
+    // Labels from config.json in classify's text output.
+    let m = dir.path().join("labelled");
+    std::fs::create_dir(&m).unwrap();
+    std::fs::copy(
+        fixture("vit_tiny").join("model.safetensors"),
+        m.join("model.safetensors"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(fixture("vit_tiny").join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["label_names"] = vec![HOSTILE; 1000].into();
+    std::fs::write(m.join("config.json"), config.to_string()).unwrap();
+    let (code, stdout, stderr) = wstream(&[
+        "classify",
+        "--top",
+        "2",
+        "--model",
+        m.to_str().unwrap(),
+        &image(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_printable("classify's answer", &stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        4,
+        "input, model, two classes: {stdout}"
+    );
+    assert_eq!(stdout.matches(ESCAPED).count(), 2, "{stdout}");
+}

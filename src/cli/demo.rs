@@ -8,7 +8,7 @@ use anyhow::Result;
 use wstream::pipeline::{Item, Source};
 
 use super::classify::{format_answer, memory_report, RunArgs, DEFAULT_MODELS};
-use super::out;
+use super::{out, printable};
 
 /// A real photo (a cat, CC0; see tests/data/README.md) so the demo needs no files of its own.
 const PHOTO: &[u8] = include_bytes!("../../tests/data/cat.jpg");
@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<()> {
     if !synthetic.is_empty() {
         out(format_args!(
             "note: synthetic weights (random values) for {}: the classes above mean nothing, the memory figures are real",
-            synthetic.join(", ")
+            printable(&synthetic.join(", "))
         ))?;
     }
     out(memory_report(pipeline.models(), &records).trim_end())?;

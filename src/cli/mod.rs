@@ -59,7 +59,7 @@ pub fn run() -> ExitCode {
                 }
                 _ => {}
             }
-            eprintln!("wstream: {}", usage_error(&e.to_string()));
+            eprintln!("wstream: {}", printable(&usage_error(&e.to_string())));
             return ExitCode::from(2);
         }
     };
@@ -75,7 +75,7 @@ pub fn run() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wstream: error: {e:#}");
+            eprintln!("wstream: error: {}", printable(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -156,6 +156,31 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
         }
         _ => Err(format!("`{s}` is not a positive size such as 512M or 2G")),
     }
+}
+
+/// `s` as it is safe to print: control characters (newlines, tabs, ESC of ANSI codes, C1) and the Unicode
+/// bidi overrides escaped as `\n`, `\u{1b}`, `\u{202e}`. Every string a file provides (tensor names, JSON
+/// keys, labels, model names, paths) goes through it on its way to a human, so it can neither restyle the
+/// terminal nor split the one line an error is; JSON output needs none of it (serde escapes).
+pub(crate) fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return s.into();
+    }
+    let mut escaped = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_debug());
+        } else if unsafe_char(c) {
+            escaped.extend(c.escape_unicode());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped.into()
 }
 
 /// Bytes as a short human figure: 1536 -> "1.5 KiB".
