@@ -308,3 +308,36 @@ fn control_characters_from_files_are_escaped() {
     );
     assert_eq!(stdout.matches(ESCAPED).count(), 2, "{stdout}");
 }
+
+#[test]
+fn fifos_and_cut_signatures_are_named_accurately() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).display().to_string();
+    let status = std::process::Command::new("mkfifo")
+        .arg(d("pipe.jpg"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo");
+    std::fs::write(d("two.jpg"), [0xFF, 0xD8]).unwrap();
+    std::fs::write(d("five.png"), b"\x89PNG\r").unwrap();
+    let vit = vit();
+    expect_one_line(
+        &["classify", "--model", &vit, &d("pipe.jpg")],
+        "pipe.jpg: is a FIFO (named pipe), not a regular file",
+    );
+    expect_one_line(
+        &["classify", "--model", &vit, &d("two.jpg")],
+        "two.jpg: truncated JPEG: the file is only 2 byte(s)",
+    );
+    expect_one_line(
+        &["classify", "--model", &vit, &d("five.png")],
+        "five.png: truncated PNG: the file is only 5 byte(s)",
+    );
+    // Binary junk is not "text" because its high bytes are not UTF-8.
+    std::fs::write(d("junk.jpg"), [0xFE, 0xFE, 0x80, 0x41]).unwrap();
+    let (_, _, stderr) = wstream(&["classify", "--model", &vit, &d("junk.jpg")]);
+    assert!(
+        stderr.contains("(unrecognised content)"),
+        "not called text: {stderr}"
+    );
+}
