@@ -341,3 +341,81 @@ fn fifos_and_cut_signatures_are_named_accurately() {
         "not called text: {stderr}"
     );
 }
+
+/// A copy of fixture `name` whose config.json has `model_args[key] = value`.
+fn with_model_arg(dir: &Path, name: &str, key: &str, value: serde_json::Value) -> String {
+    let m = dir.join(format!("{name}-{key}"));
+    std::fs::create_dir(&m).unwrap();
+    std::fs::copy(
+        fixture(name).join("model.safetensors"),
+        m.join("model.safetensors"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(fixture(name).join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["model_args"][key] = value;
+    std::fs::write(m.join("config.json"), config.to_string()).unwrap();
+    m.display().to_string()
+}
+
+#[test]
+fn a_wrong_typed_model_arg_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image();
+    for (name, key, value, expected) in [
+        (
+            "vit_tiny",
+            "num_heads",
+            "2".into(),
+            r#"num_heads is "2", expected a whole number"#,
+        ),
+        (
+            "vit_tiny",
+            "global_pool",
+            1.into(),
+            "global_pool is 1, expected a string",
+        ),
+        (
+            "convnext_tiny",
+            "depths",
+            serde_json::json!([3, "3"]),
+            "depths is [3,\"3\"], expected a whole number or a list of them",
+        ),
+        (
+            "convnext_tiny",
+            "conv_mlp",
+            "no".into(),
+            r#"conv_mlp is "no", expected true or false"#,
+        ),
+        (
+            "convnext_tiny",
+            "norm_eps",
+            "1e-6".into(),
+            r#"norm_eps is "1e-6", expected a number"#,
+        ),
+        (
+            "swin_tiny",
+            "window_size",
+            7.5.into(),
+            "window_size is 7.5, expected a whole number",
+        ),
+        (
+            "swin_tiny",
+            "global_pool",
+            false.into(),
+            "global_pool is false, expected a string",
+        ),
+    ] {
+        let m = with_model_arg(dir.path(), name, key, value);
+        expect_one_line(
+            &["classify", "--model", &m, &img],
+            &format!("config.json model_args.{expected}"),
+        );
+    }
+    // The value shown is cut short: a hostile config cannot flood the line.
+    let long = dir.path().join("long");
+    std::fs::create_dir(&long).unwrap();
+    let m = with_model_arg(&long, "vit_tiny", "num_heads", "x".repeat(100_000).into());
+    let (_, _, stderr) = wstream(&["classify", "--model", &m, &img]);
+    assert!(stderr.len() < 400, "{} bytes: {stderr}", stderr.len());
+}
