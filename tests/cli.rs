@@ -419,3 +419,56 @@ fn a_wrong_typed_model_arg_is_named() {
     let (_, _, stderr) = wstream(&["classify", "--model", &m, &img]);
     assert!(stderr.len() < 400, "{} bytes: {stderr}", stderr.len());
 }
+
+#[test]
+fn demo_refuses_a_small_budget_before_synthesising() {
+    let dir = tempfile::tempdir().unwrap();
+    for budget in ["1", "100M"] {
+        // `ulimit -f` caps what a regression could write at 1-2 MiB (SIGXFSZ) instead of gigabytes.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "ulimit -f 2048; exec \"$0\" demo --budget \"$1\""])
+            .arg(env!("CARGO_BIN_EXE_wstream"))
+            .arg(budget)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--budget {budget}: {stderr}");
+        assert!(out.stdout.is_empty());
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains(
+                "below what block `layers.3.blocks.0` of swin_large_patch4_window7_224 needs: \
+                 the minimum budget is at least 113358528 bytes (108.1 MiB); nothing was synthesised"
+            ),
+            "--budget {budget}: {stderr}"
+        );
+        assert!(
+            !dir.path().join("weights").exists(),
+            "--budget {budget}: nothing written"
+        );
+    }
+}
+
+#[test]
+fn the_synth_block_bound_is_below_the_exact_minimum_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("vit").display().to_string();
+    let arch = "vit_tiny_patch16_224";
+    let (code, _, stderr) = wstream(&["synth", "--arch", arch, "--out", &m]);
+    assert_eq!(code, 0, "{stderr}");
+    let (block, bound) = wstream::synth::largest_group(arch).unwrap();
+    assert_eq!(block, "blocks.0");
+    let (_, _, stderr) = wstream(&["classify", "--model", &m, "--budget", "1", &image()]);
+    let exact: u64 = stderr
+        .trim_end()
+        .rsplit("the minimum budget is ")
+        .next()
+        .and_then(|s| s.strip_suffix(" bytes"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no minimum in {stderr}"));
+    assert!(
+        bound <= exact && exact - bound < 2 * 4096,
+        "bound {bound} vs exact {exact}"
+    );
+}
