@@ -480,9 +480,9 @@ fn vertical(src: &[u8], src_w: usize, src_y0: usize, cols: Range<usize>, taps: &
 /// dropped (not composited), palettes are expanded, 16-bit samples keep their high byte. EXIF
 /// orientation and ICC profiles are ignored, as timm ignores them.
 ///
-/// Refused with [`Error::Input`] and one message saying what is wrong: an empty, unreadable, truncated
-/// or corrupt file, another format, or an image over [`MAX_SIDE`] on a side or [`MAX_PIXELS`] in all
-/// (checked from the header, before decoding).
+/// Refused with [`Error::Input`] and one message saying what is wrong: a FIFO or device, an empty,
+/// unreadable, truncated or corrupt file, another format, or an image over [`MAX_SIDE`] on a side or
+/// [`MAX_PIXELS`] in all (checked from the header, before decoding).
 ///
 /// Deliberate difference: Pillow opens a 16-bit greyscale PNG as mode `I;16`, whose `convert("RGB")`
 /// clips every value above 255 to white; here it keeps the high byte, like every other 16-bit image.
@@ -494,6 +494,13 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return Err(input_err("is a folder, not an image file".into()));
+    }
+    if !meta.is_file() {
+        // A FIFO or device has no length (it read as "empty") and reading one can block forever.
+        return Err(input_err(format!(
+            "is {}, not a regular file; give an image file",
+            special_file_kind(&meta)
+        )));
     }
     if meta.len() == 0 {
         return Err(input_err("file is empty (0 bytes), not an image".into()));
@@ -513,6 +520,21 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         .map_err(input_err)
 }
 
+/// What a file that is not a regular one is, for a message.
+fn special_file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
 /// [`load_rgb`] on the bytes of a file; the error is the message.
 fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     let format = match image::guess_format(bytes) {
@@ -528,10 +550,28 @@ fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
             ))
         }
         Err(_) => {
-            let head = &bytes[..bytes.len().min(512)];
-            let text = head
+            // A file cut off inside the signature itself is too short for `guess_format` to name.
+            const SIGNATURES: [(&str, &[u8]); 2] =
+                [("JPEG", &[0xFF, 0xD8, 0xFF]), ("PNG", b"\x89PNG\r\n\x1a\n")];
+            if let Some((name, _)) = SIGNATURES
                 .iter()
-                .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace() || b >= 0x80);
+                .find(|(_, sig)| bytes.len() < sig.len() && sig.starts_with(bytes))
+            {
+                return Err(format!(
+                    "truncated {name}: the file is only {} byte(s), cut off inside the {name} signature",
+                    bytes.len()
+                ));
+            }
+            let head = &bytes[..bytes.len().min(512)];
+            // Text is valid UTF-8 (bar a character cut at the 512-byte mark) without control bytes.
+            let utf8 = match std::str::from_utf8(head) {
+                Ok(_) => true,
+                Err(e) => e.error_len().is_none(),
+            };
+            let text = utf8
+                && head
+                    .iter()
+                    .all(|&b| !b.is_ascii_control() || b.is_ascii_whitespace());
             return Err(format!(
                 "not a JPEG or PNG image (unrecognised content{})",
                 if text { ", it looks like text" } else { "" }

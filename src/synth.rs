@@ -237,6 +237,26 @@ pub fn weight_bytes(arch: &str) -> Option<u64> {
     })
 }
 
+/// The largest group of tensors (timm's module: `blocks.3`, `stages.1.downsample`; see
+/// [`group_of`](crate::models::group_of)) of `arch` and its bytes. Every group lies within one of the
+/// blocks the executor pages in at once, so this is a lower bound on the minimum budget for `arch`,
+/// known without writing or opening its file.
+pub fn largest_group(arch: &str) -> Option<(String, u64)> {
+    let (specs, _) = specs(arch)?;
+    let mut groups: Vec<(&str, u64)> = Vec::new();
+    for s in &specs {
+        let g = crate::models::group_of(&s.name);
+        let bytes = 4 * s.shape.iter().product::<usize>() as u64;
+        match groups.iter_mut().find(|(name, _)| *name == g) {
+            Some((_, total)) => *total += bytes,
+            None => groups.push((g, bytes)),
+        }
+    }
+    // The first of equal groups (`blocks.0`, not `blocks.23`).
+    let (g, bytes) = groups.into_iter().rev().max_by_key(|&(_, bytes)| bytes)?;
+    Some((g.trim_end_matches('.').to_string(), bytes))
+}
+
 /// Writes `out/model.safetensors` and `out/config.json` for `arch`. Refuses to overwrite existing files.
 /// `progress(bytes_written)` is called as the data is written.
 pub fn write(arch: &str, out: &Path, seed: u64, mut progress: impl FnMut(u64)) -> Result<()> {

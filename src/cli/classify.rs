@@ -10,7 +10,7 @@ use wstream::pipeline::{read_inputs, Answer, Options, Pipeline};
 use wstream::process::MemReading;
 use wstream::profile::Totals;
 
-use super::{human_bytes, out, parse_bytes};
+use super::{human_bytes, out, parse_bytes, printable};
 
 /// The models `classify` and `demo` use when no `--model` is given: timm's Hugging Face layout under weights/.
 pub const DEFAULT_MODELS: [&str; 3] = [
@@ -92,7 +92,7 @@ impl RunArgs {
         logits: bool,
     ) -> wstream::Result<Pipeline> {
         Ok(Pipeline::load(paths, self.options(top, logits))?
-            .with_warnings(|w| eprintln!("warning: {w}")))
+            .with_warnings(|w| eprintln!("warning: {}", printable(&w.to_string()))))
     }
 
     /// The pipeline's options for these flags, ranking `top` classes, with logits or without.
@@ -178,16 +178,16 @@ pub fn memory_report(models: &[Model], records: &[BlockRecord]) -> String {
 /// An answer as text: its ranked classes per model, and for the ensemble when there are several models.
 pub fn format_answer(a: &Answer, ensemble: bool) -> String {
     use std::fmt::Write;
-    let mut s = format!("{} ({:.1} ms)\n", a.input, a.elapsed_ms);
+    let mut s = format!("{} ({:.1} ms)\n", printable(&a.input), a.elapsed_ms);
     let mut top = |title: &str, ranked: &[Ranked]| {
-        let _ = writeln!(s, "  {title}");
+        let _ = writeln!(s, "  {}", printable(title));
         for r in ranked {
             let _ = writeln!(
                 s,
                 "    {:>6.2}%  {:>4}  {}",
                 r.prob * 100.0,
                 r.class,
-                r.label
+                printable(&r.label)
             );
         }
     };

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use wstream::convert::{self, Dtype, Layout, Options};
 
-use super::{human_bytes, out};
+use super::{human_bytes, out, printable};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum DtypeArg {
@@ -82,7 +82,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     out(format!(
         "{}: {} tensors{extra}, {} {} layout, {} of tensors -> {} file",
-        s.weights.display(),
+        printable(&s.weights.display().to_string()),
         s.tensors,
         opts.dtype.name(),
         opts.layout.name(),

@@ -3,12 +3,13 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use wstream::synth;
 
 use wstream::pipeline::{Item, Source};
 
 use super::classify::{format_answer, memory_report, RunArgs, DEFAULT_MODELS};
-use super::out;
+use super::{out, printable};
 
 /// A real photo (a cat, CC0; see tests/data/README.md) so the demo needs no files of its own.
 const PHOTO: &[u8] = include_bytes!("../../tests/data/cat.jpg");
@@ -21,6 +22,30 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     super::set_threads(args.run.threads)?;
+    // The README promises a budget too small is refused before any work: synthesising a missing model
+    // writes gigabytes, so check against a lower bound known from the architectures' shapes first (the
+    // pipeline checks the exact figure once the files exist).
+    if let Some(budget) = args.run.budget {
+        let largest = DEFAULT_MODELS
+            .iter()
+            .filter_map(|dir| {
+                let arch = Path::new(dir).file_name()?.to_str()?;
+                synth::largest_group(arch).map(|(block, bytes)| (arch, block, bytes))
+            })
+            .fold(None, |big: Option<(&str, String, u64)>, g| match big {
+                Some(b) if b.2 >= g.2 => Some(b),
+                _ => Some(g),
+            });
+        if let Some((arch, block, needed)) = largest {
+            if needed > budget {
+                bail!(
+                    "--budget {budget} bytes is below what block `{block}` of {arch} needs: the minimum \
+                     budget is at least {needed} bytes ({}); nothing was synthesised or run",
+                    super::human_bytes(needed)
+                );
+            }
+        }
+    }
     for dir in DEFAULT_MODELS {
         let dir = Path::new(dir);
         if !dir.join("model.safetensors").exists() {
@@ -50,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
     if !synthetic.is_empty() {
         out(format_args!(
             "note: synthetic weights (random values) for {}: the classes above mean nothing, the memory figures are real",
-            synthetic.join(", ")
+            printable(&synthetic.join(", "))
         ))?;
     }
     out(memory_report(pipeline.models(), &records).trim_end())?;

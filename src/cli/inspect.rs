@@ -9,7 +9,7 @@ use wstream::models::{group_of, Family};
 use wstream::residency::resident_bytes;
 use wstream::Store;
 
-use super::{human_bytes, out};
+use super::{human_bytes, out, printable};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -137,7 +137,7 @@ fn percent(part: u64, whole: u64) -> f64 {
 fn print_table(r: &Report) -> std::io::Result<()> {
     out(format_args!(
         "{}: {} tensors in {} file(s), {} ({} bytes), architecture: {}",
-        r.path,
+        printable(&r.path),
         r.tensors.len(),
         r.files.len(),
         human_bytes(r.total_bytes),
@@ -145,13 +145,9 @@ fn print_table(r: &Report) -> std::io::Result<()> {
         r.architecture
     ))?;
     let multi = r.files.len() > 1;
-    let name_w = r
-        .tensors
-        .iter()
-        .map(|t| t.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    // Names and paths come from the file: escaped before their widths are taken.
+    let names: Vec<_> = r.tensors.iter().map(|t| printable(&t.name)).collect();
+    let name_w = names.iter().map(|n| n.len()).max().unwrap_or(4).max(4);
     let resident_head = if r.resident_bytes.is_some() {
         "  resident"
     } else {
@@ -161,19 +157,19 @@ fn print_table(r: &Report) -> std::io::Result<()> {
         "{:<name_w$}  {:<5}  {:<20}  {:>12}  {:>10}{resident_head}",
         "name", "dtype", "shape", "offset", "bytes"
     ))?;
-    for t in &r.tensors {
+    for (t, name) in r.tensors.iter().zip(&names) {
         let resident = t
             .resident_bytes
             .map(|b| format!("  {:>7.1}%", percent(b, t.bytes as u64)))
             .unwrap_or_default();
         let file = if multi {
-            format!("  {}", t.file)
+            format!("  {}", printable(&t.file))
         } else {
             String::new()
         };
         out(format_args!(
             "{:<name_w$}  {:<5}  {:<20}  {:>12}  {:>10}{resident}{file}",
-            t.name,
+            name,
             t.dtype,
             format!("{:?}", t.shape),
             t.offset,
@@ -182,21 +178,16 @@ fn print_table(r: &Report) -> std::io::Result<()> {
     }
     if let Some(resident) = r.resident_bytes {
         out("")?;
-        let w = r
-            .groups
-            .iter()
-            .map(|g| g.group.len())
-            .max()
-            .unwrap_or(5)
-            .max(5);
+        let groups: Vec<_> = r.groups.iter().map(|g| printable(&g.group)).collect();
+        let w = groups.iter().map(|g| g.len()).max().unwrap_or(5).max(5);
         out(format_args!(
             "{:<w$}  {:>7}  {:>10}  {:>10}  {:>7}",
             "block", "tensors", "bytes", "resident", "%"
         ))?;
-        for g in &r.groups {
+        for (g, group) in r.groups.iter().zip(&groups) {
             out(format_args!(
                 "{:<w$}  {:>7}  {:>10}  {:>10}  {:>6.1}%",
-                g.group,
+                group,
                 g.tensors,
                 human_bytes(g.bytes),
                 human_bytes(g.resident_bytes),

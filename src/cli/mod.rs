@@ -45,17 +45,21 @@ pub fn run() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
+            match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    return ExitCode::SUCCESS;
+                }
+                // Bare `wstream` (or a subcommand group without its subcommand): the help is the useful
+                // answer, but on stderr with the usage exit code, so a script that forgot its arguments
+                // neither parses help as output nor carries on as if it had succeeded.
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    return ExitCode::from(2);
+                }
+                _ => {}
             }
-            // clap's first line names the bad flag or value; the usage block after it is noise here.
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "wstream: {} (see wstream --help)",
-                first.trim_start_matches("error: ")
-            );
+            eprintln!("wstream: {}", printable(&usage_error(&e.to_string())));
             return ExitCode::from(2);
         }
     };
@@ -71,10 +75,43 @@ pub fn run() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wstream: error: {e:#}");
+            eprintln!("wstream: error: {}", printable(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's rendering of a usage error as one line. Its first paragraph is the message, and for a missing
+/// argument the names follow on indented lines of their own (so its first line alone names nothing); a
+/// `tip:` paragraph (a similar flag, `--` before a value) is kept, the usage block is left out.
+fn usage_error(rendered: &str) -> String {
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let mut parts = vec![first.join(" ")];
+    parts.extend(
+        rendered
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("tip: "))
+            .map(String::from),
+    );
+    let message = parts.join("; ");
+    // Point at the help of the subcommand that was being parsed, which names its arguments.
+    let command = std::env::args()
+        .nth(1)
+        .filter(|a| {
+            <Cli as clap::CommandFactory>::command()
+                .find_subcommand(a)
+                .is_some()
+        })
+        .map_or("wstream".to_string(), |a| format!("wstream {a}"));
+    format!(
+        "{} (see {command} --help)",
+        message.trim_start_matches("error: ")
+    )
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -119,6 +156,31 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
         }
         _ => Err(format!("`{s}` is not a positive size such as 512M or 2G")),
     }
+}
+
+/// `s` as it is safe to print: control characters (newlines, tabs, ESC of ANSI codes, C1) and the Unicode
+/// bidi overrides escaped as `\n`, `\u{1b}`, `\u{202e}`. Every string a file provides (tensor names, JSON
+/// keys, labels, model names, paths) goes through it on its way to a human, so it can neither restyle the
+/// terminal nor split the one line an error is; JSON output needs none of it (serde escapes).
+pub(crate) fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return s.into();
+    }
+    let mut escaped = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_debug());
+        } else if unsafe_char(c) {
+            escaped.extend(c.escape_unicode());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped.into()
 }
 
 /// Bytes as a short human figure: 1536 -> "1.5 KiB".

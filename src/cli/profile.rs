@@ -9,7 +9,7 @@ use wstream::profile::Profile;
 use wstream::residency::drop_file_cache;
 
 use super::classify::RunArgs;
-use super::out;
+use super::{out, printable};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Format {
@@ -64,7 +64,12 @@ pub fn run(args: Args) -> Result<()> {
     let records = pipeline.run(&items, |_| anyhow::Ok(()))?;
     let profile = Profile::new(records, MemReading::now().vm_hwm);
     match args.format {
-        Format::Table => out(profile.table().trim_end())?,
+        // Model names come from config.json: escaped line by line, the table's own newlines kept.
+        Format::Table => {
+            for line in profile.table().trim_end().lines() {
+                out(printable(line))?;
+            }
+        }
         Format::Json => out(serde_json::to_string(&profile)?)?,
         Format::Csv => out(profile.csv().trim_end())?,
     }

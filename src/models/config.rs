@@ -46,23 +46,54 @@ impl ModelConfig {
         })
     }
 
-    /// `model_args[key]` as a whole number.
-    pub fn arg_usize(&self, key: &str) -> Option<usize> {
-        self.model_args.get(key)?.as_u64().map(|v| v as usize)
+    /// `model_args[key]` as a whole number. Absent (or null) is `None`; a value of another type is an
+    /// error naming the field, not a silent fallback to the default it would have overridden.
+    pub fn arg_usize(&self, key: &str) -> Result<Option<usize>, String> {
+        self.arg(key, "a whole number", as_usize)
     }
 
     /// `model_args[key]` as a list of whole numbers, or one number repeated `n` times.
-    pub fn arg_usizes(&self, key: &str, n: usize) -> Option<Vec<usize>> {
-        match self.model_args.get(key)? {
-            serde_json::Value::Array(a) => {
-                a.iter().map(|v| v.as_u64().map(|v| v as usize)).collect()
-            }
-            v => v.as_u64().map(|v| vec![v as usize; n]),
-        }
+    pub fn arg_usizes(&self, key: &str, n: usize) -> Result<Option<Vec<usize>>, String> {
+        self.arg(key, "a whole number or a list of them", |v| match v {
+            serde_json::Value::Array(a) => a.iter().map(as_usize).collect(),
+            v => as_usize(v).map(|v| vec![v; n]),
+        })
     }
 
-    pub fn arg_f64(&self, key: &str) -> Option<f64> {
-        self.model_args.get(key)?.as_f64()
+    pub fn arg_f64(&self, key: &str) -> Result<Option<f64>, String> {
+        self.arg(key, "a number", serde_json::Value::as_f64)
+    }
+
+    pub fn arg_bool(&self, key: &str) -> Result<Option<bool>, String> {
+        self.arg(key, "true or false", serde_json::Value::as_bool)
+    }
+
+    pub fn arg_str(&self, key: &str) -> Result<Option<&str>, String> {
+        self.arg(key, "a string", serde_json::Value::as_str)
+    }
+
+    fn arg<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &str,
+        read: impl FnOnce(&'a serde_json::Value) -> Option<T>,
+    ) -> Result<Option<T>, String> {
+        match self.model_args.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => read(v).map(Some).ok_or_else(|| {
+                // Enough of the value to recognise it; a hostile config's megabyte string stays out.
+                let mut shown = v.to_string();
+                if shown.len() > 64 {
+                    let cut = (0..=61)
+                        .rev()
+                        .find(|&i| shown.is_char_boundary(i))
+                        .unwrap_or(0);
+                    shown.truncate(cut);
+                    shown.push_str("...");
+                }
+                format!("config.json model_args.{key} is {shown}, expected {expected}")
+            }),
+        }
     }
 
     /// The `[3, h, w]` input the model was trained on (224 x 224 when the config does not say).
@@ -72,4 +103,8 @@ impl ModelConfig {
             .and_then(|p| p.input_size)
             .unwrap_or([3, 224, 224])
     }
+}
+
+fn as_usize(v: &serde_json::Value) -> Option<usize> {
+    v.as_u64().and_then(|v| usize::try_from(v).ok())
 }

@@ -36,7 +36,7 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
         )));
     }
     let conv_bias = ctx.store.contains("stem.0.bias");
-    if let Some(want) = arg_bool(ctx, "conv_bias") {
+    if let Some(want) = arg_bool(ctx, "conv_bias")? {
         if want != conv_bias {
             return Err(ctx.err(format!(
                 "config.json says conv_bias={want} but stem.0.bias is {}",
@@ -60,7 +60,11 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
         )?);
     }
     for (key, got) in [("depths", &depths), ("dims", &dims)] {
-        if let Some(want) = ctx.config.arg_usizes(key, n_stages) {
+        if let Some(want) = ctx
+            .config
+            .arg_usizes(key, n_stages)
+            .map_err(|m| ctx.err(m))?
+        {
             if &want != got {
                 return Err(ctx.err(format!(
                     "config.json model_args says {key} {want:?} but the weights hold {key} {got:?}"
@@ -68,7 +72,7 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
             }
         }
     }
-    let eps = norm_eps(ctx, &depths, &dims);
+    let eps = norm_eps(ctx, &depths, &dims)?;
 
     // Variant switches read once from the first block, then required of every block.
     let fc1 = ctx
@@ -87,7 +91,7 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
             return Err(ctx.err(msg));
         }
     };
-    if let Some(want) = arg_bool(ctx, "conv_mlp") {
+    if let Some(want) = arg_bool(ctx, "conv_mlp")? {
         if want != conv_mlp {
             return Err(ctx.err(format!(
                 "config.json says conv_mlp={want} but stages.0.blocks.0.mlp.fc1.weight has shape {fc1:?}"
@@ -95,6 +99,10 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
         }
     }
     let layer_scale = ctx.store.contains("stages.0.blocks.0.gamma");
+    // A number or null; only whether it is null matters here (the weights hold gamma).
+    ctx.config
+        .arg_f64("ls_init_value")
+        .map_err(|m| ctx.err(m))?;
     if let Some(v) = ctx.config.model_args.get("ls_init_value") {
         if v.is_null() == layer_scale {
             return Err(ctx.err(format!(
@@ -236,11 +244,11 @@ fn refuse_unsupported(ctx: &BuildCtx) -> Result<()> {
     };
     if arch.starts_with("convnextv2")
         || s.contains("stages.0.blocks.0.mlp.grn.weight")
-        || arg_bool(ctx, "use_grn") == Some(true)
+        || arg_bool(ctx, "use_grn")? == Some(true)
     {
         return unsupported("ConvNeXt-V2 (GlobalResponseNorm in the MLP)");
     }
-    let stem_type = args.get("stem_type").and_then(|v| v.as_str());
+    let stem_type = ctx.config.arg_str("stem_type").map_err(|m| ctx.err(m))?;
     if s.contains("stem.2.weight")
         || s.contains("stem.3.weight")
         || stem_type.is_some_and(|t| t != "patch")
@@ -249,7 +257,7 @@ fn refuse_unsupported(ctx: &BuildCtx) -> Result<()> {
             "the overlapping conv stem (stem_type `overlap*`, the `*_ols` variants)",
         );
     }
-    let norm_layer = args.get("norm_layer").and_then(|v| v.as_str());
+    let norm_layer = ctx.config.arg_str("norm_layer").map_err(|m| ctx.err(m))?;
     if arch.contains("_rms")
         || norm_layer.is_some_and(|n| n != "layernorm" && n != "layernorm2d")
         || (s.contains("stem.1.weight") && !s.contains("stem.1.bias"))
@@ -263,7 +271,11 @@ fn refuse_unsupported(ctx: &BuildCtx) -> Result<()> {
             return unsupported(&format!("act_layer {act}"));
         }
     }
-    if let Some(os) = ctx.config.arg_usize("output_stride") {
+    if let Some(os) = ctx
+        .config
+        .arg_usize("output_stride")
+        .map_err(|m| ctx.err(m))?
+    {
         if os != 32 {
             return unsupported(&format!("output_stride {os} (dilated stages)"));
         }
@@ -291,24 +303,24 @@ fn out_dim(ctx: &BuildCtx, name: &str) -> Result<usize> {
     }
 }
 
-/// `model_args[key]` as a bool.
-fn arg_bool(ctx: &BuildCtx, key: &str) -> Option<bool> {
-    ctx.config.model_args.get(key)?.as_bool()
+/// `model_args[key]` as a bool; another type is refused.
+fn arg_bool(ctx: &BuildCtx, key: &str) -> Result<Option<bool>> {
+    ctx.config.arg_bool(key).map_err(|m| ctx.err(m))
 }
 
 /// The LayerNorm eps: `model_args.norm_eps`, else timm's registered default for the architecture
 /// (`convnext_xxlarge` 1e-5, all others 1e-6); without an architecture name, xxlarge is recognised by its
 /// depths and widths.
-fn norm_eps(ctx: &BuildCtx, depths: &[usize], dims: &[usize]) -> f32 {
-    if let Some(e) = ctx.config.arg_f64("norm_eps") {
-        return e as f32;
+fn norm_eps(ctx: &BuildCtx, depths: &[usize], dims: &[usize]) -> Result<f32> {
+    if let Some(e) = ctx.config.arg_f64("norm_eps").map_err(|m| ctx.err(m))? {
+        return Ok(e as f32);
     }
-    match ctx.config.architecture.as_deref() {
+    Ok(match ctx.config.architecture.as_deref() {
         Some(a) if a.starts_with("convnext_xxlarge") => XXLARGE_EPS,
         Some(_) => EPS,
         None if depths == [3, 4, 30, 3] && dims == [384, 768, 1536, 3072] => XXLARGE_EPS,
         None => EPS,
-    }
+    })
 }
 
 /// A conv bias that the checkpoint's `conv_bias` setting (read from `stem.0.bias`) says is there; one it says

@@ -102,17 +102,15 @@ pub fn shift_mask(
 /// The image size the model is built for: `model_args.img_size`, else `pretrained_cfg.input_size`, else
 /// timm's default 224. Both given and different is refused (timm would refuse every input of one of them).
 fn image_size(ctx: &BuildCtx) -> Result<(usize, usize)> {
-    let from_args = match ctx.config.model_args.get("img_size") {
-        None => None,
-        Some(_) => match ctx.config.arg_usizes("img_size", 2).as_deref() {
-            Some(&[h, w]) => Some((h, w)),
-            _ => {
-                return Err(ctx.err(format!(
-                    "config.json model_args.img_size is {}, expected a size or [height, width]",
-                    ctx.config.model_args["img_size"]
-                )))
-            }
-        },
+    let from_args = match ctx.config.arg_usizes("img_size", 2) {
+        Ok(None) => None,
+        Ok(Some(v)) if v.len() == 2 => Some((v[0], v[1])),
+        _ => {
+            return Err(ctx.err(format!(
+                "config.json model_args.img_size is {}, expected a size or [height, width]",
+                ctx.config.model_args["img_size"]
+            )))
+        }
     };
     let from_cfg = ctx
         .config
@@ -143,7 +141,11 @@ fn block_window(
 ) -> Result<((usize, usize), usize)> {
     let clamp = |t: usize| (res.0.min(t), res.1.min(t));
     let rows_for = |(wh, ww): (usize, usize)| (2 * wh - 1) * (2 * ww - 1);
-    if let Some(t) = ctx.config.arg_usize("window_size") {
+    if let Some(t) = ctx
+        .config
+        .arg_usize("window_size")
+        .map_err(|m| ctx.err(m))?
+    {
         let win = clamp(t.max(1));
         if rows_for(win) != rows {
             return Err(ctx.err(format!(
@@ -196,7 +198,12 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
             "patch_embed.proj.weight has shape {w:?}, expected square patches over 3 channels"
         )));
     }
-    if ctx.config.model_args.get("always_partition") == Some(&serde_json::Value::Bool(true)) {
+    if ctx
+        .config
+        .arg_bool("always_partition")
+        .map_err(|m| ctx.err(m))?
+        == Some(true)
+    {
         return Err(ctx.err("model_args.always_partition = true is not supported"));
     }
     let img = image_size(ctx)?;
@@ -269,11 +276,7 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
         }
     }
 
-    let pool = ctx
-        .config
-        .model_args
-        .get("global_pool")
-        .and_then(|v| v.as_str());
+    let pool = ctx.config.arg_str("global_pool").map_err(|m| ctx.err(m))?;
     if !matches!(pool, None | Some("avg")) {
         return Err(ctx.err(format!(
             "global_pool `{}` is not supported (avg)",

@@ -39,6 +39,7 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
     let heads = ctx
         .config
         .arg_usize("num_heads")
+        .map_err(|m| ctx.err(m))?
         .unwrap_or_else(|| preset_heads(&arch, dim));
     if heads == 0 || dim % heads != 0 {
         return Err(ctx.err(format!(
@@ -87,12 +88,7 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
 
     let [classes, _] = ctx.dims("head.weight")?;
     ctx.classes("head.weight", classes)?;
-    let pool = match ctx
-        .config
-        .model_args
-        .get("global_pool")
-        .and_then(|v| v.as_str())
-    {
+    let pool = match ctx.config.arg_str("global_pool").map_err(|m| ctx.err(m))? {
         None | Some("token") => Pool::Token,
         Some("avg") => Pool::Avg,
         Some(other) => {
