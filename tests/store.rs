@@ -344,6 +344,42 @@ fn inspect_json_lists_every_tensor() {
     );
 }
 
+#[test]
+fn inspect_prints_a_name_of_any_length() {
+    // format! panics on a padding width over 65,535: the table's name column was as wide as the longest name.
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("{}.weight", "n".repeat(70_000));
+    let path = write_f32(
+        &dir.path().join("long.safetensors"),
+        &[
+            ("short", vec![2], vec![1.0, 2.0]),
+            (&long, vec![1], vec![3.0]),
+        ],
+    );
+    let path = path.to_str().unwrap();
+    for flags in [&[][..], &["--residency"]] {
+        let mut args = vec!["inspect", path];
+        args.extend_from_slice(flags);
+        let (code, stdout, stderr) = wstream(&args);
+        assert_eq!(code, 0, "{flags:?}: {stderr}");
+        let row = |name: &str| {
+            stdout
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or_else(|| panic!("{flags:?}: no row for {}", &name[..10]))
+                .split_whitespace()
+                .skip(1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row(&long)[..3], ["F32", "[1]", "70136"], "{flags:?}");
+        assert_eq!(row("short")[..4], ["F32", "[2]", "70128", "8"], "{flags:?}");
+        // The short name's row keeps a bounded column, not one 70,007 characters wide.
+        assert!(stdout
+            .lines()
+            .all(|l| l.len() < 200 || l.starts_with("nnnnnnnn")));
+    }
+}
+
 /// A file of raw tensors: `(name, dtype, shape, bytes)`, packed in the order given.
 fn write_tensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> PathBuf {
     let (mut header, mut data) = (serde_json::Map::new(), Vec::new());

@@ -126,6 +126,11 @@ fn group_rows(tensors: &[TensorRow]) -> Vec<GroupRow> {
     rows
 }
 
+/// The name columns are padded to their longest entry up to this width; a longer name overflows its row.
+/// `format!` refuses widths over 65,535 (it panicked on such a tensor name), and no column needs to be wider
+/// than a screen.
+const MAX_NAME_COLUMN: usize = 100;
+
 fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         100.0
@@ -151,7 +156,7 @@ fn print_table(r: &Report) -> std::io::Result<()> {
         .map(|t| t.name.len())
         .max()
         .unwrap_or(4)
-        .max(4);
+        .clamp(4, MAX_NAME_COLUMN);
     let resident_head = if r.resident_bytes.is_some() {
         "  resident"
     } else {
@@ -188,7 +193,7 @@ fn print_table(r: &Report) -> std::io::Result<()> {
             .map(|g| g.group.len())
             .max()
             .unwrap_or(5)
-            .max(5);
+            .clamp(5, MAX_NAME_COLUMN);
         out(format_args!(
             "{:<w$}  {:>7}  {:>10}  {:>10}  {:>7}",
             "block", "tensors", "bytes", "resident", "%"
