@@ -26,7 +26,8 @@ use safetensors::Dtype;
 use crate::error::{Error, Result};
 use crate::weight::{self, Weight};
 
-pub use header::MAX_HEADER_BYTES;
+pub use header::{MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS};
+pub use shards::MAX_INDEX_BYTES;
 
 /// Names of the padding tensors `wstream convert --layout exec` puts between blocks (and between tensors)
 /// so each starts aligned; they hold zeros and no model reads them.
