@@ -53,6 +53,12 @@ pub enum Error {
     HeaderNotUtf8 { path: PathBuf, offset: usize },
     #[error("{}: header is not valid safetensors JSON: {msg}", path.display())]
     HeaderJson { path: PathBuf, msg: String },
+    #[error("{}: lists {count} tensors, over wstream's limit of {limit} per checkpoint", path.display())]
+    TooManyTensors {
+        path: PathBuf,
+        count: usize,
+        limit: usize,
+    },
     #[error("{}: tensor `{name}` appears twice", path.display())]
     DuplicateTensor { path: PathBuf, name: String },
     #[error("{}: tensor `{name}`: {msg}", path.display())]

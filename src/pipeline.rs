@@ -396,34 +396,39 @@ pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<Item>> {
 }
 
 fn read_npy(path: &Path) -> Result<Vec<Item>> {
-    let (data, shape) = npy::read_f32(path)?;
+    let mut array = npy::NpyF32::open(path)?;
     let name = path.display().to_string();
-    let tensor = |chw: Vec<f32>, h, w| Source::Tensor {
-        chw,
-        shape: [3, h, w],
-    };
-    Ok(match shape.as_slice() {
-        &[3, h, w] => vec![Item {
-            name,
-            source: tensor(data, h, w),
-        }],
-        &[n, 3, h, w] => data
-            .chunks_exact(3 * h * w)
-            .enumerate()
-            .map(|(i, chw)| Item {
-                name: if n == 1 {
-                    name.clone()
-                } else {
-                    format!("{name}[{i}]")
-                },
-                source: tensor(chw.to_vec(), h, w),
-            })
-            .collect(),
-        other => {
+    let (n, h, w) = match *array.shape() {
+        [3, h, w] => (None, h, w),
+        [n, 3, h, w] => (Some(n), h, w),
+        ref other => {
             return Err(Error::Input {
                 path: path.into(),
                 msg: format!("array of shape {other:?} is not a [3, H, W] or [N, 3, H, W] image"),
             })
         }
-    })
+    };
+    // An array with no image in it would otherwise classify nothing and exit 0.
+    if n == Some(0) || h == 0 || w == 0 {
+        return Err(Error::Input {
+            path: path.into(),
+            msg: format!("array of shape {:?} holds no image", array.shape()),
+        });
+    }
+    // Each item's values are read into its own vector, so the array is never in memory twice.
+    (0..n.unwrap_or(1))
+        .map(|i| {
+            Ok(Item {
+                name: if n.unwrap_or(1) == 1 {
+                    name.clone()
+                } else {
+                    format!("{name}[{i}]")
+                },
+                source: Source::Tensor {
+                    chw: array.read(3 * h * w)?,
+                    shape: [3, h, w],
+                },
+            })
+        })
+        .collect()
 }

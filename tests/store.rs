@@ -139,6 +139,143 @@ fn sharded_checkpoint_opens_as_one_store() {
     assert_eq!(store.info("b").unwrap().file, 1);
 }
 
+/// `n` zero-size F32 tensors `t0`, `t1`, ... (a header of `n` entries and no data).
+fn zero_size_tensors(path: &Path, n: usize) -> PathBuf {
+    let entries: Vec<String> = (0..n)
+        .map(|i| format!(r#""t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}"#))
+        .collect();
+    write_raw(path, &format!("{{{}}}", entries.join(",")), &[])
+}
+
+/// A shard index mapping `t0`, `t1`, ... `t{n-1}` to `shard`.
+fn index_of(path: &Path, n: usize, shard: &str) -> PathBuf {
+    let entries: Vec<String> = (0..n).map(|i| format!(r#""t{i}":"{shard}""#)).collect();
+    let text = format!(
+        r#"{{"metadata":{{}},"weight_map":{{{}}}}}"#,
+        entries.join(",")
+    );
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+/// Before these limits, a header of 1M zero-size tensors cost 1.58 GB of RSS to open and a 2M-entry shard
+/// index 379 MB; each is now refused, naming the limit, before anything past it is stored.
+#[test]
+fn tensor_count_rank_and_index_size_are_capped() {
+    use wstream::fsutil::MAX_INDEX_BYTES;
+    use wstream::store::{MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS};
+    assert_eq!((MAX_TENSORS, MAX_RANK), (100_000, 8));
+    assert_eq!((MAX_HEADER_BYTES, MAX_INDEX_BYTES), (16 << 20, 16 << 20));
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+
+    // At the limit a checkpoint opens, in one file or through an index.
+    let store = Store::open(zero_size_tensors(&p("max.safetensors"), MAX_TENSORS)).unwrap();
+    assert_eq!(store.tensors().len(), MAX_TENSORS);
+    std::fs::create_dir(p("max_index")).unwrap();
+    zero_size_tensors(&p("max_index/a.safetensors"), MAX_TENSORS);
+    let index = index_of(
+        &p("max_index/model.safetensors.index.json"),
+        MAX_TENSORS,
+        "a.safetensors",
+    );
+    assert_eq!(Store::open(&index).unwrap().tensors().len(), MAX_TENSORS);
+
+    let mut cases: Vec<(PathBuf, String)> = Vec::new();
+    cases.push((
+        zero_size_tensors(&p("over.safetensors"), MAX_TENSORS + 1),
+        "lists 100001 tensors, over wstream's limit of 100000 per checkpoint".into(),
+    ));
+    write_raw(
+        &p("rank.safetensors"),
+        r#"{"a":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]}}"#,
+        &f32_bytes(1),
+    );
+    cases.push((
+        p("rank.safetensors"),
+        "tensor `a`: bad header entry: shape has more than 8 dimensions".into(),
+    ));
+    std::fs::create_dir(p("over_index")).unwrap();
+    zero_size_tensors(&p("over_index/a.safetensors"), 1);
+    cases.push((
+        index_of(
+            &p("over_index/model.safetensors.index.json"),
+            MAX_TENSORS + 1,
+            "a.safetensors",
+        ),
+        "lists 100001 tensors, over wstream's limit of 100000 per checkpoint".into(),
+    ));
+    std::fs::create_dir(p("big_index")).unwrap();
+    let big = p("big_index/model.safetensors.index.json");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(MAX_INDEX_BYTES + 1)
+        .unwrap();
+    cases.push((
+        big,
+        "shard index of 16777217 bytes is over the 16777216-byte limit".into(),
+    ));
+    for (path, expected) in cases {
+        let err = Store::open(&path).err().map(|e| e.to_string());
+        assert!(
+            err.as_ref().is_some_and(|e| e.contains(&expected)),
+            "{}: got {err:?}, expected `{expected}`",
+            path.display()
+        );
+        let (code, stdout, stderr) = wstream(&["inspect", path.to_str().unwrap()]);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{}", path.display());
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(&expected), "{stderr}");
+    }
+}
+
+/// The shard index parser names what is wrong with the index.
+#[test]
+fn shard_index_errors_name_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    sharded(dir.path());
+    let index = dir.path().join("model.safetensors.index.json");
+    let a = "model-00001-of-00002.safetensors";
+    let b = "model-00002-of-00002.safetensors";
+    zero_size_tensors(&dir.path().join("s.safetensors"), 2);
+    for (text, expected) in [
+        (r#"{"metadata":{}}"#.to_string(), "no `weight_map` object"),
+        (r#"{"weight_map":[1]}"#.into(), "no `weight_map` object"),
+        (
+            r#"{"weight_map":{"a":1}}"#.into(),
+            "`weight_map` entry for `a` is not a file name",
+        ),
+        (
+            format!(r#"{{"weight_map":{{"a":"{a}","a":"{a}","b":"{b}"}}}}"#),
+            "`weight_map` lists `a` twice",
+        ),
+        (
+            format!(r#"{{"weight_map":{{"a":"{b}","b":"{b}"}}}}"#),
+            "`a` is mapped to `model-00002-of-00002.safetensors`, which does not hold it",
+        ),
+        (
+            r#"{"weight_map":{"t0":"s.safetensors"}}"#.into(),
+            "shards hold tensors the index does not list: `t1` in",
+        ),
+        (
+            format!(r#"{{"weight_map":{{"a":"{a}","b":"{a}"}}}}"#),
+            "`b` is mapped to `model-00001-of-00002.safetensors`, which does not hold it",
+        ),
+        (
+            r#"{"weight_map":{"a":"../x"}}"#.into(),
+            "shard name `../x` must be a plain file name",
+        ),
+        ("{".into(), "not valid JSON"),
+    ] {
+        std::fs::write(&index, &text).unwrap();
+        let err = Store::open(&index).err().map(|e| e.to_string());
+        assert!(
+            err.as_ref().is_some_and(|e| e.contains(expected)),
+            "{text}: got {err:?}, expected `{expected}`"
+        );
+    }
+}
+
 /// One broken input per case: the library error and the CLI's single stderr line must both name it.
 #[test]
 fn every_bad_input_gets_a_clear_error() {
@@ -176,7 +313,7 @@ fn every_bad_input_gets_a_clear_error() {
     std::fs::write(p("huge.safetensors"), huge).unwrap();
     cases.push((
         p("huge.safetensors"),
-        "header length 200000000 is over the 100000000-byte limit",
+        "header length 200000000 is over the 16777216-byte limit",
     ));
     let mut utf = 4u64.to_le_bytes().to_vec();
     utf.extend_from_slice(b"{\xff}}");
@@ -342,6 +479,42 @@ fn inspect_json_lists_every_tensor() {
         groups.contains(&"blocks.0.") && groups.contains(&"blocks.1."),
         "{groups:?}"
     );
+}
+
+#[test]
+fn inspect_prints_a_name_of_any_length() {
+    // format! panics on a padding width over 65,535: the table's name column was as wide as the longest name.
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("{}.weight", "n".repeat(70_000));
+    let path = write_f32(
+        &dir.path().join("long.safetensors"),
+        &[
+            ("short", vec![2], vec![1.0, 2.0]),
+            (&long, vec![1], vec![3.0]),
+        ],
+    );
+    let path = path.to_str().unwrap();
+    for flags in [&[][..], &["--residency"]] {
+        let mut args = vec!["inspect", path];
+        args.extend_from_slice(flags);
+        let (code, stdout, stderr) = wstream(&args);
+        assert_eq!(code, 0, "{flags:?}: {stderr}");
+        let row = |name: &str| {
+            stdout
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or_else(|| panic!("{flags:?}: no row for {}", &name[..10]))
+                .split_whitespace()
+                .skip(1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row(&long)[..3], ["F32", "[1]", "70136"], "{flags:?}");
+        assert_eq!(row("short")[..4], ["F32", "[2]", "70128", "8"], "{flags:?}");
+        // The short name's row keeps a bounded column, not one 70,007 characters wide.
+        assert!(stdout
+            .lines()
+            .all(|l| l.len() < 200 || l.starts_with("nnnnnnnn")));
+    }
 }
 
 /// A file of raw tensors: `(name, dtype, shape, bytes)`, packed in the order given.

@@ -126,6 +126,11 @@ fn group_rows(tensors: &[TensorRow]) -> Vec<GroupRow> {
     rows
 }
 
+/// The name columns are padded to their longest entry up to this width; a longer name overflows its row.
+/// `format!` refuses widths over 65,535 (it panicked on such a tensor name), and no column needs to be wider
+/// than a screen.
+const MAX_NAME_COLUMN: usize = 100;
+
 fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         100.0
@@ -147,7 +152,12 @@ fn print_table(r: &Report) -> std::io::Result<()> {
     let multi = r.files.len() > 1;
     // Names and paths come from the file: escaped before their widths are taken.
     let names: Vec<_> = r.tensors.iter().map(|t| printable(&t.name)).collect();
-    let name_w = names.iter().map(|n| n.len()).max().unwrap_or(4).max(4);
+    let name_w = names
+        .iter()
+        .map(|n| n.len())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, MAX_NAME_COLUMN);
     let resident_head = if r.resident_bytes.is_some() {
         "  resident"
     } else {
@@ -179,7 +189,12 @@ fn print_table(r: &Report) -> std::io::Result<()> {
     if let Some(resident) = r.resident_bytes {
         out("")?;
         let groups: Vec<_> = r.groups.iter().map(|g| printable(&g.group)).collect();
-        let w = groups.iter().map(|g| g.len()).max().unwrap_or(5).max(5);
+        let w = groups
+            .iter()
+            .map(|g| g.len())
+            .max()
+            .unwrap_or(5)
+            .clamp(5, MAX_NAME_COLUMN);
         out(format_args!(
             "{:<w$}  {:>7}  {:>10}  {:>10}  {:>7}",
             "block", "tensors", "bytes", "resident", "%"

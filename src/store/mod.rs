@@ -27,7 +27,7 @@ use safetensors::Dtype;
 use crate::error::{Error, Result};
 use crate::weight::{self, Weight};
 
-pub use header::MAX_HEADER_BYTES;
+pub use header::{MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS};
 
 /// Names of the padding tensors `wstream convert --layout exec` puts between blocks (and between tensors)
 /// so each starts aligned; they hold zeros and no model reads them.
