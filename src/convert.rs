@@ -22,6 +22,7 @@ use safetensors::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::models::{Model, PAD_PREFIX};
+use crate::output::{self, Existing};
 use crate::store::{Store, TensorInfo};
 use crate::weight::{scale_name, SCALE_SUFFIX};
 use crate::writer::{self, HeaderEntry, PartialDir, PartialFile};
@@ -144,33 +145,10 @@ pub fn convert(
         path: output.to_path_buf(),
         msg,
     };
-    if std::fs::symlink_metadata(output).is_ok() {
-        let same = match (input.canonicalize(), output.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
-        return Err(refuse(if same {
-            "is the input; convert never writes over its input".into()
-        } else {
-            "already exists; convert never overwrites (remove it or pick another output)".into()
-        }));
-    }
+    output::check(output, None, Existing::Refuse, &[input.to_path_buf()])?;
     let to_file = output
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    let Some(out_name) = output.file_name() else {
-        return Err(refuse("names no file or folder".into()));
-    };
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !parent.is_dir() {
-        return Err(refuse(format!(
-            "its folder {} does not exist",
-            parent.display()
-        )));
-    }
 
     let model = Model::load(input)?;
     let store = &model.store;
@@ -216,12 +194,7 @@ pub fn convert(
     );
 
     // Everything is written under a temporary name next to `output` and renamed into place at the end.
-    let tmp_name = format!(
-        ".{}.wstream-partial-{}",
-        out_name.to_string_lossy(),
-        std::process::id()
-    );
-    let tmp = parent.join(tmp_name);
+    let tmp = output::partial_path(output)?;
     let (dir, weights_tmp) = if to_file {
         (None, tmp.clone())
     } else {

@@ -27,6 +27,7 @@ pub mod exec;
 pub mod models;
 pub mod npy;
 pub mod ops;
+pub mod output;
 pub mod pipeline;
 pub mod preprocess;
 pub mod process;

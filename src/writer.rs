@@ -107,7 +107,8 @@ impl PartialFile {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<()> {
+    /// Flushes the buffer and syncs the file to the disk.
+    pub fn sync(&mut self) -> Result<()> {
         let io = |e| Error::io(&self.path, e);
         self.w.flush().map_err(io)?;
         self.w.get_ref().sync_all().map_err(io)
