@@ -195,7 +195,7 @@ pub fn convert(
 
     // Everything is written under a temporary name next to `output` and renamed into place at the end.
     let tmp = output::partial_path(output)?;
-    let (dir, weights_tmp) = if to_file {
+    let (mut dir, weights_tmp) = if to_file {
         (None, tmp.clone())
     } else {
         let dir = PartialDir::create(tmp.clone())?;
@@ -277,7 +277,7 @@ pub fn convert(
         bytes_in: total,
         bytes_out,
     };
-    match dir {
+    match dir.as_mut() {
         None => {
             if output.exists() {
                 return Err(refuse("appeared while converting; left it alone".into()));
@@ -285,15 +285,15 @@ pub fn convert(
             w.finish_as(output)?;
             Ok(summary)
         }
-        Some(dir) => {
-            w.finish()?;
+        Some(d) => {
+            w.finish_in(d)?;
             let config = input_config(input)
-                .map(|c| write_config(&c, &dir.path().join("config.json"), opts, &source))
+                .map(|c| write_config(&c, d, opts, &source))
                 .transpose()?;
             if output.exists() {
                 return Err(refuse("appeared while converting; left it alone".into()));
             }
-            dir.finish_as(output)?;
+            dir.expect("a folder output").finish_as(output)?;
             Ok(Summary {
                 config: config.map(|_| output.join("config.json")),
                 ..summary
@@ -322,10 +322,10 @@ fn input_config(input: &Path) -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-/// Copies `src` to `dest` with a top-level `"wstream_convert"` record. The text is kept as it was (key order,
-/// formatting) and the record inserted before the closing brace; a config that already has one gets it
-/// replaced (and its keys re-serialised in sorted order).
-fn write_config(src: &Path, dest: &Path, opts: &Options, source: &str) -> Result<()> {
+/// Copies `src` to `dir/config.json` with a top-level `"wstream_convert"` record. The text is kept as it was
+/// (key order, formatting) and the record inserted before the closing brace; a config that already has one
+/// gets it replaced (and its keys re-serialised in sorted order).
+fn write_config(src: &Path, dir: &mut PartialDir, opts: &Options, source: &str) -> Result<()> {
     let text = std::fs::read_to_string(src).map_err(|e| Error::io(src, e))?;
     let bad = |msg: String| Error::Config {
         path: src.to_path_buf(),
@@ -355,7 +355,9 @@ fn write_config(src: &Path, dest: &Path, opts: &Options, source: &str) -> Result
         )
     };
     debug_assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());
-    std::fs::write(dest, out).map_err(|e| Error::io(dest, e))
+    let mut f = PartialFile::create(dir.path().join("config.json"))?;
+    f.write_all(out.as_bytes())?;
+    f.finish_in(dir)
 }
 
 fn is_float(d: StDtype) -> bool {

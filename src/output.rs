@@ -1,6 +1,7 @@
 //! The rules for every file wstream writes (`convert`, `synth`, `profile --svg`): the path is checked before
 //! any work (a writable folder, not an input, no other kind of file than asked for), the bytes go to a
-//! temporary `.NAME.wstream-partial-PID` beside it that is renamed into place only once complete.
+//! temporary `.NAME.wstream-partial-PID` beside it that is renamed into place only once complete, and a
+//! temporary left by a killed run is recognised by its PID and swept away instead of blocking the next one.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -99,15 +100,76 @@ fn folder_of(dest: &Path) -> PathBuf {
 }
 
 /// The temporary name this process writes `dest` under: `.NAME.wstream-partial-PID` in the same folder (so
-/// the final rename stays on one file system).
+/// the final rename stays on one file system). Temporaries for `dest` left by processes that are gone (a
+/// SIGKILL, a power cut), or by an earlier process that had this PID, are removed first; those of a live
+/// process (a concurrent run) are left alone.
 pub(crate) fn partial_path(dest: &Path) -> Result<PathBuf> {
     let name = dest.file_name().ok_or_else(|| Error::Output {
         path: dest.to_path_buf(),
         msg: "names no file".into(),
     })?;
-    Ok(folder_of(dest).join(format!(
-        ".{}.wstream-partial-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
+    let prefix = format!(".{}.wstream-partial-", name.to_string_lossy());
+    let dir = folder_of(dest);
+    let me = std::process::id();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(pid) = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != me && Path::new("/proc").join(pid.to_string()).exists() {
+                continue;
+            }
+            let stale = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&stale)
+            } else {
+                std::fs::remove_file(&stale)
+            };
+            removed.map_err(|e| Error::Output {
+                path: stale.clone(),
+                msg: format!("partial output of an earlier run (process {pid} is gone) cannot be removed: {e}"),
+            })?;
+        }
+    }
+    Ok(dir.join(format!("{prefix}{me}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_partials_of_gone_processes_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("model.safetensors");
+        // PIDs stop at 2^22, so these two are gone; /proc/1 is init, always live.
+        let gone = dir
+            .path()
+            .join(".model.safetensors.wstream-partial-4294967295");
+        let live = dir.path().join(".model.safetensors.wstream-partial-1");
+        let gone_dir = dir
+            .path()
+            .join(".model.safetensors.wstream-partial-4294967294");
+        let other = dir.path().join(".other.wstream-partial-4294967295");
+        for f in [&gone, &live, &other] {
+            std::fs::write(f, "x").unwrap();
+        }
+        std::fs::create_dir(&gone_dir).unwrap();
+        std::fs::write(gone_dir.join("config.json"), "{}").unwrap();
+        let p = partial_path(&dest).unwrap();
+        assert_eq!(
+            p,
+            dir.path().join(format!(
+                ".model.safetensors.wstream-partial-{}",
+                std::process::id()
+            ))
+        );
+        assert!(!gone.exists() && !gone_dir.exists());
+        assert!(live.exists() && other.exists());
+    }
 }

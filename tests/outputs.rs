@@ -1,8 +1,11 @@
-//! What wstream writes: checked before the run, written whole or not at all.
+//! What wstream writes: checked before the run, written whole or not at all, removed when interrupted, and
+//! never blocked by what a killed run left behind.
 
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::parity::fixture;
 use common::wstream;
@@ -31,6 +34,11 @@ fn copy_fixture(dir: &Path, fx: &str) -> PathBuf {
         std::fs::copy(fixture(fx).join(f), out.join(f)).unwrap();
     }
     out
+}
+
+/// Big temporaries go under target/, not a possibly small /tmp.
+fn big_tempdir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
 #[test]
@@ -78,4 +86,154 @@ fn profile_svg_is_checked_before_the_run_and_written_whole() {
     let drawing = std::fs::read_to_string(&svg).unwrap();
     assert!(drawing.starts_with("<svg") && drawing.trim_end().ends_with("</svg>"));
     assert_eq!(listing(dir.path()), ["t.svg", "vit_tiny"]);
+}
+
+/// Spawns wstream with `args`, waits until the temporary it writes in `dir` for `name` holds data (its
+/// name carries the child's PID), then does `act` to the child: signal it, or pull its input away.
+fn mid_write(
+    args: &[&str],
+    dir: &Path,
+    name: &str,
+    act: impl FnOnce(u32),
+) -> (Option<i32>, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_wstream"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let p = partial(dir, name, child.id());
+    let start = Instant::now();
+    let mut child: Child = child;
+    while std::fs::metadata(&p).map_or(0, |m| m.len()) == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} ended before writing"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{args:?}: no {}",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    act(child.id());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn send(signal: libc::c_int) -> impl FnOnce(u32) {
+    move |pid| {
+        // SAFETY: kill touches no memory of ours; the PID is our running child's.
+        #[allow(unsafe_code)]
+        let sent = unsafe { libc::kill(pid as libc::pid_t, signal) };
+        assert_eq!(sent, 0);
+    }
+}
+
+fn partial(dir: &Path, name: &str, pid: u32) -> PathBuf {
+    dir.join(format!(".{name}.wstream-partial-{pid}"))
+}
+
+#[test]
+fn interrupted_synth_leaves_nothing_and_never_blocks_a_rerun() {
+    let dir = big_tempdir();
+    let out = dir.path().join("m");
+    let o = out.display().to_string();
+    for (signal, code, word) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
+        let args = ["synth", "--arch", "vit_large_patch16_224", "--out", &o];
+        let (status, stderr) = mid_write(&args, &out, "model.safetensors", send(signal));
+        // The old code died of the signal and left model.safetensors.partial behind.
+        assert_eq!(status, Some(code), "{stderr}");
+        assert!(
+            stderr.contains(word) && stderr.contains("partial output removed"),
+            "{stderr}"
+        );
+        assert!(listing(&out).is_empty(), "left behind: {:?}", listing(&out));
+    }
+
+    // A partial left by a killed run (its process is gone: PIDs stop at 2^22) is swept, not an obstacle;
+    // one of a live process is not touched.
+    let stale = partial(&out, "model.safetensors", 4_000_000_000);
+    std::fs::write(&stale, "cut short").unwrap();
+    let live = partial(&out, "model.safetensors", 1);
+    std::fs::write(&live, "someone else's").unwrap();
+    let (code, _, stderr) = wstream(&["synth", "--arch", "vit_tiny_patch16_224", "--out", &o]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        listing(&out),
+        [
+            ".model.safetensors.wstream-partial-1",
+            "config.json",
+            "model.safetensors"
+        ]
+    );
+    let model = wstream::models::Model::load(&out).unwrap();
+    assert_eq!(model.name, "vit_tiny_patch16_224");
+}
+
+#[test]
+fn interrupted_or_faulted_convert_leaves_nothing() {
+    let dir = big_tempdir();
+    let input = dir.path().join("in");
+    // Big enough (346 MB) that converting it takes a while to interrupt.
+    wstream::synth::write("vit_base_patch16_224", &input, 0, |_| {}).unwrap();
+    let i = input.display().to_string();
+    let clean = |what: &str| {
+        assert_eq!(listing(dir.path()), ["in"], "{what} left output behind");
+        assert_eq!(listing(&input), ["config.json", "model.safetensors"]);
+    };
+
+    // Folder output, SIGINT: the partial folder with its weights goes. File output, SIGTERM.
+    let out = dir.path().join("out").display().to_string();
+    let args = ["convert", &i, &out, "--dtype", "int8"];
+    let (code, stderr) = mid_write(&args, dir.path(), "out", send(libc::SIGINT));
+    assert_eq!(code, Some(130), "{stderr}");
+    clean("SIGINT");
+    let out_file = dir.path().join("out.safetensors").display().to_string();
+    let args = ["convert", &i, &out_file];
+    let (code, stderr) = mid_write(&args, dir.path(), "out.safetensors", send(libc::SIGTERM));
+    assert_eq!(code, Some(143), "{stderr}");
+    clean("SIGTERM");
+
+    // A stale partial folder of a killed convert is swept.
+    let stale = partial(dir.path(), "out", 4_000_000_000);
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("model.safetensors"), "cut short").unwrap();
+    let small = dir.path().join("small");
+    let s = small.display().to_string();
+    let fx = fixture("vit_tiny").display().to_string();
+    let (code, _, stderr) = wstream(&["convert", &fx, &s]);
+    assert_eq!(code, 0, "{stderr}");
+    std::fs::remove_dir_all(&small).unwrap();
+    let (code, _, stderr) = wstream(&["convert", &fx, &out]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stale.exists());
+    std::fs::remove_dir_all(&out).unwrap();
+
+    // The input truncated under convert: the SIGBUS message says nothing was written, and nothing is.
+    let weights = input.join("model.safetensors");
+    let truncate = |_| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&weights)
+            .unwrap();
+        f.set_len(1 << 20).unwrap();
+    };
+    let (code, stderr) = mid_write(
+        &["convert", &i, &out_file],
+        dir.path(),
+        "out.safetensors",
+        truncate,
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("nothing was written"), "{stderr}");
+    // The old code left `.out.safetensors.wstream-partial-PID` here.
+    clean("SIGBUS");
 }

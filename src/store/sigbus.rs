@@ -89,6 +89,8 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
             let start = slot.start.load(Ordering::Acquire);
             let len = slot.len.load(Ordering::Acquire);
             if start != 0 && addr >= start && addr < start + len {
+                // The message promises that nothing was written: remove any partial output first.
+                crate::process::partials::remove_all();
                 let msg = slot.msg.load(Ordering::Acquire);
                 libc::write(
                     2,
