@@ -237,3 +237,78 @@ fn interrupted_or_faulted_convert_leaves_nothing() {
     // The old code left `.out.safetensors.wstream-partial-PID` here.
     clean("SIGBUS");
 }
+
+#[test]
+fn single_file_convert_keeps_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let logits = |model: &Path| {
+        let m = model.display().to_string();
+        let (code, stdout, stderr) =
+            wstream(&["classify", "--json", "--logits", "--model", &m, &cat()]);
+        assert_eq!(code, 0, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let m = v["models"][0].clone();
+        assert_eq!(m["logits"].as_array().map(Vec::len), Some(1000));
+        (m["name"].clone(), m["logits"].clone())
+    };
+    // swin_tiny's config sets a 64x64 input that differs from the 224 default; vit_tiny's sets the head
+    // count, which shapes cannot tell. The old single-file copies classified differently or not at all.
+    for fx in ["swin_tiny", "vit_tiny"] {
+        let sub = dir.path().join(fx);
+        std::fs::create_dir(&sub).unwrap();
+        let file = sub.join("copy.safetensors");
+        let src = fixture(fx);
+        let (code, _, stderr) =
+            wstream(&["convert", src.to_str().unwrap(), file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            listing(&sub),
+            ["copy.safetensors"],
+            "no config.json beside it"
+        );
+        let want = logits(&src);
+        assert_eq!(
+            logits(&file),
+            want,
+            "{fx}: a lossless copy classifies identically"
+        );
+
+        // The config is in the metadata as it was, plus the convert record.
+        let store = wstream::Store::open(&file).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(store.files()[0].bytes()).unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&meta.metadata().as_ref().unwrap()["wstream.config"]).unwrap();
+        let record = cfg
+            .as_object_mut()
+            .unwrap()
+            .remove("wstream_convert")
+            .unwrap();
+        assert_eq!(record["dtype"], "f32");
+        let orig: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg, orig);
+
+        // Converted again, to a folder, the config comes out as config.json.
+        let again = sub.join("again");
+        let (code, _, stderr) =
+            wstream(&["convert", file.to_str().unwrap(), again.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        let text = std::fs::read_to_string(again.join("config.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["wstream_convert"]["source"], "copy.safetensors");
+        assert_eq!(logits(&again), want);
+    }
+    // A config.json beside the file wins over the embedded one.
+    let sub = dir.path().join("swin_tiny");
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("swin_tiny").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["pretrained_cfg"]["mean"] = serde_json::json!([0.5, 0.5, 0.5]);
+    std::fs::write(sub.join("config.json"), cfg.to_string()).unwrap();
+    assert_ne!(
+        logits(&sub.join("copy.safetensors")),
+        logits(&fixture("swin_tiny"))
+    );
+}
