@@ -87,9 +87,16 @@ pub fn check(dest: &Path, ext: Option<&str>, existing: Existing, inputs: &[PathB
 /// Writes `bytes` to `dest` through a temporary file renamed into place: a failure or an interruption
 /// leaves what was at `dest` as it was.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let mut w = PartialFile::create(partial_path(dest)?)?;
-    w.write_all(bytes)?;
-    w.finish_as(dest)
+    let write = || {
+        let mut w = PartialFile::create(partial_path(dest)?)?;
+        w.write_all(bytes)?;
+        w.finish_as(dest)
+    };
+    // The user named `dest`, not the temporary.
+    write().map_err(|e| match e {
+        Error::Io { error, .. } => Error::io(dest, error),
+        e => e,
+    })
 }
 
 fn folder_of(dest: &Path) -> PathBuf {

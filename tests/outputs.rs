@@ -86,6 +86,24 @@ fn profile_svg_is_checked_before_the_run_and_written_whole() {
     let drawing = std::fs::read_to_string(&svg).unwrap();
     assert!(drawing.starts_with("<svg") && drawing.trim_end().ends_with("</svg>"));
     assert_eq!(listing(dir.path()), ["t.svg", "vit_tiny"]);
+
+    // A write that fails part-way (a file size limit standing in for a full disk: the drawing is over 20
+    // KB) leaves the earlier drawing whole. The old code left a cut-off SVG in its place.
+    std::fs::write(&svg, "old drawing").unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f 16; trap '' XFSZ; exec \"$0\" profile --svg {s} --model {m} {}",
+            cat()
+        ))
+        .arg(env!("CARGO_BIN_EXE_wstream"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("t.svg: File too large"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&svg).unwrap(), "old drawing");
+    assert_eq!(listing(dir.path()), ["t.svg", "vit_tiny"]);
 }
 
 /// Spawns wstream with `args`, waits until the temporary it writes in `dir` for `name` holds data (its
