@@ -114,7 +114,19 @@ fn mid_write(
     name: &str,
     act: impl FnOnce(u32),
 ) -> (Option<i32>, String) {
+    mid_write_in(Path::new("."), args, dir, name, act)
+}
+
+/// [`mid_write`] run in folder `cwd`.
+fn mid_write_in(
+    cwd: &Path,
+    args: &[&str],
+    dir: &Path,
+    name: &str,
+    act: impl FnOnce(u32),
+) -> (Option<i32>, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_wstream"))
+        .current_dir(cwd)
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -194,6 +206,22 @@ fn interrupted_synth_leaves_nothing_and_never_blocks_a_rerun() {
     );
     let model = wstream::models::Model::load(&out).unwrap();
     assert_eq!(model.name, "vit_tiny_patch16_224");
+}
+
+#[test]
+fn interrupted_demo_synthesis_leaves_nothing() {
+    // demo synthesises missing default models into ./weights/ first.
+    let dir = big_tempdir();
+    let vit = dir.path().join("weights/vit_large_patch16_224");
+    let (code, stderr) = mid_write_in(
+        dir.path(),
+        &["demo"],
+        &vit,
+        "model.safetensors",
+        send(libc::SIGINT),
+    );
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(listing(&vit).is_empty(), "left behind: {:?}", listing(&vit));
 }
 
 #[test]
