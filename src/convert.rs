@@ -21,7 +21,8 @@ use half::slice::HalfFloatSliceExt;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{Error, Result};
-use crate::models::{Model, PAD_PREFIX};
+use crate::models::{Model, CONFIG_KEY, PAD_PREFIX};
+use crate::output::{self, Existing};
 use crate::store::{Store, TensorInfo};
 use crate::weight::{scale_name, SCALE_SUFFIX};
 use crate::writer::{self, HeaderEntry, PartialDir, PartialFile};
@@ -131,9 +132,10 @@ struct Item<'s> {
 
 /// Writes a converted copy of the model at `input` (a model folder, a `.safetensors` file or a shard index)
 /// to `output`: a `.safetensors` file when its name ends so, otherwise a new folder in timm's Hugging Face
-/// layout (`model.safetensors` + the input's `config.json` with a `"wstream_convert"` record). Refuses an
-/// existing `output`, and an input [`Model::load`] does not accept. `progress(done, total)` gets the input
-/// bytes converted so far.
+/// layout (`model.safetensors` + the input's `config.json` with a `"wstream_convert"` record). The config
+/// also goes into the weights file's metadata under [`CONFIG_KEY`], where [`Model::load`] finds it when no
+/// config.json is beside the file. Refuses an existing `output`, and an input [`Model::load`] does not
+/// accept. `progress(done, total)` gets the input bytes converted so far.
 pub fn convert(
     input: &Path,
     output: &Path,
@@ -144,33 +146,10 @@ pub fn convert(
         path: output.to_path_buf(),
         msg,
     };
-    if std::fs::symlink_metadata(output).is_ok() {
-        let same = match (input.canonicalize(), output.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
-        return Err(refuse(if same {
-            "is the input; convert never writes over its input".into()
-        } else {
-            "already exists; convert never overwrites (remove it or pick another output)".into()
-        }));
-    }
+    output::check(output, None, Existing::Refuse, &[input.to_path_buf()])?;
     let to_file = output
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    let Some(out_name) = output.file_name() else {
-        return Err(refuse("names no file or folder".into()));
-    };
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !parent.is_dir() {
-        return Err(refuse(format!(
-            "its folder {} does not exist",
-            parent.display()
-        )));
-    }
 
     let model = Model::load(input)?;
     let store = &model.store;
@@ -194,6 +173,29 @@ pub fn convert(
         crate::residency::release(f.bytes(), 0..f.bytes().len().min(1 << 20), None)
             .map_err(|e| Error::io(&f.path, e))?;
     }
+    // The input's config.json, else the one a single-file conversion embedded: kept in the output's
+    // metadata too, so a single-file output (no config.json beside it) still preprocesses as the model says.
+    let config = match input_config(input) {
+        Some(p) => Some((
+            std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?,
+            p,
+        )),
+        None => metadata
+            .get(CONFIG_KEY)
+            .map(|t| (t.clone(), store.files()[0].path.clone())),
+    };
+    let config = config
+        .map(|(text, origin)| with_record(&text, &origin, opts, &source))
+        .transpose()?;
+    match &config {
+        Some(text) => {
+            let value: serde_json::Value = serde_json::from_str(text).expect("checked JSON");
+            metadata.insert(CONFIG_KEY.into(), value.to_string());
+        }
+        None => {
+            metadata.remove(CONFIG_KEY);
+        }
+    }
     metadata.insert("wstream.dtype".into(), opts.dtype.name().into());
     metadata.insert("wstream.layout".into(), opts.layout.name().into());
     metadata.insert("wstream.source".into(), source.clone());
@@ -216,13 +218,8 @@ pub fn convert(
     );
 
     // Everything is written under a temporary name next to `output` and renamed into place at the end.
-    let tmp_name = format!(
-        ".{}.wstream-partial-{}",
-        out_name.to_string_lossy(),
-        std::process::id()
-    );
-    let tmp = parent.join(tmp_name);
-    let (dir, weights_tmp) = if to_file {
+    let tmp = output::partial_path(output)?;
+    let (mut dir, weights_tmp) = if to_file {
         (None, tmp.clone())
     } else {
         let dir = PartialDir::create(tmp.clone())?;
@@ -304,7 +301,7 @@ pub fn convert(
         bytes_in: total,
         bytes_out,
     };
-    match dir {
+    match dir.as_mut() {
         None => {
             if output.exists() {
                 return Err(refuse("appeared while converting; left it alone".into()));
@@ -312,15 +309,17 @@ pub fn convert(
             w.finish_as(output)?;
             Ok(summary)
         }
-        Some(dir) => {
-            w.finish()?;
-            let config = input_config(input)
-                .map(|c| write_config(&c, &dir.path().join("config.json"), opts, &source))
-                .transpose()?;
+        Some(d) => {
+            w.finish_in(d)?;
+            if let Some(text) = &config {
+                let mut c = PartialFile::create(d.path().join("config.json"))?;
+                c.write_all(text.as_bytes())?;
+                c.finish_in(d)?;
+            }
             if output.exists() {
                 return Err(refuse("appeared while converting; left it alone".into()));
             }
-            dir.finish_as(output)?;
+            dir.expect("a folder output").finish_as(output)?;
             Ok(Summary {
                 config: config.map(|_| output.join("config.json")),
                 ..summary
@@ -349,17 +348,16 @@ fn input_config(input: &Path) -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-/// Copies `src` to `dest` with a top-level `"wstream_convert"` record. The text is kept as it was (key order,
-/// formatting) and the record inserted before the closing brace; a config that already has one gets it
-/// replaced (and its keys re-serialised in sorted order).
-fn write_config(src: &Path, dest: &Path, opts: &Options, source: &str) -> Result<()> {
-    let text = std::fs::read_to_string(src).map_err(|e| Error::io(src, e))?;
+/// `text`, a config.json read from `src`, with a top-level `"wstream_convert"` record. The text is kept as it
+/// was (key order, formatting) and the record inserted before the closing brace; a config that already has
+/// one gets it replaced (and its keys re-serialised in sorted order).
+fn with_record(text: &str, src: &Path, opts: &Options, source: &str) -> Result<String> {
     let bad = |msg: String| Error::Config {
         path: src.to_path_buf(),
         msg,
     };
     let mut value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     let Some(obj) = value.as_object_mut() else {
         return Err(bad("is not a JSON object".into()));
     };
@@ -382,7 +380,7 @@ fn write_config(src: &Path, dest: &Path, opts: &Options, source: &str) -> Result
         )
     };
     debug_assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());
-    std::fs::write(dest, out).map_err(|e| Error::io(dest, e))
+    Ok(out)
 }
 
 fn is_float(d: StDtype) -> bool {

@@ -28,6 +28,7 @@ pub mod fsutil;
 pub mod models;
 pub mod npy;
 pub mod ops;
+pub mod output;
 pub mod pipeline;
 pub mod preprocess;
 pub mod process;

@@ -126,3 +126,130 @@ pub fn keep_freed_heap() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
 }
+
+/// Output files and folders being written under a temporary name: what a fatal signal (SIGINT, SIGTERM,
+/// the SIGBUS of a truncated input) removes before the process exits, so an interrupted `synth` or
+/// `convert` leaves nothing behind. A signal handler reads the table at any moment, so it is fixed-size
+/// atomics holding leaked C strings: nothing it reads is ever freed or locked. Files are unlinked before
+/// folders are removed, so a partial folder whose files are all registered goes too.
+pub(crate) mod partials {
+    use std::ffi::{c_char, CString};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicPtr, Ordering};
+
+    const SLOTS: usize = 64;
+    #[allow(clippy::declare_interior_mutable_const)]
+    const EMPTY: AtomicPtr<c_char> = AtomicPtr::new(std::ptr::null_mut());
+    static FILES: [AtomicPtr<c_char>; SLOTS] = [EMPTY; SLOTS];
+    static DIRS: [AtomicPtr<c_char>; SLOTS] = [EMPTY; SLOTS];
+
+    /// A registered path; [`Slot::release`] forgets it (the path is finished or already removed).
+    pub(crate) struct Slot(Option<&'static AtomicPtr<c_char>>);
+
+    /// Registers a partial file (`dir` false) or folder. A full table (more than 64 partial outputs at once,
+    /// which wstream never has) or a path with a NUL byte leaves that path to the ordinary cleanup on drop
+    /// and to the stale-partial sweep of a later run.
+    pub(crate) fn register(path: &Path, dir: bool) -> Slot {
+        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+            return Slot(None);
+        };
+        // Leaked on purpose: a handler may read it at any time, even after the slot is released.
+        let ptr = CString::into_raw(c);
+        let table = if dir { &DIRS } else { &FILES };
+        let slot = table.iter().find(|s| {
+            s.compare_exchange(
+                std::ptr::null_mut(),
+                ptr,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        });
+        Slot(slot)
+    }
+
+    impl Slot {
+        /// Moves the registration out, leaving this one empty.
+        pub(crate) fn take(&mut self) -> Slot {
+            Slot(self.0.take())
+        }
+
+        pub(crate) fn release(&mut self) {
+            if let Some(s) = self.0.take() {
+                s.store(std::ptr::null_mut(), Ordering::Release);
+            }
+        }
+    }
+
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.release();
+        }
+    }
+
+    /// Removes every registered file, then every registered folder; returns how many were removed.
+    /// Async-signal-safe: atomics, unlink and rmdir only.
+    #[allow(unsafe_code)]
+    pub(crate) fn remove_all() -> usize {
+        let mut removed = 0;
+        for (table, rm) in [
+            (
+                &FILES,
+                libc::unlink as unsafe extern "C" fn(*const c_char) -> libc::c_int,
+            ),
+            (&DIRS, libc::rmdir),
+        ] {
+            for s in table {
+                let p = s.swap(std::ptr::null_mut(), Ordering::AcqRel);
+                // SAFETY: a non-null pointer is a leaked, NUL-terminated CString that is never freed.
+                if !p.is_null() && unsafe { rm(p) } == 0 {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// Makes SIGINT and SIGTERM remove the partial outputs registered in [`partials`], print one line and exit
+/// with status 128 + the signal number (130, 143), the shell's convention for a command ended by a signal.
+/// For programs (the CLI calls it first thing); the library never installs handlers by itself. A signal
+/// the process was started with ignored (`nohup`, a background job) stays ignored.
+#[allow(unsafe_code)]
+pub fn exit_on_interrupt() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: sigaction with a zeroed (valid) struct and out-pointer; `on_interrupt` is
+        // async-signal-safe (atomics, unlink, rmdir, write, _exit).
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut old);
+            if old.sa_sigaction == libc::SIG_IGN {
+                continue;
+            }
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_interrupt as *const () as usize;
+            // A second signal while the first is handled waits, so the cleanup runs once.
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaddset(&mut action.sa_mask, libc::SIGINT);
+            libc::sigaddset(&mut action.sa_mask, libc::SIGTERM);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+extern "C" fn on_interrupt(sig: libc::c_int) {
+    let removed = partials::remove_all();
+    let msg: &[u8] = match (sig == libc::SIGINT, removed > 0) {
+        (true, true) => b"wstream: interrupted (SIGINT); partial output removed\n",
+        (true, false) => b"wstream: interrupted (SIGINT)\n",
+        (false, true) => b"wstream: terminated (SIGTERM); partial output removed\n",
+        (false, false) => b"wstream: terminated (SIGTERM)\n",
+    };
+    // SAFETY: write and _exit are async-signal-safe; `msg` is a static byte string.
+    unsafe {
+        libc::write(2, msg.as_ptr() as *const libc::c_void, msg.len());
+        libc::_exit(128 + sig);
+    }
+}

@@ -243,14 +243,24 @@ impl Profile {
     }
 
     /// A timeline: one lane per model with its blocks along time (the wait for pages shaded), major faults
-    /// marked; below, RSS, the weight pages mapped (RssFile) and anonymous memory after each block.
+    /// marked; below, RSS, the weight pages mapped (RssFile) and anonymous memory after each block. Written
+    /// through a temporary renamed over `path` (see [`crate::output`]); a caller checks `path` first with
+    /// [`crate::output::check`].
     pub fn svg(&self, path: &Path) -> Result<(), String> {
         let err = |e: &dyn std::fmt::Display| {
             format!("{}: cannot draw the timeline: {e}", path.display())
         };
+        let mut drawing = String::new();
+        self.draw(&mut drawing).map_err(|e| err(&e))?;
+        crate::output::write_atomic(path, drawing.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    /// Draws the timeline into `svg`; drawn in memory, it reaches the file whole or not at all.
+    fn draw(&self, svg: &mut String) -> Result<(), String> {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
         let lanes = self.models.len().max(1);
         let height = 200 + 60 * lanes as u32 + 260;
-        let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+        let root = SVGBackend::with_string(svg, (1000, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let (top, bottom) = root.split_vertically(120 + 60 * lanes as u32);
         let end = self

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use crate::error::{Error, Result};
+use crate::output::{self, Existing};
 use crate::writer::{self, HeaderEntry, PartialFile};
 
 /// How a tensor is initialised (timm's defaults).
@@ -257,7 +258,8 @@ pub fn largest_group(arch: &str) -> Option<(String, u64)> {
     Some((g.trim_end_matches('.').to_string(), bytes))
 }
 
-/// Writes `out/model.safetensors` and `out/config.json` for `arch`. Refuses to overwrite existing files.
+/// Writes `out/model.safetensors` and `out/config.json` for `arch`. Refuses to overwrite existing files;
+/// an error or an interruption leaves neither half-written.
 /// `progress(bytes_written)` is called as the data is written.
 pub fn write(arch: &str, out: &Path, seed: u64, mut progress: impl FnMut(u64)) -> Result<()> {
     let Some((mut specs, cfg)) = specs(arch) else {
@@ -268,16 +270,10 @@ pub fn write(arch: &str, out: &Path, seed: u64, mut progress: impl FnMut(u64)) -
     };
     let weights = out.join("model.safetensors");
     let config = out.join("config.json");
-    for p in [&weights, &config] {
-        if p.exists() {
-            return Err(Error::Output {
-                path: p.clone(),
-                msg: "already exists; synth never overwrites (remove it or pick another --out)"
-                    .into(),
-            });
-        }
-    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    for p in [&weights, &config] {
+        output::check(p, None, Existing::Refuse, &[])?;
+    }
     // timm's files (torch state dict through safetensors' Python writer) hold tensors sorted by name.
     specs.sort_by(|a, b| a.name.cmp(&b.name));
     let mut offset = 0usize;
@@ -296,7 +292,7 @@ pub fn write(arch: &str, out: &Path, seed: u64, mut progress: impl FnMut(u64)) -
         offsets,
     });
     let header = writer::header(&Default::default(), entries, 8);
-    let mut w = PartialFile::create(out.join("model.safetensors.partial"))?;
+    let mut w = PartialFile::create(output::partial_path(&weights)?)?;
     w.write_header(&header)?;
     let mut written = 0u64;
     for (i, s) in specs.iter().enumerate() {
@@ -310,11 +306,14 @@ pub fn write(arch: &str, out: &Path, seed: u64, mut progress: impl FnMut(u64)) -
         written += 4 * values.len() as u64;
         progress(written);
     }
-    w.finish_as(&weights)?;
     let text =
         serde_json::to_string_pretty(&config_json(arch, &cfg, seed)).expect("JSON of plain values");
-    std::fs::write(&config, text + "\n").map_err(|e| Error::io(&config, e))?;
-    Ok(())
+    // The weights reach the disk first, then config.json is put in place, then the weights: an interruption
+    // between the two renames (a moment) leaves a config.json the next synth names, never weights that a
+    // later run would preprocess without their config.
+    w.sync()?;
+    output::write_atomic(&config, (text + "\n").as_bytes())?;
+    w.finish_as(&weights)
 }
 
 #[cfg(test)]

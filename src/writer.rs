@@ -1,6 +1,7 @@
 //! Writing safetensors files, shared by `synth` and `convert`: the header JSON (entries in the order given,
 //! padded with trailing spaces like the Python writer pads it) and a file written under a temporary name that
 //! is removed again unless it is finished, so an error never leaves a half-written file under the real name.
+//! Temporaries are registered with [`partials`], so SIGINT, SIGTERM or a SIGBUS removes them too.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -11,6 +12,7 @@ use safetensors::Dtype;
 use serde_json::json;
 
 use crate::error::{Error, Result};
+use crate::process::partials::{self, Slot};
 
 /// One tensor's header entry; `offsets` are relative to the start of the data section.
 pub(crate) struct HeaderEntry<'a> {
@@ -54,17 +56,21 @@ pub(crate) struct PartialFile {
     w: BufWriter<File>,
     written: u64,
     finished: bool,
+    slot: Slot,
 }
 
 impl PartialFile {
     /// Creates `path`, which must not exist yet.
     pub fn create(path: PathBuf) -> Result<Self> {
+        // Registered before it exists, so there is no moment a signal could leave it behind.
+        let slot = partials::register(&path, false);
         let file = File::create_new(&path).map_err(|e| Error::io(&path, e))?;
         Ok(PartialFile {
             path,
             w: BufWriter::with_capacity(1 << 20, file),
             written: 0,
             finished: false,
+            slot,
         })
     }
 
@@ -91,11 +97,12 @@ impl PartialFile {
         self.write_all(header.as_bytes())
     }
 
-    /// Flushes and syncs the file and keeps it under its temporary name (for a file inside a folder that is
-    /// itself renamed into place).
-    pub fn finish(mut self) -> Result<()> {
+    /// Flushes and syncs the file and keeps it under its temporary name inside `dir`, which is renamed into
+    /// place later; until then a signal still removes it, so the folder can go too.
+    pub fn finish_in(mut self, dir: &mut PartialDir) -> Result<()> {
         self.sync()?;
         self.finished = true;
+        dir.children.push(self.slot.take());
         Ok(())
     }
 
@@ -104,10 +111,12 @@ impl PartialFile {
         self.sync()?;
         std::fs::rename(&self.path, dest).map_err(|e| Error::io(dest, e))?;
         self.finished = true;
+        self.slot.release();
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<()> {
+    /// Flushes the buffer and syncs the file to the disk.
+    pub fn sync(&mut self) -> Result<()> {
         let io = |e| Error::io(&self.path, e);
         self.w.flush().map_err(io)?;
         self.w.get_ref().sync_all().map_err(io)
@@ -127,15 +136,21 @@ impl Drop for PartialFile {
 pub(crate) struct PartialDir {
     path: PathBuf,
     finished: bool,
+    slot: Slot,
+    /// The finished files inside, still removed by a signal until the folder is renamed.
+    children: Vec<Slot>,
 }
 
 impl PartialDir {
     /// Creates `path`, which must not exist yet.
     pub fn create(path: PathBuf) -> Result<Self> {
+        let slot = partials::register(&path, true);
         std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
         Ok(PartialDir {
             path,
             finished: false,
+            slot,
+            children: Vec::new(),
         })
     }
 
@@ -147,6 +162,8 @@ impl PartialDir {
     pub fn finish_as(mut self, dest: &Path) -> Result<()> {
         std::fs::rename(&self.path, dest).map_err(|e| Error::io(dest, e))?;
         self.finished = true;
+        self.children.clear();
+        self.slot.release();
         Ok(())
     }
 }

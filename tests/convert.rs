@@ -483,9 +483,9 @@ fn cli_converts_and_refuses() {
         &["convert", vit, &d("taken.safetensors")],
         "already exists",
     );
-    refused(dir.path(), &["convert", vit, vit], "is the input");
+    refused(dir.path(), &["convert", vit, vit], "is an input");
     let weights = format!("{vit}/model.safetensors");
-    refused(dir.path(), &["convert", &weights, &weights], "is the input");
+    refused(dir.path(), &["convert", &weights, &weights], "is an input");
     refused(
         dir.path(),
         &["convert", &d("missing"), &d("out")],

@@ -103,7 +103,7 @@ fn json_records_and_totals_add_up() {
 #[test]
 fn table_csv_and_svg() {
     let model = fixture("vit_tiny").display().to_string();
-    let svg = tempfile::NamedTempFile::new().unwrap();
+    let svg = tempfile::Builder::new().suffix(".svg").tempfile().unwrap();
     let svg_path = svg.path().display().to_string();
     let (code, table, stderr) =
         wstream(&["profile", "--svg", &svg_path, "--model", &model, &cat()]);

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use wstream::output::{self, Existing};
 use wstream::pipeline::read_inputs;
 use wstream::process::MemReading;
 use wstream::profile::Profile;
@@ -41,16 +42,23 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     super::set_threads(args.run.threads)?;
-    if let Some(svg) = &args.svg {
-        if svg.is_dir() {
-            bail!(
-                "{}: --svg needs a file name, this is a folder",
-                svg.display()
-            );
-        }
-    }
     // The profile reports blocks, not answers.
     let pipeline = args.run.pipeline(&args.models, 1, false)?;
+    if let Some(svg) = &args.svg {
+        // Checked before the run, against every file it reads: the weights, their config.json, the inputs.
+        let mut inputs = args.inputs.clone();
+        for m in pipeline.models() {
+            inputs.extend(m.store.files().iter().map(|f| f.path.clone()));
+            let path = m.store.path();
+            let dir = if path.is_dir() {
+                Some(path)
+            } else {
+                path.parent()
+            };
+            inputs.extend(dir.map(|d| d.join("config.json")));
+        }
+        output::check(svg, Some("svg"), Existing::Replace, &inputs)?;
+    }
     let items = read_inputs(&args.inputs)?;
     if args.cold {
         for m in pipeline.models() {

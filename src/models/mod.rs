@@ -201,6 +201,28 @@ impl Family {
     }
 }
 
+/// The `__metadata__` key under which `wstream convert` keeps the model's config.json in the weights file, so
+/// a single-file copy carries its preprocessing. [`Model::load`] reads it when no config.json is beside the
+/// weights; a config.json there wins.
+pub const CONFIG_KEY: &str = "wstream.config";
+
+/// The config embedded under [`CONFIG_KEY`] in the first weights file, with that file's path.
+fn embedded_config(store: &Store) -> Result<Option<(String, PathBuf)>> {
+    let Some(f) = store.files().first() else {
+        return Ok(None);
+    };
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(f.bytes()).map_err(|e| Error::HeaderJson {
+            path: f.path.clone(),
+            msg: e.to_string(),
+        })?;
+    Ok(meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(CONFIG_KEY))
+        .map(|t| (t.clone(), f.path.clone())))
+}
+
 /// A loaded model: its mapped weights, configuration and blocks.
 pub struct Model {
     pub name: String,
@@ -225,7 +247,19 @@ impl Model {
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from("."))
         };
-        let mut config = ModelConfig::load_optional(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let embedded = if config_path.exists() {
+            None
+        } else {
+            embedded_config(&store)?
+        };
+        let mut config = match embedded {
+            Some((text, file)) => serde_json::from_str(&text).map_err(|e| Error::Config {
+                path: file,
+                msg: format!("the config in its metadata (`{CONFIG_KEY}`) is not timm's: {e}"),
+            })?,
+            None => ModelConfig::load_optional(&config_path)?,
+        };
         let model_err = |msg: String| Error::Model {
             path: path.to_path_buf(),
             msg,

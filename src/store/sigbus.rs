@@ -158,6 +158,8 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             .flatten()
         {
             if !REPORTED.swap(true, Ordering::AcqRel) {
+                // The message promises that nothing was written: remove any partial output first.
+                crate::process::partials::remove_all();
                 let mut rest = msg;
                 while !rest.is_empty() {
                     let n = libc::write(2, rest.as_ptr().cast(), rest.len());
