@@ -76,6 +76,8 @@ pub struct Options {
     /// Most bytes the run's peak RSS may reach (mapped weights, activations, the process's own memory):
     /// batches are split to fit it. `None`: [`default_memory`].
     pub memory: Option<u64>,
+    /// Most pixels an image may have (checked from its header, before decoding).
+    pub max_pixels: u64,
 }
 
 /// The memory limit without [`Options::memory`] and without a cgroup limit.
@@ -113,6 +115,7 @@ impl Default for Options {
             top: 5,
             logits: false,
             memory: None,
+            max_pixels: preprocess::MAX_PIXELS,
         }
     }
 }
@@ -292,7 +295,7 @@ impl Pipeline {
                     .collect();
             }
             Source::Image(path) => {
-                loaded = preprocess::load_rgb(path)?;
+                loaded = preprocess::load_rgb_limited(path, self.options.max_pixels)?;
                 &loaded
             }
             Source::Decoded(img) => img,

@@ -1,6 +1,7 @@
 //! Memory by construction: a batch's activations are estimated from the blocks' shapes before any work,
 //! batches are split to keep the peak RSS under the memory limit (or the limit is refused with the number),
-//! and input sizes a model cannot take are refused before an image is decoded.
+//! input sizes a model cannot take are refused before an image is decoded, and images are capped in pixels
+//! from their header.
 
 mod common;
 
@@ -164,6 +165,76 @@ fn an_input_size_the_model_cannot_take_is_refused_before_decoding() {
         err.contains("over the memory limit of 1073741824 bytes (--memory)"),
         "{err}"
     );
+}
+
+/// A PNG holding its signature, an IHDR chunk for a `w`x`h` RGB image and the start of its data: enough for
+/// the header check, then the data ends.
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    for chunk in [ihdr, b"IDAT\x78\x9c".to_vec()] {
+        png.extend_from_slice(&(chunk.len() as u32 - 4).to_be_bytes());
+        png.extend_from_slice(&chunk);
+        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
+    png
+}
+
+#[test]
+fn images_over_the_pixel_limit_are_refused_from_the_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bomb = tmp.path().join("bomb.png");
+    std::fs::write(&bomb, png_header(10_000, 10_000)).unwrap();
+    let vit = fixture("vit_tiny");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["classify", "--model", vit.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(bomb.to_str().unwrap());
+        common::wstream(&args)
+    };
+    let (code, _, err) = run(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(
+            "bomb.png: PNG image is 10000x10000 = 100000000 pixels, over the limit of 89478485 \
+             (a decompression bomb?); raise it with --max-pixels"
+        ),
+        "{err}"
+    );
+    // Raised, the header passes and the decoder finds the data missing.
+    let (code, _, err) = run(&["--max-pixels", "100000000"]);
+    assert_eq!(code, 1);
+    assert!(!err.contains("--max-pixels"), "{err}");
+    assert!(err.contains("bomb.png:"), "{err}");
+    // Lowered, a real photo is refused.
+    let (code, _, err) = common::wstream(&[
+        "classify",
+        "--max-pixels",
+        "1000",
+        "--model",
+        vit.to_str().unwrap(),
+        &image("cat.jpg"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("pixels, over the limit of 1000"), "{err}");
 }
 
 const ARCHS: [&str; 3] = [

@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// refused.
     #[arg(long, value_parser = parse_bytes)]
     pub memory: Option<u64>,
+    /// Most pixels an image may have, checked before decoding (default 89478485, Pillow's
+    /// decompression-bomb limit).
+    #[arg(long, default_value_t = wstream::preprocess::MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pixels: u64,
 }
 
 /// How an ensemble's models are combined, as the flag spells it.
@@ -127,6 +131,7 @@ impl RunArgs {
             top,
             logits,
             memory: self.memory,
+            max_pixels: self.max_pixels,
         }
     }
 }
