@@ -351,6 +351,9 @@ impl<'m> Executor<'m> {
         let compute_faults = Faults::thread().since(faults);
         let compute_read = read_since(read, process::thread_storage_read_bytes());
         let released = self.release(i)?;
+        if step.block + 1 == model.blocks.len() && step.model + 1 < self.models.len() {
+            process::trim_freed_heap();
+        }
         let record = BlockRecord {
             model: model.name.clone(),
             block: block.name().to_string(),

@@ -89,9 +89,9 @@ pub const DEFAULT_MEMORY: u64 = 1 << 30;
 pub const BASE_MEMORY: u64 = 48 << 20;
 
 /// What the allocator holds beyond the live activations, as a fraction of them: the peak exceeded the
-/// summed buffers by up to 1.3 MiB an input on Swin-L alone (whose buffers hold 16.1 MiB an input), and
-/// by 6 MiB an input for the three Large models at batch 11 in a cgroup (456 MiB VmHWM): the heap keeps an
-/// earlier model's freed buffers while the next maps its own. Half covers both.
+/// summed buffers by up to 1.3 MiB an input on Swin-L alone (whose buffers hold 16.1 MiB an input), and by
+/// up to 9 MiB an input for the three Large models in a cgroup until the heap was trimmed between models
+/// (490 MiB VmHWM at batch 9, 394 MiB with the trim). Half is the margin.
 const ACTIVATION_SLACK_DIVISOR: u64 = 2;
 
 /// The memory limit when none is given: 7/8 of this process's cgroup limit (v1 or v2) when one is set,
@@ -378,8 +378,7 @@ impl Pipeline {
 /// activations of any block ([`Model::activation_bytes`]) with the allocator's slack. Also the model whose
 /// activations are largest. Measured against it (VmHWM, one model, batch 1 / 8 / 32): ViT-L 129 / 200 / 457
 /// MiB for 160 / 269 / 642 estimated, ConvNeXt-L 174 / 282 / 709 for 217 / 389 / 981, Swin-L 185 / 309 /
-/// 736 for 233 / 389 / 997; the three Large models at batch 9 in a 512 MiB cgroup 428 for 440, at batch 12
-/// 449 for 518.
+/// 736 for 233 / 389 / 997; the three Large models at batch 9 in a 512 MiB cgroup 394 for 440.
 pub fn estimate(models: &[Model], budget: u64, n: usize) -> Result<(u64, u64, usize)> {
     let mut inputs = 0u64;
     let (mut acts, mut largest) = (0u64, 0);
