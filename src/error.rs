@@ -129,6 +129,16 @@ pub enum Error {
         block: String,
         needed: u64,
     },
+    /// A memory limit below what one input needs: its activations and the process's own memory, which
+    /// cannot be paged out (the mapped weights can).
+    #[error("{}: one input needs about {needed} bytes of memory for {model}'s activations, over the memory limit of {limit} bytes ({whence}); raise it with --memory", path.display())]
+    Memory {
+        path: PathBuf,
+        model: String,
+        needed: u64,
+        limit: u64,
+        whence: String,
+    },
     /// An output that is refused (it exists, or is the input) or came out other than planned.
     #[error("{}: {msg}", path.display())]
     Output { path: PathBuf, msg: String },

@@ -254,6 +254,11 @@ impl<'m> Executor<'m> {
         self.steps.iter().map(|s| s.bytes).max().unwrap_or(0)
     }
 
+    /// The budget in force: the one given, or [`default_budget`] of the largest block.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
     /// Runs every model on its input (`inputs[i]` for `models[i]`, each `[batch, 3, h, w]`; a batch goes
     /// through each block before the next block, so each block is paged in once per batch). Returns each
     /// model's output and a record per block.
@@ -354,6 +359,9 @@ impl<'m> Executor<'m> {
         let compute_faults = Faults::thread().since(faults);
         let compute_read = read_since(read, process::thread_storage_read_bytes());
         let released = self.release(i)?;
+        if step.block + 1 == model.blocks.len() && step.model + 1 < self.models.len() {
+            process::trim_freed_heap();
+        }
         let record = BlockRecord {
             model: model.name.clone(),
             block: block.name().to_string(),

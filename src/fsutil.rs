@@ -32,9 +32,20 @@ pub fn open_regular(path: &Path) -> Result<(File, Metadata)> {
         .open(path)
         .map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    let t = meta.file_type();
-    let kind = if t.is_file() {
+    if meta.is_file() {
         return Ok((file, meta));
+    }
+    Err(Error::NotRegular {
+        path: path.into(),
+        kind: kind_of(&meta),
+    })
+}
+
+/// What a file that is not a regular one is, for a message: "a folder", "a FIFO (named pipe)", ...
+pub fn kind_of(meta: &Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_file() {
+        "a regular file"
     } else if t.is_dir() {
         "a folder"
     } else if t.is_fifo() {
@@ -47,11 +58,7 @@ pub fn open_regular(path: &Path) -> Result<(File, Metadata)> {
         "a block device"
     } else {
         "not a file"
-    };
-    Err(Error::NotRegular {
-        path: path.into(),
-        kind,
-    })
+    }
 }
 
 /// Reads all of regular file `path`, refusing one over `limit` bytes (by its size, and by what is read,

@@ -73,6 +73,36 @@ pub struct Options {
     pub top: usize,
     /// Whether answers carry each model's raw logits.
     pub logits: bool,
+    /// Most bytes the run's peak RSS may reach (mapped weights, activations, the process's own memory):
+    /// batches are split to fit it. `None`: [`default_memory`].
+    pub memory: Option<u64>,
+    /// Most pixels an image may have (checked from its header, before decoding).
+    pub max_pixels: u64,
+}
+
+/// The memory limit without [`Options::memory`] and without a cgroup limit.
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
+
+/// What the process holds besides weights and activations (code, thread stacks, the GEMM's and the decoder's
+/// buffers, labels): VmHWM less the weights, inputs and activations was 6-22 MiB at batch 1 of the Large
+/// models (ViT-L the most); the rest is margin.
+pub const BASE_MEMORY: u64 = 48 << 20;
+
+/// What the allocator holds beyond the live activations, as a fraction of them: the peak exceeded the
+/// summed buffers by up to 1.3 MiB an input on Swin-L alone (whose buffers hold 16.1 MiB an input), and by
+/// up to 9 MiB an input for the three Large models in a cgroup until the heap was trimmed between models
+/// (490 MiB VmHWM at batch 9, 394 MiB with the trim). Half is the margin.
+const ACTIVATION_SLACK_DIVISOR: u64 = 2;
+
+/// The memory limit when none is given: 7/8 of this process's cgroup limit (v1 or v2) when one is set,
+/// else [`DEFAULT_MEMORY`]; and where it comes from, for messages. The cgroup also charges the page cache
+/// the run reads, the next block's read-ahead included; the eighth left is for it (a run of the three
+/// Large models planned for all of a 512 MiB cgroup kept it at its limit, reclaiming cache throughout).
+pub fn default_memory() -> (u64, &'static str) {
+    match crate::process::cgroup_memory_limit() {
+        Some(limit) => (limit - limit / 8, "7/8 of the cgroup's memory limit"),
+        None => (DEFAULT_MEMORY, "the default without a cgroup limit"),
+    }
 }
 
 impl Default for Options {
@@ -84,6 +114,8 @@ impl Default for Options {
             ensemble: Ensemble::MeanProb,
             top: 5,
             logits: false,
+            memory: None,
+            max_pixels: preprocess::MAX_PIXELS,
         }
     }
 }
@@ -97,6 +129,10 @@ pub struct Pipeline {
     labels: Vec<Vec<String>>,
     preprocess: Vec<Preprocess>,
     options: Options,
+    /// Inputs per batch: [`Options::batch`], or fewer where that would not fit the memory limit.
+    batch: usize,
+    /// The executor's weight budget, which the memory limit must also hold.
+    budget: u64,
     on_warning: Option<Box<WarningSink>>,
 }
 
@@ -111,7 +147,9 @@ impl Pipeline {
     }
 
     /// Refuses, before any work, models that disagree on their classes, a config.json whose preprocessing
-    /// cannot work, a budget below what the largest block needs, no model and a batch of 0 inputs.
+    /// cannot work or whose input size a model cannot take, a budget below what the largest block needs,
+    /// a memory limit below what one input needs, no model and a batch of 0 inputs. Plans the batches:
+    /// [`Options::batch`] inputs, or as many as fit the memory limit (see [`Pipeline::batch`]).
     pub fn new(models: Vec<Model>, options: Options) -> Result<Pipeline> {
         if models.is_empty() {
             return Err(Error::Options("a pipeline needs at least one model".into()));
@@ -138,14 +176,23 @@ impl Pipeline {
             .iter()
             .map(|m| Preprocess::from_config(&m.config, m.store.path()))
             .collect::<Result<Vec<_>>>()?;
-        Executor::new(&models, exec_options(&options))?;
+        let budget = Executor::new(&models, exec_options(&options))?.budget();
+        let batch = plan_batch(&models, budget, &options, options.batch)?;
         Ok(Pipeline {
             models,
             labels,
             preprocess,
             options,
+            batch,
+            budget,
             on_warning: None,
         })
+    }
+
+    /// Inputs [`Pipeline::run`] and [`Pipeline::run_batch`] put through each block together:
+    /// [`Options::batch`], or the most that keep the estimated peak RSS within the memory limit.
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     /// Hands each warning of a run (a refused read-ahead) to `sink`; without one they are dropped.
@@ -162,7 +209,7 @@ impl Pipeline {
         &self.options
     }
 
-    /// Runs `items` in batches of [`Options::batch`], calling `emit` with each input's answer in order.
+    /// Runs `items` in batches of [`Pipeline::batch`], calling `emit` with each input's answer in order.
     /// The first bad input (unreadable image, wrong tensor size) ends the run before its batch runs; the
     /// answers of earlier batches have been emitted. Returns the executor's record of every block run.
     pub fn run<E: From<Error>>(
@@ -172,7 +219,7 @@ impl Pipeline {
     ) -> std::result::Result<Vec<BlockRecord>, E> {
         let executor = Executor::new(&self.models, exec_options(&self.options))?;
         let mut records = Vec::new();
-        for batch in items.chunks(self.options.batch) {
+        for batch in items.chunks(self.batch) {
             let start = Instant::now();
             let inputs = batch
                 .iter()
@@ -186,10 +233,10 @@ impl Pipeline {
         Ok(records)
     }
 
-    /// Runs `items` as one batch, whatever [`Options::batch`] says (a server gathers its own batches). A
-    /// bad input gets its error in its place and the others still run; an error of the run itself (a
-    /// weight file changed on disk) fails them all. Returns the answers in `items`' order and the
-    /// executor's records.
+    /// Runs `items` as one batch, whatever [`Options::batch`] says (a server gathers its own batches),
+    /// split only where the memory limit requires it ([`Pipeline::batch`]). A bad input gets its error in
+    /// its place and the others still run; an error of the run itself (a weight file changed on disk)
+    /// fails them all. Returns the answers in `items`' order and the executor's records.
     pub fn run_batch(&self, items: &[Item]) -> Result<(Vec<Result<Answer>>, Vec<BlockRecord>)> {
         let start = Instant::now();
         let mut prepared: Vec<Result<Prepared>> =
@@ -202,13 +249,20 @@ impl Pipeline {
             })
             .collect();
         let mut records = Vec::new();
-        let mut answers = if good.is_empty() {
-            Vec::new()
-        } else {
+        let mut answers = Vec::new();
+        if !good.is_empty() {
             let executor = Executor::new(&self.models, exec_options(&self.options))?;
-            self.answer(&executor, good, start, &mut records)?
+            let fit = plan_batch(&self.models, self.budget, &self.options, good.len())?;
+            let mut good = good.into_iter();
+            loop {
+                let part: Vec<_> = good.by_ref().take(fit).collect();
+                if part.is_empty() {
+                    break;
+                }
+                answers.extend(self.answer(&executor, part, start, &mut records)?);
+            }
         }
-        .into_iter();
+        let mut answers = answers.into_iter();
         let results = prepared
             .into_iter()
             .map(|p| match p {
@@ -241,7 +295,7 @@ impl Pipeline {
                     .collect();
             }
             Source::Image(path) => {
-                loaded = preprocess::load_rgb(path)?;
+                loaded = preprocess::load_rgb_limited(path, self.options.max_pixels)?;
                 &loaded
             }
             Source::Decoded(img) => img,
@@ -337,6 +391,63 @@ impl Pipeline {
             })
             .collect())
     }
+}
+
+/// The estimated peak RSS of running `n` inputs per batch, in bytes, and of it what cannot be paged out
+/// (the process's own memory and the activations; the mapped weights can): [`BASE_MEMORY`], the weight
+/// budget, every model's `[n, 3, h, w]` input (all are built before the first block runs) and the largest
+/// activations of any block ([`Model::activation_bytes`]) with the allocator's slack. Also the model whose
+/// activations are largest. Measured against it (VmHWM, one model, batch 1 / 8 / 32): ViT-L 129 / 200 / 457
+/// MiB for 160 / 269 / 642 estimated, ConvNeXt-L 174 / 282 / 709 for 217 / 389 / 981, Swin-L 185 / 309 /
+/// 736 for 233 / 389 / 997; the three Large models at batch 9 in a 512 MiB cgroup 394 for 440.
+pub fn estimate(models: &[Model], budget: u64, n: usize) -> Result<(u64, u64, usize)> {
+    let mut inputs = 0u64;
+    let (mut acts, mut largest) = (0u64, 0);
+    for (i, m) in models.iter().enumerate() {
+        inputs += 4 * (n * m.input_size().iter().product::<usize>()) as u64;
+        let a = m.activation_bytes(n)?;
+        if a > acts {
+            (acts, largest) = (a, i);
+        }
+    }
+    // Building the batch's inputs holds them twice (per input and gathered); running holds them once
+    // beside the largest block's activations.
+    let acts = acts + acts / ACTIVATION_SLACK_DIVISOR;
+    let anon = BASE_MEMORY + (2 * inputs).max(inputs + acts);
+    Ok((anon + budget, anon, largest))
+}
+
+/// Inputs per batch: at most `want`, and the most whose [`estimate`] fits the
+/// memory limit. One input always runs when its anonymous memory fits (the kernel can page mapped weights
+/// out under a cgroup limit: that is how one input of the three Large models runs in 54 MiB); when it
+/// does not, the limit is refused with the number.
+fn plan_batch(models: &[Model], budget: u64, options: &Options, want: usize) -> Result<usize> {
+    let (limit, whence) = match options.memory {
+        Some(m) => (m, "--memory"),
+        None => default_memory(),
+    };
+    let (_, anon, largest) = estimate(models, budget, 1)?;
+    if anon > limit {
+        let m = &models[largest];
+        return Err(Error::Memory {
+            path: m.store.path().to_path_buf(),
+            model: m.name.clone(),
+            needed: anon,
+            limit,
+            whence: whence.into(),
+        });
+    }
+    // The estimate grows with n: the largest n that fits, by bisection over 1..=want.
+    let (mut lo, mut hi) = (1, want.max(1));
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if estimate(models, budget, mid)?.0 <= limit {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(lo)
 }
 
 fn exec_options(options: &Options) -> ExecOptions {

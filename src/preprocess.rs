@@ -24,8 +24,10 @@ use crate::models::ModelConfig;
 
 /// Images wider or taller than this are refused before decoding.
 pub const MAX_SIDE: u32 = 20_000;
-/// Images with more pixels than this are refused before decoding.
-pub const MAX_PIXELS: u64 = 100_000_000;
+/// Images with more pixels than this are refused before decoding (the default of
+/// `Options::max_pixels`, `--max-pixels`): Pillow's decompression-bomb threshold `Image.MAX_IMAGE_PIXELS`,
+/// where Pillow warns (it refuses at twice as many). Decoded, such an image takes 256 MiB as RGB.
+pub const MAX_PIXELS: u64 = 89_478_485;
 /// Files larger than this are refused before reading.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 /// The most the decoder may allocate (the decoded image included).
@@ -482,11 +484,17 @@ fn vertical(src: &[u8], src_w: usize, src_y0: usize, cols: Range<usize>, taps: &
 ///
 /// Refused with [`Error::Input`] and one message saying what is wrong: a FIFO or device, an empty,
 /// unreadable, truncated or corrupt file, another format, or an image over [`MAX_SIDE`] on a side or
-/// [`MAX_PIXELS`] in all (checked from the header, before decoding).
+/// [`MAX_PIXELS`] in all (checked from the header, before decoding; [`load_rgb_limited`] takes another pixel
+/// limit).
 ///
 /// Deliberate difference: Pillow opens a 16-bit greyscale PNG as mode `I;16`, whose `convert("RGB")`
 /// clips every value above 255 to white; here it keeps the high byte, like every other 16-bit image.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    load_rgb_limited(path, MAX_PIXELS)
+}
+
+/// [`load_rgb`] refusing images of more than `max_pixels` pixels (checked from the header).
+pub fn load_rgb_limited(path: &Path, max_pixels: u64) -> Result<RgbImage> {
     let input_err = |msg: String| Error::Input {
         path: path.into(),
         msg,
@@ -499,7 +507,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         // A FIFO or device has no length (it read as "empty") and reading one can block forever.
         return Err(input_err(format!(
             "is {}, not a regular file; give an image file",
-            special_file_kind(&meta)
+            crate::fsutil::kind_of(&meta)
         )));
     }
     if meta.len() == 0 {
@@ -515,28 +523,13 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     // The decoders are not supposed to panic on any input; should one still do so, report it as a
     // bad file rather than taking the process down.
-    std::panic::catch_unwind(|| decode_rgb(&bytes))
+    std::panic::catch_unwind(|| decode_rgb(&bytes, max_pixels))
         .unwrap_or_else(|_| Err("the image decoder failed on this file (corrupt data?)".into()))
         .map_err(input_err)
 }
 
-/// What a file that is not a regular one is, for a message.
-fn special_file_kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "a special file"
-    }
-}
-
 /// [`load_rgb`] on the bytes of a file; the error is the message.
-fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, String> {
     let format = match image::guess_format(bytes) {
         Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
         Ok(other) => {
@@ -587,11 +580,13 @@ fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         // zune-jpeg (in lenient mode) fills a cut-off JPEG with grey; Pillow refuses it.
         jpeg_check_complete(bytes).map_err(|what| format!("truncated or corrupt JPEG: {what}"))?;
     }
+    // A raised pixel limit raises the decoder's too: up to 8 bytes a pixel (16-bit RGBA).
+    let max_alloc = MAX_DECODE_BYTES.max(max_pixels.saturating_mul(8));
     let describe = |e: ImageError| match e {
         ImageError::Decoding(e) => format!("corrupt {name} data: {e}"),
         ImageError::Limits(e) => format!(
             "{name} image too large to decode within {} MiB: {e}",
-            MAX_DECODE_BYTES >> 20
+            max_alloc >> 20
         ),
         ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             format!("truncated {name}: the data ends early")
@@ -601,17 +596,23 @@ fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits.max_alloc = Some(max_alloc);
     reader.limits(limits);
     let decoder = reader.into_decoder().map_err(describe)?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
         return Err(format!("{name} image has no pixels ({w}x{h})"));
     }
-    if w > MAX_SIDE || h > MAX_SIDE || w as u64 * h as u64 > MAX_PIXELS {
+    if w > MAX_SIDE || h > MAX_SIDE {
         return Err(format!(
-            "{name} image is {w}x{h}, over the limit of {MAX_SIDE} pixels a side and {} megapixels",
-            MAX_PIXELS / 1_000_000
+            "{name} image is {w}x{h}, over the limit of {MAX_SIDE} pixels a side"
+        ));
+    }
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(format!(
+            "{name} image is {w}x{h} = {pixels} pixels, over the limit of {max_pixels} \
+             (a decompression bomb?); raise it with --max-pixels"
         ));
     }
     let img = DynamicImage::from_decoder(decoder).map_err(describe)?;

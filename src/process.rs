@@ -2,6 +2,8 @@
 //! (getrusage), bytes read from storage (/proc/self/io); and the one allocator setting a program may opt
 //! into. Page residency of mapped byte ranges is [`crate::residency`]'s.
 
+use std::path::Path;
+
 use serde::Serialize;
 
 /// Memory of this process, in bytes, from /proc/self/status.
@@ -106,6 +108,49 @@ fn io_read_bytes(path: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("read_bytes:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The memory limit of this process's cgroup in bytes (the smallest along its ancestors), or `None` when
+/// there is none or it cannot be read. cgroup v1: `hierarchical_memory_limit` of the memory controller's
+/// memory.stat (or memory.limit_in_bytes); v2: memory.max of the cgroup and each ancestor. Both count page
+/// cache too; "no limit" (v2 `max`, v1's near-2^63 value) is `None`.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    // v1 lines are `id:controllers:path`, the v2 line is `0::path`.
+    let path_of = |want: &dyn Fn(&str) -> bool| {
+        cgroups.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            want(controllers).then(|| path.to_string())
+        })
+    };
+    let limit = |v: u64| (v < 1 << 60).then_some(v);
+    if let Some(path) = path_of(&|c| c.split(',').any(|c| c == "memory")) {
+        let dir = Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
+        let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+        let value = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("hierarchical_memory_limit "))
+            .map(str::to_string)
+            .or_else(|| std::fs::read_to_string(dir.join("memory.limit_in_bytes")).ok());
+        return limit(value?.trim().parse().ok()?);
+    }
+    let path = path_of(&|c| c.is_empty())?;
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dir = root.join(path.trim_start_matches('/'));
+    let mut least: Option<u64> = None;
+    // Each ancestor's memory.max bounds its descendants; the root has none.
+    while dir.starts_with(root) && dir != root {
+        if let Ok(text) = std::fs::read_to_string(dir.join("memory.max")) {
+            if let Ok(v) = text.trim().parse::<u64>() {
+                least = Some(least.map_or(v, |l| l.min(v)));
+            }
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    least.and_then(limit)
 }
 
 /// Lets the C allocator keep freed activation buffers for reuse (glibc only; elsewhere a no-op). A
@@ -251,5 +296,17 @@ extern "C" fn on_interrupt(sig: libc::c_int) {
     unsafe {
         libc::write(2, msg.as_ptr() as *const libc::c_void, msg.len());
         libc::_exit(128 + sig);
+    }
+}
+
+/// Hands the C allocator's free memory back to the kernel (glibc's malloc_trim; elsewhere a no-op). Called
+/// when a model of an ensemble is done: its freed activation buffers would otherwise stay resident (see
+/// [`keep_freed_heap`]) beside the next model's, which does not reuse them all.
+#[allow(unsafe_code)]
+pub fn trim_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages to the kernel; live allocations are untouched.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

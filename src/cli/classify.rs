@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use wstream::classify::{self, Ranked};
 use wstream::exec::{self, BlockRecord};
 use wstream::models::Model;
-use wstream::pipeline::{read_inputs, Answer, Options, Pipeline};
+use wstream::pipeline::{default_memory, read_inputs, Answer, Options, Pipeline};
 use wstream::process::MemReading;
 use wstream::profile::Totals;
 
@@ -63,6 +63,15 @@ pub struct RunArgs {
     /// Inputs run through each block together, so each block's weights are paged in once per batch.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch: u64,
+    /// Most bytes the run's peak RSS may reach (suffixes K, M, G; default 7/8 of the cgroup's memory
+    /// limit, else 1G): batches are split to stay under it, and a limit below what one input needs is
+    /// refused.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+    /// Most pixels an image may have, checked before decoding (default 89478485, Pillow's
+    /// decompression-bomb limit).
+    #[arg(long, default_value_t = wstream::preprocess::MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pixels: u64,
 }
 
 /// How an ensemble's models are combined, as the flag spells it.
@@ -84,15 +93,26 @@ pub enum Evict {
 }
 
 impl RunArgs {
-    /// Loads the models into a pipeline run with these flags; its warnings go to stderr.
+    /// Loads the models into a pipeline run with these flags; its warnings go to stderr, and so does a
+    /// note when the batch is split to fit the memory limit.
     pub fn pipeline(
         &self,
         paths: &[impl AsRef<std::path::Path>],
         top: usize,
         logits: bool,
     ) -> wstream::Result<Pipeline> {
-        Ok(Pipeline::load(paths, self.options(top, logits))?
-            .with_warnings(|w| eprintln!("warning: {}", printable(&w.to_string()))))
+        let pipeline = Pipeline::load(paths, self.options(top, logits))?
+            .with_warnings(|w| eprintln!("warning: {}", printable(&w.to_string())));
+        if pipeline.batch() < self.batch as usize {
+            let limit = self.memory.unwrap_or_else(|| default_memory().0);
+            eprintln!(
+                "note: --batch {} runs as batches of {} to keep peak memory under {} (raise it with --memory)",
+                self.batch,
+                pipeline.batch(),
+                human_bytes(limit)
+            );
+        }
+        Ok(pipeline)
     }
 
     /// The pipeline's options for these flags, ranking `top` classes, with logits or without.
@@ -110,6 +130,8 @@ impl RunArgs {
             },
             top,
             logits,
+            memory: self.memory,
+            max_pixels: self.max_pixels,
         }
     }
 }

@@ -14,7 +14,7 @@
 
 use crate::error::Result;
 use crate::models::layers::{Bias, Depthwise, LayerNorm, Linear, Mlp, PatchConv};
-use crate::models::{Act, Block, BuildCtx, Forward, Param, Weights};
+use crate::models::{Act, Block, BuildCtx, Forward, Param, Planned, Weights};
 use crate::ops::{self, elementwise, Layout};
 
 /// timm's LayerNorm / LayerNorm2d default (every variant but `convnext_xxlarge`).
@@ -337,14 +337,12 @@ fn conv_bias_of(ctx: &BuildCtx, name: &str, conv_bias: bool) -> Result<Bias> {
     }
 }
 
-/// Checks a channels-last activation `[b, h, w, c]` and returns `(b, h, w)`.
-fn nhwc(w: &Weights, x: &Act, c: usize) -> Result<(usize, usize, usize)> {
-    match *x.shape.as_slice() {
-        [b, h, wd, cc] if cc == c && x.data.len() == b * h * wd * c => Ok((b, h, wd)),
+/// Checks a channels-last activation `[b, h, w, c]` of `len` values and returns `(b, h, w)`.
+fn nhwc(w: &Weights, shape: &[usize], len: usize, c: usize) -> Result<(usize, usize, usize)> {
+    match *shape {
+        [b, h, wd, cc] if cc == c && len == b * h * wd * c => Ok((b, h, wd)),
         _ => Err(w.input_error(format!(
-            "expected channels-last activations [batch, h, w, {c}], got shape {:?} ({} values)",
-            x.shape,
-            x.data.len()
+            "expected channels-last activations [batch, h, w, {c}], got shape {shape:?} ({len} values)"
         ))),
     }
 }
@@ -355,17 +353,16 @@ struct Stem {
     norm: LayerNorm,
 }
 
-impl Forward for Stem {
-    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
+impl Stem {
+    /// Checks an image `[b, in_chans, h, w]` of `len` values; returns `(b, h, w)`.
+    fn check(&self, w: &Weights, shape: &[usize], len: usize) -> Result<(usize, usize, usize)> {
         let (in_chans, p) = (self.conv.in_chans, self.conv.k);
-        let (b, c, h, wd) = match *x.shape.as_slice() {
-            [b, c, h, wd] if x.data.len() == b * c * h * wd => (b, c, h, wd),
+        let (b, c, h, wd) = match *shape {
+            [b, c, h, wd] if len == b * c * h * wd => (b, c, h, wd),
             _ => {
                 return Err(w.input_error(format!(
-                    "expected an image [batch, {in_chans}, h, w], got shape {:?} ({} values)",
-                    x.shape,
-                    x.data.len()
-                )))
+                "expected an image [batch, {in_chans}, h, w], got shape {shape:?} ({len} values)"
+            )))
             }
         };
         if c != in_chans || h < p || wd < p {
@@ -373,6 +370,35 @@ impl Forward for Stem {
                 "input {c}x{h}x{wd} does not fit: the stem is a {p}x{p} stride-{p} conv over {in_chans} channels"
             )));
         }
+        Ok((b, h, wd))
+    }
+}
+
+/// A `k x k` stride-`k` conv from `in_values` values of `(b, h, w)` with `c` channels: its output shape and
+/// live values (input, the patch rows it gathers, output).
+fn patch_conv_plan(
+    conv: &PatchConv,
+    in_values: usize,
+    (b, h, wd): (usize, usize, usize),
+) -> Planned {
+    let (k, c) = (conv.k, conv.in_chans);
+    let pixels = b * (h / k) * (wd / k);
+    Planned {
+        output: vec![b, h / k, wd / k, conv.out],
+        live: in_values + pixels * (c * k * k + conv.out),
+    }
+}
+
+impl Forward for Stem {
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
+        let len = input.iter().product();
+        let bhw = self.check(w, input, len)?;
+        Ok(patch_conv_plan(&self.conv, len, bhw))
+    }
+
+    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
+        let p = self.conv.k;
+        let (b, h, wd) = self.check(w, &x.shape, x.data.len())?;
         let mut y = self.conv.forward(w, &x.data, Layout::Nchw, (b, h, wd))?;
         self.norm.apply(w, &mut y)?;
         Ok(Act::new(y, vec![b, h / p, wd / p, self.conv.out]))
@@ -385,15 +411,30 @@ struct Downsample {
     conv: PatchConv,
 }
 
-impl Forward for Downsample {
-    fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
+impl Downsample {
+    /// Checks the feature map `[b, h, w, in_chans]` of `len` values; returns `(b, h, w)`.
+    fn check(&self, w: &Weights, shape: &[usize], len: usize) -> Result<(usize, usize, usize)> {
         let k = self.conv.k;
-        let (b, h, wd) = nhwc(w, &x, self.conv.in_chans)?;
+        let (b, h, wd) = nhwc(w, shape, len, self.conv.in_chans)?;
         if h < k || wd < k {
             return Err(w.input_error(format!(
                 "a {h}x{wd} feature map is too small for the {k}x{k} stride-{k} downsample (input image too small)"
             )));
         }
+        Ok((b, h, wd))
+    }
+}
+
+impl Forward for Downsample {
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
+        let len = input.iter().product();
+        let bhw = self.check(w, input, len)?;
+        Ok(patch_conv_plan(&self.conv, len, bhw))
+    }
+
+    fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
+        let k = self.conv.k;
+        let (b, h, wd) = self.check(w, &x.shape, x.data.len())?;
         self.norm.apply(w, &mut x.data)?;
         let y = self.conv.forward(w, &x.data, Layout::Nhwc, (b, h, wd))?;
         Ok(Act::new(y, vec![b, h / k, wd / k, self.conv.out]))
@@ -409,8 +450,18 @@ struct ConvBlock {
 }
 
 impl Forward for ConvBlock {
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
+        let c = self.conv_dw.dim;
+        let (b, h, wd) = nhwc(w, input, input.iter().product(), c)?;
+        // At fc2: x, the depthwise output, the hidden activation and fc2's output.
+        Ok(Planned {
+            output: input.to_vec(),
+            live: b * h * wd * (3 * c + self.mlp.hidden),
+        })
+    }
+
     fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
-        let (b, h, wd) = nhwc(w, &x, self.conv_dw.dim)?;
+        let (b, h, wd) = nhwc(w, &x.shape, x.data.len(), self.conv_dw.dim)?;
         let mut y = self.conv_dw.forward(w, &x.data, (b, h, wd))?;
         self.norm.apply(w, &mut y)?;
         // fc2's bias goes in with the layer scale and the residual.
@@ -444,13 +495,31 @@ struct Head {
     dim: usize,
 }
 
-impl Forward for Head {
-    fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
-        let dim = self.dim;
-        let (b, h, wd) = nhwc(w, &x, dim)?;
+impl Head {
+    /// Checks the feature map `[b, h, w, dim]` of `len` values; returns `(b, h, w)`.
+    fn check(&self, w: &Weights, shape: &[usize], len: usize) -> Result<(usize, usize, usize)> {
+        let (b, h, wd) = nhwc(w, shape, len, self.dim)?;
         if h * wd == 0 {
             return Err(w.input_error(format!("cannot pool an empty {h}x{wd} feature map")));
         }
+        Ok((b, h, wd))
+    }
+}
+
+impl Forward for Head {
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
+        let len = input.iter().product::<usize>();
+        let (b, _, _) = self.check(w, input, len)?;
+        let feat = self.pre_logits.map_or(self.dim, |fc| fc.out_dim);
+        Ok(Planned {
+            output: vec![b, self.fc.out_dim],
+            live: len + b * (self.dim + feat + self.fc.out_dim),
+        })
+    }
+
+    fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
+        let dim = self.dim;
+        let (b, h, wd) = self.check(w, &x.shape, x.data.len())?;
         if let HeadNorm::BeforePool(n) = &self.norm {
             n.apply(w, &mut x.data)?;
         }

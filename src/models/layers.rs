@@ -132,6 +132,8 @@ pub struct Mlp {
     /// Public for a caller that adds it itself ([`Mlp::forward_without_fc2_bias`]).
     pub fc2_bias: Param,
     dim: usize,
+    /// fc1's outputs: the width of the hidden activation.
+    pub hidden: usize,
 }
 
 impl Mlp {
@@ -160,6 +162,7 @@ impl Mlp {
             fc2: ctx.param(&format!("{prefix}.fc2.weight"), &shape(dim, hidden))?,
             fc2_bias: ctx.param(&format!("{prefix}.fc2.bias"), &[dim])?,
             dim,
+            hidden,
         })
     }
 

@@ -74,6 +74,19 @@ pub struct BlockMeta {
 /// The computation of one block over the weights it declared.
 pub trait Forward: Send + Sync {
     fn forward(&self, w: &Weights, x: Act) -> Result<Act>;
+
+    /// What [`Forward::forward`] would do with an input of shape `input`, without running it or reading a
+    /// weight: the output shape, and the most f32 values it holds at once (its input and output included),
+    /// counted from the buffers the forward allocates. An input the forward refuses is refused here.
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned>;
+}
+
+/// A block's forward on one input shape, as [`Forward::plan`] foresees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub output: Vec<usize>,
+    /// The most f32 activation values alive at once during the forward.
+    pub live: usize,
 }
 
 /// One streaming unit of a model: its meta and its forward.
@@ -106,6 +119,17 @@ impl Block {
                 meta: &self.meta,
             },
             x,
+        )
+    }
+
+    /// [`Forward::plan`]: the output shape and peak live activation values for an input of shape `input`.
+    pub fn plan(&self, store: &Store, input: &[usize]) -> Result<Planned> {
+        self.forward.plan(
+            &Weights {
+                store,
+                meta: &self.meta,
+            },
+            input,
         )
     }
 }
@@ -357,6 +381,22 @@ impl Model {
     pub fn input_size(&self) -> [usize; 3] {
         self.config.input_size()
     }
+
+    /// The most activation bytes a batch of `batch` inputs of [`Model::input_size`] holds at once in any
+    /// block (input, output and every intermediate buffer of the block's forward), from the blocks' shapes
+    /// alone. An input size some block refuses (a ViT position embedding for another grid) is refused
+    /// here with the forward's message, before any image is decoded.
+    pub fn activation_bytes(&self, batch: usize) -> Result<u64> {
+        let [c, h, w] = self.input_size();
+        let mut shape = vec![batch, c, h, w];
+        let mut live = 0u64;
+        for block in &self.blocks {
+            let p = block.plan(&self.store, &shape)?;
+            live = live.max(p.live as u64);
+            shape = p.output;
+        }
+        Ok(live * 4)
+    }
 }
 
 /// What a family's builder needs: the weights, the config, the block being declared, and a record of which
@@ -582,6 +622,13 @@ mod tests {
         fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
             w.floats(self.0)?;
             Ok(x)
+        }
+
+        fn plan(&self, _: &Weights, input: &[usize]) -> Result<Planned> {
+            Ok(Planned {
+                output: input.to_vec(),
+                live: input.iter().product(),
+            })
         }
     }
 

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::models::layers::{Bias, LayerNorm, Linear, Mlp, PatchConv};
-use crate::models::{Act, Block, BuildCtx, Forward, Param, Weights};
+use crate::models::{Act, Block, BuildCtx, Forward, Param, Planned, Weights};
 use crate::ops::{self, elementwise, Layout};
 
 /// `nn.LayerNorm`'s default, used by every norm in timm's Swin.
@@ -297,8 +297,8 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
 }
 
 /// Checks that `x` is `[b, h, w, c]` for this block; returns `b`.
-fn check_nhwc(w: &Weights, x: &Act, (h, wd): (usize, usize), c: usize) -> Result<usize> {
-    match x.shape.as_slice() {
+fn check_nhwc(w: &Weights, shape: &[usize], (h, wd): (usize, usize), c: usize) -> Result<usize> {
+    match shape {
         &[b, xh, xw, xc] if (xh, xw, xc) == (h, wd, c) => Ok(b),
         other => Err(w.input_error(format!(
             "expected a [batch, {h}, {wd}, {c}] input, got {other:?}"
@@ -313,13 +313,13 @@ struct PatchEmbed {
     img: (usize, usize),
 }
 
-impl Forward for PatchEmbed {
-    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
+impl PatchEmbed {
+    /// Checks the image shape against the size the model is built for; returns the batch.
+    fn check(&self, w: &Weights, shape: &[usize]) -> Result<usize> {
         let (ih, iw) = self.img;
-        let &[b, c, h, wd] = x.shape.as_slice() else {
+        let &[b, c, h, wd] = shape else {
             return Err(w.input_error(format!(
-                "expected a [batch, 3, {ih}, {iw}] image, got {:?}",
-                x.shape
+                "expected a [batch, 3, {ih}, {iw}] image, got {shape:?}"
             )));
         };
         if (c, h, wd) != (3, ih, iw) {
@@ -328,6 +328,25 @@ impl Forward for PatchEmbed {
                  (its windows and shift masks are fixed for that size)"
             )));
         }
+        Ok(b)
+    }
+}
+
+impl Forward for PatchEmbed {
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
+        let b = self.check(w, input)?;
+        let ((h, wd), p, out) = (self.img, self.proj.k, self.proj.out);
+        let pixels = b * (h / p) * (wd / p);
+        // The image, the conv's patch rows (im2col) and its output.
+        Ok(Planned {
+            output: vec![b, h / p, wd / p, out],
+            live: b * 3 * h * wd + pixels * (3 * p * p + out),
+        })
+    }
+
+    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
+        let b = self.check(w, &x.shape)?;
+        let (h, wd) = self.img;
         let p = self.proj.k;
         let mut out = self.proj.forward(w, &x.data, Layout::Nchw, (b, h, wd))?;
         self.norm.apply(w, &mut out)?;
@@ -344,9 +363,20 @@ struct PatchMerging {
 }
 
 impl Forward for PatchMerging {
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
+        let (h, wd, c) = (self.res.0, self.res.1, self.reduction.in_dim / 4);
+        let b = check_nhwc(w, input, self.res, c)?;
+        let (h2, w2) = (h.div_ceil(2), wd.div_ceil(2));
+        // The input, the concatenated neighbourhoods and the reduction's output.
+        Ok(Planned {
+            output: vec![b, h2, w2, self.reduction.out_dim],
+            live: b * h * wd * c + b * h2 * w2 * (4 * c + self.reduction.out_dim),
+        })
+    }
+
     fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
         let (h, wd, c) = (self.res.0, self.res.1, self.reduction.in_dim / 4);
-        let b = check_nhwc(w, &x, self.res, c)?;
+        let b = check_nhwc(w, &x.shape, self.res, c)?;
         let (h2, w2) = (h.div_ceil(2), wd.div_ceil(2));
         let mut cat = vec![0.0f32; b * h2 * w2 * 4 * c];
         cat.par_chunks_mut(w2 * 4 * c)
@@ -449,9 +479,28 @@ impl SwinBlock {
 }
 
 impl Forward for SwinBlock {
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
+        let (h, wd, c) = (self.res.0, self.res.1, self.proj.out_dim);
+        let b = check_nhwc(w, input, self.res, c)?;
+        let rows = b * h * wd;
+        // Windows are padded to whole windows: the attention runs on at least as many rows.
+        let (wh, ww) = self.window;
+        let padded = b * h.div_ceil(wh) * wh * wd.div_ceil(ww) * ww;
+        let a = self.proj.in_dim;
+        // The forward drops each buffer once used; the largest sets alive at once: x with the windows and
+        // qkv, x with qkv and the attention output, and x with the MLP's input, hidden activation and
+        // output. The bias gathered per head is small.
+        let attention = rows * c + padded * (c + 3 * a).max(4 * a);
+        let mlp = rows * (3 * c + self.mlp.hidden);
+        Ok(Planned {
+            output: input.to_vec(),
+            live: attention.max(mlp) + self.heads * wh * ww * wh * ww,
+        })
+    }
+
     fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
         let (h, wd, c) = (self.res.0, self.res.1, self.proj.out_dim);
-        let b = check_nhwc(w, &x, self.res, c)?;
+        let b = check_nhwc(w, &x.shape, self.res, c)?;
         let (wh, ww) = self.window;
         let (sh, sw) = self.shift;
         let (nwh, nww) = (h.div_ceil(wh), wd.div_ceil(ww));
@@ -553,6 +602,19 @@ struct Head {
 }
 
 impl Forward for Head {
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
+        let dim = self.fc.in_dim;
+        match *input {
+            [b, h, wd, c] if c == dim => Ok(Planned {
+                output: vec![b, self.fc.out_dim],
+                live: b * (h * wd * dim + dim + self.fc.out_dim),
+            }),
+            _ => Err(w.input_error(format!(
+                "expected a [batch, h, w, {dim}] input, got {input:?}"
+            ))),
+        }
+    }
+
     fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
         let dim = self.fc.in_dim;
         let (b, tokens) = match x.shape.as_slice() {

@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use crate::models::layers::{Bias, LayerNorm, Linear, Mlp, PatchConv};
-use crate::models::{Act, Block, BuildCtx, Forward, Param, Weights};
+use crate::models::{Act, Block, BuildCtx, Forward, Param, Planned, Weights};
 use crate::ops::{self, elementwise, Layout};
 
 const EPS: f32 = 1e-6;
@@ -118,13 +118,11 @@ struct PatchEmbed {
     tokens: usize,
 }
 
-impl Forward for PatchEmbed {
-    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
-        let &[b, c, h, wd] = x.shape.as_slice() else {
-            return Err(w.input_error(format!(
-                "expected a [batch, 3, h, w] image, got {:?}",
-                x.shape
-            )));
+impl PatchEmbed {
+    /// Checks an image shape `[b, 3, h, w]` against the position embedding; returns `(b, h, w)`.
+    fn check(&self, w: &Weights, shape: &[usize]) -> Result<(usize, usize, usize)> {
+        let &[b, c, h, wd] = shape else {
+            return Err(w.input_error(format!("expected a [batch, 3, h, w] image, got {shape:?}")));
         };
         let patch = self.proj.k;
         let (gh, gw) = (h / patch, wd / patch);
@@ -135,6 +133,24 @@ impl Forward for PatchEmbed {
                 self.tokens - 1,
             )));
         }
+        Ok((b, h, wd))
+    }
+}
+
+impl Forward for PatchEmbed {
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
+        let (b, h, wd) = self.check(w, input)?;
+        let (t, dim, k) = (self.tokens, self.proj.out, self.proj.k);
+        // The image, the conv's patch rows (im2col), its output and the token sequence.
+        let live = b * 3 * h * wd + b * (t - 1) * (3 * k * k + dim) + b * t * dim;
+        Ok(Planned {
+            output: vec![b, t, dim],
+            live,
+        })
+    }
+
+    fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
+        let (b, h, wd) = self.check(w, &x.shape)?;
         let dim = self.proj.out;
         let patches = self.proj.forward(w, &x.data, Layout::Nchw, (b, h, wd))?;
         let cls = w.floats(self.cls_token)?;
@@ -169,6 +185,26 @@ struct EncoderBlock {
 }
 
 impl Forward for EncoderBlock {
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
+        let dim = self.proj.out_dim;
+        let &[b, t, xd] = input else {
+            return Err(w.input_error(format!(
+                "expected tokens [batch, tokens, {dim}], got {input:?}"
+            )));
+        };
+        if xd != dim {
+            return Err(w.input_error(format!(
+                "expected tokens [batch, tokens, {dim}], got {input:?}"
+            )));
+        }
+        // Every buffer of the forward lives to its end: x, both norms' copies, qkv (3 dim), the attention
+        // output, the projection, the MLP's hidden activation and its output.
+        Ok(Planned {
+            output: input.to_vec(),
+            live: b * t * (9 * dim + self.mlp.hidden),
+        })
+    }
+
     fn forward(&self, w: &Weights, mut x: Act) -> Result<Act> {
         let dim = self.proj.out_dim;
         let &[b, t, xd] = x.shape.as_slice() else {
@@ -217,6 +253,19 @@ struct Head {
 }
 
 impl Forward for Head {
+    fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
+        let dim = self.fc.in_dim;
+        match *input {
+            [b, t, xd] if xd == dim && t >= 2 => Ok(Planned {
+                output: vec![b, self.fc.out_dim],
+                live: b * t * dim + 2 * b * dim + b * self.fc.out_dim,
+            }),
+            _ => Err(w.input_error(format!(
+                "expected tokens [batch, tokens, {dim}], got {input:?}"
+            ))),
+        }
+    }
+
     fn forward(&self, w: &Weights, x: Act) -> Result<Act> {
         let dim = self.fc.in_dim;
         let &[b, t, xd] = x.shape.as_slice() else {
