@@ -112,7 +112,7 @@ pub fn npy(data: &[u8]) {
 
 /// Largest image the harness decodes: the library's own limit (`preprocess::MAX_PIXELS`, 100 M) is right
 /// for users but would make an exec take seconds.
-const FUZZ_MAX_PIXELS: u64 = 1 << 20;
+const FUZZ_MAX_PIXELS: u64 = 1 << 16;
 
 /// Target 4: an image file, decoded and preprocessed. The first 4 bytes choose the preprocessing (input sides
 /// 1..=16, crop_pct, crop mode, filter); the rest is the file.
