@@ -145,7 +145,10 @@ pub fn image(data: &[u8]) {
         }),
         ..Default::default()
     };
-    let pre = Preprocess::from_config(&cfg, &path).expect("the harness builds a valid config");
+    // Some choices are refused (crop_pct 2 on a 1-pixel side resizes to 0): the config target's concern.
+    let Ok(pre) = Preprocess::from_config(&cfg, &path) else {
+        return;
+    };
     let out = pre.apply(&img);
     assert_eq!(out.len(), 3 * pre.size[0] * pre.size[1]);
 }
