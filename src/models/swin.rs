@@ -117,7 +117,7 @@ fn image_size(ctx: &BuildCtx) -> Result<(usize, usize)> {
         .pretrained_cfg
         .as_ref()
         .and_then(|p| p.input_size);
-    match (from_args, from_cfg) {
+    let size = match (from_args, from_cfg) {
         (Some(a), Some([_, h, w])) if a != (h, w) => Err(ctx.err(format!(
             "config.json disagrees on the image size: model_args.img_size {}x{} but pretrained_cfg.input_size \
              {h}x{w}; Swin's windows and masks are fixed for one size",
@@ -128,7 +128,18 @@ fn image_size(ctx: &BuildCtx) -> Result<(usize, usize)> {
             let [_, h, w] = ctx.config.input_size();
             Ok((h, w))
         }
+    }?;
+    // The shift masks are built for this size at load, so an absurd one must stop here (it also kept the
+    // padded sizes from overflowing): the same bound as an image's side.
+    if size.0.max(size.1) > crate::preprocess::MAX_SIDE as usize {
+        return Err(ctx.err(format!(
+            "config.json's image size {}x{} is over {} pixels a side",
+            size.0,
+            size.1,
+            crate::preprocess::MAX_SIDE
+        )));
     }
+    Ok(size)
 }
 
 /// The (clamped) window of a block on an `res` feature map and the target window `t` it was clamped from,
