@@ -105,27 +105,13 @@ fn three_large_models_in_a_few_hundred_mib() {
     for m in &models {
         drop_file_cache(&std::fs::File::open(m.join("model.safetensors")).unwrap()).unwrap();
     }
-    let membox = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/membox");
-    let boxed = Command::new("bash")
-        .arg(membox)
-        .arg("512M")
-        .arg(env!("CARGO_BIN_EXE_wstream"))
-        .args(&args)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&boxed.stderr);
-    if boxed.status.code() == Some(3) {
-        common::skip_or_fail(&format!(
-            "the ensemble's 512 MiB cgroup run: {}",
-            report.trim().replace('\n', "; ")
-        ));
+    let Some((stdout, _)) =
+        common::wstream_in_membox("512M", &args, "the ensemble's 512 MiB cgroup run")
+    else {
         return;
-    }
-    eprintln!("{}", report.trim());
-    assert!(boxed.status.success(), "under a 512 MiB cgroup: {report}");
-    assert!(report.contains("oom-killed: no"), "{report}");
+    };
     assert_eq!(
-        logits(&boxed.stdout),
+        logits(&stdout),
         reference,
         "logits under the cgroup equal the unconstrained run's"
     );

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use wstream::exec::Executor;
 use wstream::models::Model;
@@ -284,24 +283,11 @@ fn batch_32_of_the_large_models_fits_a_512_mib_cgroup() {
             args.push(image(i));
         }
     }
-    let boxed = Command::new("bash")
-        .arg(root().join("tools/membox"))
-        .arg("512M")
-        .arg(env!("CARGO_BIN_EXE_wstream"))
-        .args(&args)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&boxed.stderr);
-    if boxed.status.code() == Some(3) {
-        common::skip_or_fail(&format!(
-            "batch 32 under a 512 MiB cgroup: {}",
-            report.trim().replace('\n', "; ")
-        ));
+    let Some((stdout, report)) =
+        common::wstream_in_membox("512M", &args, "batch 32 under a 512 MiB cgroup")
+    else {
         return;
-    }
-    eprintln!("{}", report.trim());
-    assert!(boxed.status.success(), "under a 512 MiB cgroup: {report}");
-    assert!(report.contains("oom-killed: no"), "{report}");
+    };
     assert!(
         report.contains("note: --batch 32 runs as batches of"),
         "split to fit the cgroup's limit: {report}"
@@ -316,7 +302,7 @@ fn batch_32_of_the_large_models_fits_a_512_mib_cgroup() {
         .unwrap_or_else(|| panic!("no memory report: {report}"));
     eprintln!("peak RSS (VmHWM) {peak} MiB");
     assert!(peak <= 448.0, "peak RSS {peak} MiB");
-    let answers = String::from_utf8_lossy(&boxed.stdout);
+    let answers = String::from_utf8_lossy(&stdout);
     assert_eq!(answers.lines().count(), 32, "one answer per input");
     for line in answers.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -59,3 +59,29 @@ pub fn wstream(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Runs the built `wstream` with `args` under `tools/membox LIMIT` and asserts it succeeded without an OOM
+/// kill; returns its stdout and membox's report (stderr). `None` where no writable memory cgroup exists
+/// here: then `what` is skipped, or fails in CI.
+pub fn wstream_in_membox(
+    limit: &str,
+    args: &[impl AsRef<std::ffi::OsStr>],
+    what: &str,
+) -> Option<(Vec<u8>, String)> {
+    let boxed = std::process::Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/membox"))
+        .arg(limit)
+        .arg(env!("CARGO_BIN_EXE_wstream"))
+        .args(args)
+        .output()
+        .expect("run tools/membox");
+    let report = String::from_utf8_lossy(&boxed.stderr).into_owned();
+    if boxed.status.code() == Some(3) {
+        skip_or_fail(&format!("{what}: {}", report.trim().replace('\n', "; ")));
+        return None;
+    }
+    eprintln!("{}", report.trim());
+    assert!(boxed.status.success(), "{what}: {report}");
+    assert!(report.contains("oom-killed: no"), "{what}: {report}");
+    Some((boxed.stdout, report))
+}
