@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use common::parity::fixture;
-use common::{write_f32, wstream};
+use common::{listing, write_f32, wstream};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use wstream::convert::{self, Dtype, Layout, Options, Summary};
 use wstream::models::{Act, Model, PAD_PREFIX};
@@ -420,15 +420,6 @@ fn sharded_input() {
     for t in src.tensors() {
         assert_eq!(f32s(&conv, &t.name), f32s(&src, &t.name));
     }
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 /// Runs the CLI expecting one error line containing `expected`, nothing on stdout, and `dir` unchanged.

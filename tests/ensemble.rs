@@ -11,28 +11,6 @@ use std::process::Command;
 use wstream::process::children_peak_rss;
 use wstream::residency::drop_file_cache;
 
-const ARCHS: [&str; 3] = [
-    "vit_large_patch16_224",
-    "convnext_large",
-    "swin_large_patch4_window7_224",
-];
-
-fn synthesize(dir: &Path) -> Vec<PathBuf> {
-    ARCHS
-        .iter()
-        .map(|arch| {
-            let out = dir.join(arch);
-            if !out.join("config.json").exists() {
-                let _ = std::fs::remove_dir_all(&out);
-                let (code, _, err) =
-                    common::wstream(&["synth", "--arch", arch, "--out", out.to_str().unwrap()]);
-                assert_eq!(code, 0, "synth {arch}: {err}");
-            }
-            out
-        })
-        .collect()
-}
-
 fn classify_args(models: &[PathBuf]) -> Vec<String> {
     let mut args = vec![
         "classify".to_string(),
@@ -74,7 +52,7 @@ fn logits(stdout: &[u8]) -> Vec<Vec<f32>> {
 #[test]
 fn three_large_models_in_a_few_hundred_mib() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ensemble");
-    let models = synthesize(&dir);
+    let models = common::large_models(&dir);
     let args = classify_args(&models);
 
     // Unconstrained (but streamed): the reference logits and the peak RSS of the process.

@@ -235,12 +235,6 @@ fn images_over_the_pixel_limit_are_refused_from_the_header() {
     assert!(err.contains("pixels, over the limit of 1000"), "{err}");
 }
 
-const ARCHS: [&str; 3] = [
-    "vit_large_patch16_224",
-    "convnext_large",
-    "swin_large_patch4_window7_224",
-];
-
 /// `classify --batch 32` of the three Large models (synthetic, in the folder tests/ensemble.rs also uses)
 /// inside a 512 MiB memory cgroup, the weights dropped from the page cache first so they are charged to it.
 /// Without the memory limit the batch peaks at 475 / 703 / 731 MiB for ViT-L / ConvNeXt-L / Swin-L alone
@@ -249,19 +243,7 @@ const ARCHS: [&str; 3] = [
 #[test]
 fn batch_32_of_the_large_models_fits_a_512_mib_cgroup() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ensemble");
-    let models: Vec<PathBuf> = ARCHS
-        .iter()
-        .map(|arch| {
-            let out = dir.join(arch);
-            if !out.join("config.json").exists() {
-                let _ = std::fs::remove_dir_all(&out);
-                let (code, _, err) =
-                    common::wstream(&["synth", "--arch", arch, "--out", out.to_str().unwrap()]);
-                assert_eq!(code, 0, "synth {arch}: {err}");
-            }
-            out
-        })
-        .collect();
+    let models = common::large_models(&dir);
     for m in &models {
         drop_file_cache(&std::fs::File::open(m.join("model.safetensors")).unwrap()).unwrap();
     }

@@ -85,3 +85,34 @@ pub fn wstream_in_membox(
     assert!(report.contains("oom-killed: no"), "{what}: {report}");
     Some((boxed.stdout, report))
 }
+
+/// The three Large models of the default ensemble, synthesised (seed 0) into `dir` unless already there.
+pub fn large_models(dir: &Path) -> Vec<PathBuf> {
+    [
+        "vit_large_patch16_224",
+        "convnext_large",
+        "swin_large_patch4_window7_224",
+    ]
+    .iter()
+    .map(|arch| {
+        let out = dir.join(arch);
+        if !out.join("config.json").exists() {
+            let _ = std::fs::remove_dir_all(&out);
+            let (code, _, err) =
+                wstream(&["synth", "--arch", arch, "--out", out.to_str().unwrap()]);
+            assert_eq!(code, 0, "synth {arch}: {err}");
+        }
+        out
+    })
+    .collect()
+}
+
+/// The names in folder `dir`, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
