@@ -458,52 +458,28 @@ fn exec_options(options: &Options) -> ExecOptions {
     }
 }
 
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
-}
-
-/// Expands paths into inputs: a folder into its .jpg/.jpeg/.png images (sorted), a .npy array of
-/// `[3, H, W]` or `[N, 3, H, W]` into its images (named `file[i]` when N > 1), anything else into an image
-/// file read when its batch runs.
+/// Expands paths into inputs: a folder into the images under it ([`crate::inputs::walk`]: recursive,
+/// natural order; what it skips is dropped here, a caller that reports it calls `walk` itself), each file
+/// as [`file_items`] says.
 pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<Item>> {
-    // The OS error goes into the message, not a source: printed with its causes it would say it twice.
-    let io = |path: &Path, e: std::io::Error| Error::Input {
-        path: path.into(),
-        msg: e.to_string(),
-    };
     let mut items = Vec::new();
-    for path in paths {
-        let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|e| io(path, e))?;
-        if meta.is_dir() {
-            let mut images: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| io(path, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_image(p))
-                .collect();
-            if images.is_empty() {
-                return Err(Error::Input {
-                    path: path.into(),
-                    msg: "folder holds no .jpg, .jpeg or .png images".into(),
-                });
-            }
-            images.sort();
-            items.extend(images.into_iter().map(|p| Item {
-                name: p.display().to_string(),
-                source: Source::Image(p),
-            }));
-        } else if path.extension().is_some_and(|e| e == "npy") {
-            items.extend(read_npy(path)?);
-        } else {
-            items.push(Item {
-                name: path.display().to_string(),
-                source: Source::Image(path.to_path_buf()),
-            });
-        }
+    for path in crate::inputs::walk(paths)?.files {
+        items.extend(file_items(&path)?);
     }
     Ok(items)
+}
+
+/// One file's inputs: a .npy array of `[3, H, W]` or `[N, 3, H, W]` into its images (named `file[i]` when
+/// N > 1), read now; anything else an image file read when its batch runs.
+pub fn file_items(path: &Path) -> Result<Vec<Item>> {
+    if path.extension().is_some_and(|e| e == "npy") {
+        read_npy(path)
+    } else {
+        Ok(vec![Item {
+            name: path.display().to_string(),
+            source: Source::Image(path.to_path_buf()),
+        }])
+    }
 }
 
 fn read_npy(path: &Path) -> Result<Vec<Item>> {
