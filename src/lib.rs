@@ -34,6 +34,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod process;
 pub mod profile;
+pub mod records;
 pub mod residency;
 pub mod store;
 pub mod synth;
