@@ -134,10 +134,14 @@ pub struct Pipeline {
     /// The executor's weight budget, which the memory limit must also hold.
     budget: u64,
     on_warning: Option<Box<WarningSink>>,
+    on_block: Option<Box<BlockSink>>,
 }
 
 /// Where a run's warnings go (the library never prints).
 pub type WarningSink = dyn Fn(&Warning) + Send + Sync;
+
+/// Called each time a block of a run has run, for a progress display.
+pub type BlockSink = dyn Fn() + Send + Sync;
 
 impl Pipeline {
     /// Loads each model ([`Model::load`]) and builds the pipeline over them.
@@ -186,6 +190,7 @@ impl Pipeline {
             batch,
             budget,
             on_warning: None,
+            on_block: None,
         })
     }
 
@@ -199,6 +204,17 @@ impl Pipeline {
     pub fn with_warnings(mut self, sink: impl Fn(&Warning) + Send + Sync + 'static) -> Pipeline {
         self.on_warning = Some(Box::new(sink));
         self
+    }
+
+    /// Calls `sink` after each block a batch runs through ([`Pipeline::blocks`] per batch).
+    pub fn with_block_progress(mut self, sink: impl Fn() + Send + Sync + 'static) -> Pipeline {
+        self.on_block = Some(Box::new(sink));
+        self
+    }
+
+    /// The blocks one batch runs through: those of every model.
+    pub fn blocks(&self) -> usize {
+        self.models.iter().map(|m| m.blocks.len()).sum()
     }
 
     pub fn models(&self) -> &[Model] {
@@ -331,10 +347,18 @@ impl Pipeline {
             })
             .collect();
         drop(inputs);
-        let (outputs, recs) = executor.run_observed(acts, |event| {
-            if let (Event::Warning(w), Some(sink)) = (event, &self.on_warning) {
-                sink(w);
+        let (outputs, recs) = executor.run_observed(acts, |event| match event {
+            Event::Warning(w) => {
+                if let Some(sink) = &self.on_warning {
+                    sink(w);
+                }
             }
+            Event::BlockEnd(_) => {
+                if let Some(sink) = &self.on_block {
+                    sink();
+                }
+            }
+            _ => {}
         })?;
         records.extend(recs);
         // The executor checked each file after each block read it; once more before anything is
