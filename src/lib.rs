@@ -13,7 +13,9 @@
 //! - [`exec`] streams blocks through memory (prefetch, budget, release, layer-major batches) and records what
 //!   each cost; [`profile`] presents those records;
 //! - [`pipeline`] runs models on inputs (preprocessing, batches, ensembles, answers) for the CLI, a server or
-//!   any program; the `wstream` command (`src/cli`, the `cli` feature) only parses flags and presents.
+//!   any program; the `wstream` command (`src/cli`, the `cli` feature) only parses flags and presents;
+//! - [`inputs`] (which files, in what order, which shard) and [`records`] (result files that survive a kill
+//!   and resume) serve long batch runs.
 //!
 //! `unsafe` lives in `store`, `residency`, `process`, `ops::gemm` and `ops::simd`, each use with its SAFETY
 //! comment; the crate denies it elsewhere.
