@@ -1,6 +1,7 @@
 //! Long batch runs: the recursive walk, `--files-from`, `--skip-errors` and the exit statuses, result
 //! files that survive a kill -9 and resume without duplicates, shards (flag and schedulers' environment
-//! variables) whose union is the full run, no progress bytes on a pipe.
+//! variables) whose union is the full run, no progress bytes on a pipe, and the deployment files in
+//! tools/deploy run on the fixtures.
 
 mod common;
 
@@ -602,4 +603,131 @@ fn no_progress_bytes_when_stderr_is_not_a_terminal() {
         !stdout.contains(['\r', '\x1b']) && stderr.is_empty(),
         "{stderr:?}"
     );
+}
+
+/// A weights folder where the Large models' names lead to the tiny fixtures, for the deployment files.
+fn tiny_weights(dir: &Path) -> PathBuf {
+    let w = dir.join("weights");
+    std::fs::create_dir_all(&w).unwrap();
+    for (large, tiny) in [
+        ("vit_large_patch16_224", "vit_tiny"),
+        ("convnext_large", "convnext_tiny"),
+        ("swin_large_patch4_window7_224", "swin_tiny"),
+    ] {
+        std::os::unix::fs::symlink(fixture(tiny), w.join(large)).unwrap();
+    }
+    w
+}
+
+#[test]
+fn kubernetes_indexed_job_parses_and_its_command_runs() {
+    let text = std::fs::read_to_string(root().join("tools/deploy/k8s-indexed-job.yaml")).unwrap();
+    let job: Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(job["kind"], "Job");
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    let completions = spec["completions"].as_u64().unwrap();
+    let pod = &spec["template"]["spec"];
+    let c = &pod["containers"][0];
+    let env = c["env"].as_array().unwrap();
+    let count = env
+        .iter()
+        .find(|e| e["name"] == "WSTREAM_SHARD_COUNT")
+        .and_then(|e| e["value"].as_str())
+        .unwrap();
+    assert_eq!(
+        count,
+        completions.to_string(),
+        "one shard per completion index"
+    );
+    // The weights are mounted read-only; the retry policy retries 75 only.
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    let weights = mounts
+        .iter()
+        .find(|m| m["mountPath"] == "/weights")
+        .unwrap();
+    assert_eq!(weights["readOnly"], true);
+    let rules = spec["podFailurePolicy"]["rules"].as_array().unwrap();
+    let no_retry = rules[0]["onExitCodes"]["values"].as_array().unwrap();
+    assert!(no_retry.contains(&1.into()) && !no_retry.contains(&75.into()));
+    assert_eq!(c["command"], serde_json::json!(["sh", "-c"]));
+    let script = c["args"][0].as_str().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let images = corpus(&d.join("data/images"), 6);
+    let manifest: String = images
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect();
+    std::fs::write(d.join("data/manifest.txt"), manifest).unwrap();
+    std::fs::create_dir(d.join("results")).unwrap();
+    let weights = tiny_weights(d);
+    let script = script
+        .replace("/weights", weights.to_str().unwrap())
+        .replace("/data", d.join("data").to_str().unwrap())
+        .replace("/results", d.join("results").to_str().unwrap())
+        .replace(
+            "exec wstream",
+            &format!("exec {}", env!("CARGO_BIN_EXE_wstream")),
+        );
+    let mut all = Vec::new();
+    for i in 0..completions {
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .env("JOB_COMPLETION_INDEX", i.to_string())
+            .env("WSTREAM_SHARD_COUNT", count)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let part = std::fs::read_to_string(d.join(format!("results/part-{i}.jsonl"))).unwrap();
+        for r in records(&part) {
+            assert_eq!(r["models"].as_array().unwrap().len(), 3);
+            all.push(input(&r));
+        }
+    }
+    all.sort();
+    let mut want: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+    want.sort();
+    assert_eq!(all, want);
+}
+
+#[test]
+fn slurm_array_script_runs_a_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let images = corpus(&d.join("images"), 4);
+    let manifest: String = images
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect();
+    std::fs::write(d.join("manifest.txt"), manifest).unwrap();
+    std::fs::create_dir(d.join("results")).unwrap();
+    let weights = tiny_weights(d);
+    let mut all = Vec::new();
+    for task in 0..2 {
+        let out = Command::new("bash")
+            .arg(root().join("tools/deploy/slurm-array.sh"))
+            .env("WSTREAM", env!("CARGO_BIN_EXE_wstream"))
+            .env("WEIGHTS", &weights)
+            .env("MANIFEST", d.join("manifest.txt"))
+            .env("RESULTS", d.join("results"))
+            .env("SLURM_ARRAY_TASK_ID", task.to_string())
+            .env("SLURM_ARRAY_TASK_COUNT", "2")
+            .env("SLURM_CPUS_PER_TASK", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let part = std::fs::read_to_string(d.join(format!("results/part-{task}.jsonl"))).unwrap();
+        all.extend(records(&part).iter().map(input));
+    }
+    assert_eq!(all, [0, 2, 1, 3].map(|i| images[i].display().to_string()));
 }
