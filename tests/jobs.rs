@@ -605,6 +605,42 @@ fn no_progress_bytes_when_stderr_is_not_a_terminal() {
     );
 }
 
+#[test]
+fn progress_line_on_a_terminal_only() {
+    // util-linux `script` runs the command on a pseudo-terminal and copies what it shows.
+    if Command::new("script").arg("--version").output().is_err() {
+        common::skip_or_fail("progress on a terminal: util-linux `script` is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let images = corpus(dir.path(), 3);
+    let shown = |extra: &str, inputs: &[PathBuf]| {
+        let inputs: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+        let line = format!(
+            "{} classify --json {extra} --model {} {} >/dev/null",
+            env!("CARGO_BIN_EXE_wstream"),
+            vit(),
+            inputs.join(" ")
+        );
+        let out = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let many = shown("", &images);
+    assert!(
+        many.contains("/3 inputs") && many.contains("img/s") && many.contains('\r'),
+        "{many:?}"
+    );
+    // One input: its blocks (the tiny ViT's 4). The line is redrawn at most 20 times a second, so the
+    // fixture's few milliseconds may show only its first state.
+    let one = shown("", &images[..1]);
+    assert!(one.contains("img0.jpg") && one.contains("/4 "), "{one:?}");
+    assert!(shown("--quiet", &images).is_empty());
+}
+
 /// A weights folder where the Large models' names lead to the tiny fixtures, for the deployment files.
 fn tiny_weights(dir: &Path) -> PathBuf {
     let w = dir.join("weights");
