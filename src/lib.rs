@@ -13,7 +13,9 @@
 //! - [`exec`] streams blocks through memory (prefetch, budget, release, layer-major batches) and records what
 //!   each cost; [`profile`] presents those records;
 //! - [`pipeline`] runs models on inputs (preprocessing, batches, ensembles, answers) for the CLI, a server or
-//!   any program; the `wstream` command (`src/cli`, the `cli` feature) only parses flags and presents.
+//!   any program; the `wstream` command (`src/cli`, the `cli` feature) only parses flags and presents;
+//! - [`inputs`] (which files, in what order, which shard) and [`records`] (result files that survive a kill
+//!   and resume) serve long batch runs.
 //!
 //! `unsafe` lives in `store`, `residency`, `process`, `ops::gemm` and `ops::simd`, each use with its SAFETY
 //! comment; the crate denies it elsewhere.
@@ -25,6 +27,7 @@ pub mod convert;
 pub mod error;
 pub mod exec;
 pub mod fsutil;
+pub mod inputs;
 pub mod models;
 pub mod npy;
 pub mod ops;
@@ -33,6 +36,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod process;
 pub mod profile;
+pub mod records;
 pub mod residency;
 pub mod store;
 pub mod synth;

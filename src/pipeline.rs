@@ -134,10 +134,14 @@ pub struct Pipeline {
     /// The executor's weight budget, which the memory limit must also hold.
     budget: u64,
     on_warning: Option<Box<WarningSink>>,
+    on_block: Option<Box<BlockSink>>,
 }
 
 /// Where a run's warnings go (the library never prints).
 pub type WarningSink = dyn Fn(&Warning) + Send + Sync;
+
+/// Called each time a block of a run has run, for a progress display.
+pub type BlockSink = dyn Fn() + Send + Sync;
 
 impl Pipeline {
     /// Loads each model ([`Model::load`]) and builds the pipeline over them.
@@ -186,6 +190,7 @@ impl Pipeline {
             batch,
             budget,
             on_warning: None,
+            on_block: None,
         })
     }
 
@@ -199,6 +204,17 @@ impl Pipeline {
     pub fn with_warnings(mut self, sink: impl Fn(&Warning) + Send + Sync + 'static) -> Pipeline {
         self.on_warning = Some(Box::new(sink));
         self
+    }
+
+    /// Calls `sink` after each block a batch runs through ([`Pipeline::blocks`] per batch).
+    pub fn with_block_progress(mut self, sink: impl Fn() + Send + Sync + 'static) -> Pipeline {
+        self.on_block = Some(Box::new(sink));
+        self
+    }
+
+    /// The blocks one batch runs through: those of every model.
+    pub fn blocks(&self) -> usize {
+        self.models.iter().map(|m| m.blocks.len()).sum()
     }
 
     pub fn models(&self) -> &[Model] {
@@ -331,10 +347,18 @@ impl Pipeline {
             })
             .collect();
         drop(inputs);
-        let (outputs, recs) = executor.run_observed(acts, |event| {
-            if let (Event::Warning(w), Some(sink)) = (event, &self.on_warning) {
-                sink(w);
+        let (outputs, recs) = executor.run_observed(acts, |event| match event {
+            Event::Warning(w) => {
+                if let Some(sink) = &self.on_warning {
+                    sink(w);
+                }
             }
+            Event::BlockEnd(_) => {
+                if let Some(sink) = &self.on_block {
+                    sink();
+                }
+            }
+            _ => {}
         })?;
         records.extend(recs);
         // The executor checked each file after each block read it; once more before anything is
@@ -458,52 +482,28 @@ fn exec_options(options: &Options) -> ExecOptions {
     }
 }
 
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
-}
-
-/// Expands paths into inputs: a folder into its .jpg/.jpeg/.png images (sorted), a .npy array of
-/// `[3, H, W]` or `[N, 3, H, W]` into its images (named `file[i]` when N > 1), anything else into an image
-/// file read when its batch runs.
+/// Expands paths into inputs: a folder into the images under it ([`crate::inputs::walk`]: recursive,
+/// natural order; what it skips is dropped here, a caller that reports it calls `walk` itself), each file
+/// as [`file_items`] says.
 pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<Item>> {
-    // The OS error goes into the message, not a source: printed with its causes it would say it twice.
-    let io = |path: &Path, e: std::io::Error| Error::Input {
-        path: path.into(),
-        msg: e.to_string(),
-    };
     let mut items = Vec::new();
-    for path in paths {
-        let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|e| io(path, e))?;
-        if meta.is_dir() {
-            let mut images: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| io(path, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_image(p))
-                .collect();
-            if images.is_empty() {
-                return Err(Error::Input {
-                    path: path.into(),
-                    msg: "folder holds no .jpg, .jpeg or .png images".into(),
-                });
-            }
-            images.sort();
-            items.extend(images.into_iter().map(|p| Item {
-                name: p.display().to_string(),
-                source: Source::Image(p),
-            }));
-        } else if path.extension().is_some_and(|e| e == "npy") {
-            items.extend(read_npy(path)?);
-        } else {
-            items.push(Item {
-                name: path.display().to_string(),
-                source: Source::Image(path.to_path_buf()),
-            });
-        }
+    for path in crate::inputs::walk(paths)?.files {
+        items.extend(file_items(&path)?);
     }
     Ok(items)
+}
+
+/// One file's inputs: a .npy array of `[3, H, W]` or `[N, 3, H, W]` into its images (named `file[i]` when
+/// N > 1), read now; anything else an image file read when its batch runs.
+pub fn file_items(path: &Path) -> Result<Vec<Item>> {
+    if path.extension().is_some_and(|e| e == "npy") {
+        read_npy(path)
+    } else {
+        Ok(vec![Item {
+            name: path.display().to_string(),
+            source: Source::Image(path.to_path_buf()),
+        }])
+    }
 }
 
 fn read_npy(path: &Path) -> Result<Vec<Item>> {

@@ -1,16 +1,20 @@
 //! `wstream classify`: top-K classes per model and for the ensemble, as text or JSON lines.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use wstream::classify::{self, Ranked};
 use wstream::exec::{self, BlockRecord};
+use wstream::inputs::{self, Shard, SkipReason};
 use wstream::models::Model;
-use wstream::pipeline::{default_memory, read_inputs, Answer, Options, Pipeline};
+use wstream::pipeline::{default_memory, file_items, Answer, Item, Options, Pipeline};
 use wstream::process::MemReading;
 use wstream::profile::Totals;
+use wstream::records::{Record, RecordWriter};
 
-use super::{human_bytes, out, parse_bytes, printable};
+use super::{exit_with, human_bytes, out, parse_bytes, printable, EXIT_PARTIAL, EXIT_RETRYABLE};
 
 /// The models `classify` and `demo` use when no `--model` is given: timm's Hugging Face layout under weights/.
 pub const DEFAULT_MODELS: [&str; 3] = [
@@ -39,9 +43,41 @@ pub struct Args {
     /// Print peak memory, faults and bytes paged in to stderr at the end.
     #[arg(long)]
     memory_report: bool,
-    /// JPEG/PNG images, folders of them (sorted), or preprocessed .npy f32 arrays [3, H, W] / [N, 3, H, W].
-    #[arg(required = true)]
+    /// Write the records to FILE instead of stdout, in the format its extension names: .jsonl (one JSON
+    /// object per line), .csv (timm inference.py's columns) or .json (one array, written at the end).
+    /// .jsonl and .csv are appended batch by batch, so a killed run leaves complete records only.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Continue the --output file of an earlier run with the same models and options: inputs it holds are
+    /// skipped, no record is written twice. A missing file is started.
+    #[arg(long, requires = "output")]
+    resume: bool,
+    /// An input that cannot be classified gets an {"input", "error"} record and the run goes on; at the
+    /// end a summary goes to stderr and the exit status is 65 if any input failed.
+    #[arg(long)]
+    skip_errors: bool,
+    /// Also classify the paths listed in FILE, one per line (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    files_from: Option<PathBuf>,
+    /// Classify only shard K of N (0-based): the inputs at positions K, K+N, K+2N... of the walk's order.
+    /// Default: from JOB_COMPLETION_INDEX (Kubernetes), SLURM_ARRAY_TASK_ID or AWS_BATCH_JOB_ARRAY_INDEX.
+    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    shard: Option<Shard>,
+    /// The number of shards where the scheduler sets only an index (Kubernetes, AWS Batch); also
+    /// WSTREAM_SHARD_COUNT.
+    #[arg(long, value_name = "N", conflicts_with = "shard", value_parser = clap::value_parser!(u64).range(1..))]
+    shard_count: Option<u64>,
+    /// No progress line and no notes on stderr (warnings and errors still go there).
+    #[arg(long, short)]
+    quiet: bool,
+    /// Images (.jpg, .jpeg, .png), folders walked recursively for them in natural order, or preprocessed
+    /// .npy f32 arrays [3, H, W] / [N, 3, H, W].
+    #[arg(required_unless_present = "files_from")]
     inputs: Vec<PathBuf>,
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    s.parse()
 }
 
 /// How models are run: shared by `classify`, `demo` and `profile`.
@@ -136,6 +172,22 @@ impl RunArgs {
     }
 }
 
+/// Errors that running again later can cure: weights missing or unreadable (a volume not mounted yet),
+/// changed or truncated under the run, a result file that could not be written (a full disk).
+fn retryable(e: wstream::Error) -> anyhow::Error {
+    use wstream::Error as E;
+    match e {
+        E::NotFound { .. } | E::Io { .. } | E::MissingShard { .. } | E::FileChanged { .. } => {
+            exit_with(EXIT_RETRYABLE, e)
+        }
+        e => e.into(),
+    }
+}
+
+fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    exit_with(2, anyhow::anyhow!("{e}"))
+}
+
 pub fn run(args: Args) -> Result<()> {
     super::set_threads(args.run.threads)?;
     let paths: Vec<PathBuf> = if args.models.is_empty() {
@@ -151,30 +203,350 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let pipeline = args.run.pipeline(&paths, args.top as usize, args.logits)?;
-    let items = read_inputs(&args.inputs)?;
-    let show_progress = !args.json && items.len() > 1;
-    let bar = if show_progress {
-        indicatif::ProgressBar::new(items.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
+    let note = |msg: String| {
+        if !args.quiet {
+            eprintln!("note: {}", printable(&msg));
+        }
     };
+    let files = input_files(&args, &note)?;
+    let bar = progress_bar(&files);
+    let block_bar = bar.clone();
+    let single = files.len() == 1;
+    let pipeline = args
+        .run
+        .pipeline(&paths, args.top as usize, args.logits)
+        .map_err(retryable)?
+        .with_block_progress(move || {
+            if single {
+                block_bar.inc(1);
+            }
+        });
+    if single {
+        bar.set_length(pipeline.blocks() as u64);
+    }
+    // Drawn only now that its length is known.
+    if !args.quiet && std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    }
+    let mut writer = None;
+    let mut done = HashSet::new();
+    if let Some(path) = &args.output {
+        let settings = settings(&pipeline);
+        let (w, resumed) =
+            RecordWriter::open(path, &settings, args.top as usize, args.resume, &files)?;
+        if args.resume {
+            note(format!(
+                "resuming {}: {} inputs already recorded are skipped",
+                path.display(),
+                resumed.done.len()
+            ));
+        }
+        if resumed.cut > 0 {
+            note(format!(
+                "{}: cut off a torn last record of {} bytes (an interrupted write); its input runs again",
+                path.display(),
+                resumed.cut
+            ));
+        }
+        writer = Some(w);
+        done = resumed.done;
+    }
     let ensemble = pipeline.models().len() > 1;
-    let records = pipeline.run(&items, |answer| -> Result<()> {
-        let text = if args.json {
-            serde_json::to_string(&answer)?
-        } else {
-            format_answer(&answer, ensemble)
-        };
-        bar.suspend(|| out(text))?;
-        bar.inc(1);
-        Ok(())
-    })?;
+    let mut run = Run {
+        args: &args,
+        pipeline: &pipeline,
+        writer: writer.as_mut(),
+        bar: &bar,
+        ensemble,
+        single,
+        failed: Vec::new(),
+        answered: 0,
+        records: Vec::new(),
+    };
+    let mut pending: Vec<Item> = Vec::new();
+    for path in &files {
+        if done.contains(&path.display().to_string()) {
+            if !single {
+                bar.inc(1);
+            }
+            continue;
+        }
+        match file_items(path) {
+            Ok(items) => {
+                if single {
+                    // One array of several images: every batch of it runs all the blocks.
+                    let batches = items.len().div_ceil(pipeline.batch());
+                    bar.set_length((batches * pipeline.blocks()) as u64);
+                } else if items.len() > 1 {
+                    bar.inc_length(items.len() as u64 - 1);
+                }
+                for item in items {
+                    if done.contains(&item.name) {
+                        if !single {
+                            bar.inc(1);
+                        }
+                    } else {
+                        pending.push(item);
+                    }
+                }
+            }
+            Err(e) if args.skip_errors => {
+                run.emit(vec![Outcome::Failed(path.display().to_string(), e)])?
+            }
+            Err(e) => return Err(e.into()),
+        }
+        while pending.len() >= pipeline.batch() {
+            let rest = pending.split_off(pipeline.batch());
+            run.batch(std::mem::replace(&mut pending, rest))?;
+        }
+    }
+    if !pending.is_empty() {
+        run.batch(pending)?;
+    }
+    let (failed, answered, records) = (run.failed, run.answered, run.records);
+    if let Some(w) = writer {
+        w.finish().map_err(retryable)?;
+    }
     bar.finish_and_clear();
     if args.memory_report {
         eprint!("{}", memory_report(pipeline.models(), &records));
     }
+    if !failed.is_empty() {
+        let shown: Vec<String> = failed.iter().take(3).map(|e| format!("{e:#}")).collect();
+        let more = failed.len().saturating_sub(shown.len());
+        return Err(exit_with(
+            EXIT_PARTIAL,
+            anyhow::anyhow!(
+                "{} of {} inputs failed (their records hold the errors): {}{}",
+                failed.len(),
+                failed.len() + answered,
+                shown.join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// The input files of a run, in order: the walk of the inputs and of `--files-from`, the skipped files
+/// reported, then the shard's part of them.
+fn input_files(args: &Args, note: &impl Fn(String)) -> Result<Vec<PathBuf>> {
+    let mut listed = args.inputs.clone();
+    if let Some(list) = &args.files_from {
+        if list.as_os_str() == "-" {
+            listed.extend(inputs::read_list(std::io::stdin().lock(), Path::new("-"))?);
+        } else {
+            let f = std::fs::File::open(list)
+                .with_context(|| format!("--files-from {}", list.display()))?;
+            listed.extend(inputs::read_list(std::io::BufReader::new(f), list)?);
+        }
+        if listed.is_empty() {
+            return Err(usage(format!(
+                "--files-from {} lists no path and no input was given",
+                list.display()
+            )));
+        }
+    }
+    let walk = inputs::walk(&listed)?;
+    if !walk.skipped.is_empty() {
+        let mut reasons: Vec<SkipReason> = walk.skipped.iter().map(|s| s.1).collect();
+        let mut seen = HashSet::new();
+        reasons.retain(|r| seen.insert(*r));
+        let parts: Vec<String> = reasons
+            .iter()
+            .map(|r| {
+                let of: Vec<&PathBuf> = walk
+                    .skipped
+                    .iter()
+                    .filter(|s| s.1 == *r)
+                    .map(|s| &s.0)
+                    .collect();
+                format!("{} {} (e.g. {})", of.len(), r.describe(), of[0].display())
+            })
+            .collect();
+        note(format!(
+            "skipped {} entries found in folders: {}",
+            walk.skipped.len(),
+            parts.join("; ")
+        ));
+    }
+    let shard = match args.shard {
+        Some(s) => Some((s, "--shard".to_string())),
+        None => {
+            let count = args.shard_count.map(|c| c as usize);
+            let found = Shard::from_env(count, |k| std::env::var(k).ok()).map_err(usage)?;
+            if found.is_none() && count.is_some() {
+                return Err(usage(
+                    "--shard-count needs a shard index from JOB_COMPLETION_INDEX or \
+                     AWS_BATCH_JOB_ARRAY_INDEX (or use --shard K/N)",
+                ));
+            }
+            found
+        }
+    };
+    let Some((shard, from)) = shard else {
+        return Ok(walk.files);
+    };
+    let total = walk.files.len();
+    let files = shard.select(walk.files);
+    note(format!(
+        "shard {shard} (from {from}): {} of {total} input files",
+        files.len()
+    ));
+    Ok(files)
+}
+
+/// What changes a run's answers, recorded beside a result file so that it is resumed only by the same.
+fn settings(pipeline: &Pipeline) -> serde_json::Value {
+    let models: Vec<serde_json::Value> = pipeline
+        .models()
+        .iter()
+        .map(|m| {
+            let path = m.store.path();
+            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            serde_json::json!({
+                "name": m.name,
+                "path": path.display().to_string(),
+                "weight_bytes": m.store.total_bytes(),
+            })
+        })
+        .collect();
+    let o = pipeline.options();
+    serde_json::json!({
+        "models": models,
+        "top": o.top,
+        "logits": o.logits,
+        "ensemble": format!("{:?}", o.ensemble),
+        "max_pixels": o.max_pixels,
+    })
+}
+
+/// The progress line, not drawn yet. It is drawn only for a person watching (stderr a terminal, no
+/// --quiet): a log file or a pipe gets no carriage returns and escape codes.
+fn progress_bar(files: &[PathBuf]) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(files.len() as u64),
+        indicatif::ProgressDrawTarget::hidden(),
+    );
+    let template = if files.len() == 1 {
+        "{msg} [{wide_bar}] block {pos}/{len} {elapsed}"
+    } else {
+        "[{wide_bar}] {pos}/{len} inputs {rate} ETA {eta}"
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(
+            style
+                .with_key(
+                    "rate",
+                    |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.1} img/s", s.per_sec());
+                    },
+                )
+                .progress_chars("=> "),
+        );
+    }
+    if let [one] = files {
+        bar.set_message(printable(&one.display().to_string()).into_owned());
+    }
+    bar
+}
+
+/// What became of one input.
+enum Outcome {
+    Answer(Answer),
+    /// The input's name and its error.
+    Failed(String, wstream::Error),
+}
+
+/// A run in progress: where its records go and what it counted.
+struct Run<'a> {
+    args: &'a Args,
+    pipeline: &'a Pipeline,
+    writer: Option<&'a mut RecordWriter>,
+    bar: &'a indicatif::ProgressBar,
+    ensemble: bool,
+    /// One input file: the bar counts its blocks, not inputs.
+    single: bool,
+    failed: Vec<wstream::Error>,
+    answered: usize,
+    records: Vec<BlockRecord>,
+}
+
+impl Run<'_> {
+    fn batch(&mut self, items: Vec<Item>) -> Result<()> {
+        let (results, records) = self.pipeline.run_batch(&items).map_err(retryable)?;
+        if self.args.memory_report {
+            self.records.extend(records);
+        }
+        let results = items
+            .iter()
+            .zip(results)
+            .map(|(item, r)| match r {
+                Ok(a) => Outcome::Answer(a),
+                Err(e) => Outcome::Failed(item.name.clone(), e),
+            })
+            .collect();
+        self.emit(results)
+    }
+
+    /// Writes a batch's records in order. Without --skip-errors the first failed input ends the run, the
+    /// records before it written.
+    fn emit(&mut self, results: Vec<Outcome>) -> Result<()> {
+        let mut answers = Vec::new();
+        let mut errors = Vec::new();
+        let mut fatal = None;
+        for r in results {
+            match r {
+                Outcome::Answer(a) => answers.push(Ok(a)),
+                Outcome::Failed(_, e) if !self.args.skip_errors => {
+                    fatal = Some(e);
+                    break;
+                }
+                Outcome::Failed(input, e) => {
+                    answers.push(Err(errors.len()));
+                    errors.push((input, e.to_string(), e));
+                }
+            }
+        }
+        let records: Vec<Record> = answers
+            .iter()
+            .map(|a| match a {
+                Ok(a) => Record::Answer(a),
+                Err(i) => Record::Failed {
+                    input: &errors[*i].0,
+                    error: &errors[*i].1,
+                },
+            })
+            .collect();
+        match &mut self.writer {
+            Some(w) => w.write(&records).map_err(retryable)?,
+            None => {
+                for r in &records {
+                    let text = match r {
+                        _ if self.args.json => r.to_json(),
+                        Record::Answer(a) => format_answer(a, self.ensemble),
+                        Record::Failed { input, error } => {
+                            format!("{}\n  error: {}", printable(input), printable(error))
+                        }
+                    };
+                    self.bar.suspend(|| out(text))?;
+                }
+            }
+        }
+        if !self.single {
+            self.bar.inc(records.len() as u64);
+        }
+        self.answered += answers.iter().filter(|a| a.is_ok()).count();
+        self.failed.extend(errors.into_iter().map(|e| e.2));
+        match fatal {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Peak memory, faults and paging over a run, as the demo and `--memory-report` print it.

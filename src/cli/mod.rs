@@ -76,9 +76,43 @@ pub fn run() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wstream: error: {}", printable(&format!("{e:#}")));
-            ExitCode::FAILURE
+            e.downcast_ref::<Exit>()
+                .map_or(ExitCode::FAILURE, |x| ExitCode::from(x.code))
         }
     }
+}
+
+/// Some inputs failed (`classify --skip-errors`), the others were answered: sysexits' EX_DATAERR, clear
+/// of 1 (any other error), 2 (usage), 126/127 (the shell's) and 128 + N (killed by signal N), so a
+/// scheduler can tell "done, with bad inputs" from a crash.
+pub(crate) const EXIT_PARTIAL: u8 = 65;
+/// The weights were unavailable (missing, unreadable, changed or truncated under the run) or the result
+/// file could not be written: running again later may succeed, so a retry policy (Kubernetes
+/// `podFailurePolicy`, Slurm requeue) keys on it. sysexits' EX_TEMPFAIL.
+pub(crate) const EXIT_RETRYABLE: u8 = 75;
+
+/// An error that ends the process with an exit status of its own instead of 1.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// `error`, ending the process with status `code`.
+pub(crate) fn exit_with(code: u8, error: impl Into<anyhow::Error>) -> anyhow::Error {
+    Exit {
+        code,
+        error: error.into(),
+    }
+    .into()
 }
 
 /// clap's rendering of a usage error as one line. Its first paragraph is the message, and for a missing
