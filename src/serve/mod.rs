@@ -282,34 +282,8 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Reply {
         METRICS => (METRICS, Method::GET),
         _ => ("other", Method::GET),
     };
-    let reply = if route == "other" {
-        error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no route {}; routes: POST {CLASSIFY}, GET {MODELS}, GET {HEALTHZ}, GET {METRICS}",
-                req.uri().path()
-            ),
-        )
-    } else if req.method() != allow {
-        let mut r = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{route} takes {allow}, not {}", req.method()),
-        );
-        r.headers_mut().insert(
-            ALLOW,
-            HeaderValue::from_static(if route == CLASSIFY { "POST" } else { "GET" }),
-        );
-        r
-    } else if !authorized(&req, shared, route) {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong API key: send `Authorization: Bearer KEY`",
-        );
-        r.headers_mut().insert(
-            hyper::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer"),
-        );
-        r
+    let reply = if route == "other" || req.method() != allow || !authorized(&req, shared, route) {
+        refuse(req, shared, route, allow).await
     } else {
         match route {
             CLASSIFY => classify(req, shared).await,
@@ -334,6 +308,59 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Reply {
         .metrics
         .request(route, reply.status().as_u16(), start.elapsed());
     reply
+}
+
+/// Reads and drops a refused request's body (up to --max-body, within the read timeout) before the
+/// answer goes out: closing a socket with unread data resets it, and the client, still sending, would
+/// see a broken pipe instead of the answer. A body declared over the limit is not read (413 says so).
+async fn discard(body: Incoming, shared: &Shared) {
+    let body = Limited::new(body, shared.config.max_body as usize);
+    let _ = tokio::time::timeout(shared.config.read_timeout, body.collect()).await;
+}
+
+/// 404, 405 or 401.
+async fn refuse(req: Request<Incoming>, shared: &Shared, route: &str, allow: Method) -> Reply {
+    let reply = if route == "other" {
+        error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no route {}; routes: POST {CLASSIFY}, GET {MODELS}, GET {HEALTHZ}, GET {METRICS}",
+                req.uri().path()
+            ),
+        )
+    } else if req.method() != allow {
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{route} takes {allow}, not {}", req.method()),
+        );
+        r.headers_mut().insert(
+            ALLOW,
+            HeaderValue::from_static(if route == CLASSIFY { "POST" } else { "GET" }),
+        );
+        r
+    } else {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key: send `Authorization: Bearer KEY`",
+        );
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+        r
+    };
+    if !over_limit(&req, shared) {
+        discard(req.into_body(), shared).await;
+    }
+    reply
+}
+
+fn over_limit(req: &Request<Incoming>, shared: &Shared) -> bool {
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > shared.config.max_body)
 }
 
 /// /healthz stays open without the key, for probes that carry no secrets.
@@ -499,7 +526,10 @@ enum Body {
 async fn classify(req: Request<Incoming>, shared: &Shared) -> Reply {
     let (top, logits) = match parse_query(req.uri().query()) {
         Ok(q) => q,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+        Err(msg) => {
+            discard(req.into_body(), shared).await;
+            return error(StatusCode::BAD_REQUEST, msg);
+        }
     };
     let content_type = req
         .headers()
@@ -516,13 +546,12 @@ async fn classify(req: Request<Incoming>, shared: &Shared) -> Reply {
         Some("image/jpeg" | "image/png") => Body::Image,
         Some("application/x-npy") => Body::Npy,
         other => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "Content-Type {}: send image/jpeg, image/png or application/x-npy",
-                    other.map_or("missing".into(), |t| format!("`{}`", t.escape_debug()))
-                ),
-            )
+            let msg = format!(
+                "Content-Type {}: send image/jpeg, image/png or application/x-npy",
+                other.map_or("missing".into(), |t| format!("`{}`", t.escape_debug()))
+            );
+            discard(req.into_body(), shared).await;
+            return error(StatusCode::BAD_REQUEST, msg);
         }
     };
     let max_body = shared.config.max_body;
@@ -532,17 +561,8 @@ async fn classify(req: Request<Incoming>, shared: &Shared) -> Reply {
             format!("request body is over the {max_body}-byte limit (--max-body)"),
         )
     };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body) {
+    if over_limit(&req, shared) {
         return too_large();
-    }
-    // Refused before its body is read: a full queue answers at once.
-    if shared.depth.load(Ordering::Relaxed) >= shared.config.queue {
-        return busy();
     }
     let body = Limited::new(req.into_body(), max_body as usize);
     let bytes = match tokio::time::timeout(shared.config.read_timeout, body.collect()).await {
