@@ -667,3 +667,38 @@ fn changed_weights_fail_requests_with_500_and_healthz_says_so() {
         1.0
     );
 }
+
+#[test]
+fn batches_hold_no_more_than_the_memory_limit_allows() {
+    use wstream::exec::{ExecOptions, Executor};
+    let vit = fixture("vit_tiny");
+    let models = vec![wstream::models::Model::load(&vit).unwrap()];
+    let budget = Executor::new(&models, ExecOptions::default())
+        .unwrap()
+        .budget();
+    // Exactly what two inputs are estimated to need: batches of 2, though --max-batch says 16.
+    let limit = wstream::pipeline::estimate(&models, budget, 2).unwrap().0;
+    let server = Served::start(
+        &vit,
+        &[
+            "--memory",
+            &limit.to_string(),
+            "--max-batch",
+            "16",
+            "--batch-window-ms",
+            "300",
+        ],
+    );
+    let jpeg = data("cat.jpg");
+    let sizes: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| server.post("/v1/classify", "image/jpeg", &jpeg).json()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap()["batch_size"].as_u64().unwrap())
+            .collect()
+    });
+    assert!(sizes.iter().all(|&n| n <= 2), "{sizes:?}");
+    assert!(sizes.contains(&2), "{sizes:?}");
+}

@@ -60,6 +60,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.api_key.as_deref().is_some_and(str::is_empty) {
+        bail!("--api-key is empty; give a key, or leave the flag out to serve without one");
+    }
     // The batch commands' interrupt handler exits at once; a server finishes what it accepted instead.
     wstream::process::default_on_interrupt();
     super::set_threads(args.threads)?;
