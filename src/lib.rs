@@ -38,6 +38,8 @@ pub mod process;
 pub mod profile;
 pub mod records;
 pub mod residency;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod store;
 pub mod synth;
 pub mod weight;
