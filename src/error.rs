@@ -145,6 +145,9 @@ pub enum Error {
     /// An architecture `synth` has no recipe for.
     #[error("unknown architecture `{arch}`; known: {known}")]
     UnknownArch { arch: String, known: String },
+    /// A hub id the local Hugging Face cache cannot answer (the message says where it looked).
+    #[error("{0}")]
+    Hub(String),
     /// Options a library caller gave that cannot work (no model, an empty batch).
     #[error("{0}")]
     Options(String),

@@ -12,17 +12,45 @@ use wstream::profile::Totals;
 
 use super::{human_bytes, out, parse_bytes, printable};
 
-/// The models `classify` and `demo` use when no `--model` is given: timm's Hugging Face layout under weights/.
+/// The models `classify` and `demo` use when no `--model` is given: folders in timm's Hugging Face layout
+/// under [`wstream::hub::default_weights_dir`].
 pub const DEFAULT_MODELS: [&str; 3] = [
-    "weights/vit_large_patch16_224",
-    "weights/convnext_large",
-    "weights/swin_large_patch4_window7_224",
+    "vit_large_patch16_224",
+    "convnext_large",
+    "swin_large_patch4_window7_224",
 ];
+
+/// The default models' folders, saying on stderr where they are looked up.
+pub fn default_model_paths() -> Vec<PathBuf> {
+    let (dir, whence) = wstream::hub::default_weights_dir();
+    eprintln!(
+        "note: default models from {} ({whence})",
+        printable(&dir.display().to_string())
+    );
+    DEFAULT_MODELS.iter().map(|m| dir.join(m)).collect()
+}
+
+/// The models `--model` names: paths, or hub ids found in the local Hugging Face cache (a note on stderr
+/// says where each of those was found).
+pub fn locate_models(given: &[PathBuf]) -> wstream::Result<Vec<PathBuf>> {
+    given
+        .iter()
+        .map(|spec| {
+            let located = wstream::hub::locate(spec)?;
+            if let Some(found) = &located.found {
+                eprintln!("note: {}", printable(found));
+            }
+            Ok(located.path)
+        })
+        .collect()
+}
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model folder in timm's Hugging Face layout, or a .safetensors file. Repeat for an ensemble.
-    /// Default: the three Large models under weights/ (see weights/README.md).
+    /// A model folder in timm's Hugging Face layout, a .safetensors file, or a hub id in the local Hugging
+    /// Face cache (timm/NAME, hf-hub:timm/NAME, NAME@REVISION; never downloaded). Repeat for an ensemble.
+    /// Default: the three Large models under $WSTREAM_WEIGHTS, else the source tree's weights/ (see
+    /// weights/README.md).
     #[arg(long = "model")]
     models: Vec<PathBuf>,
     /// Print one JSON object per input per line.
@@ -139,15 +167,16 @@ impl RunArgs {
 pub fn run(args: Args) -> Result<()> {
     super::set_threads(args.run.threads)?;
     let paths: Vec<PathBuf> = if args.models.is_empty() {
-        DEFAULT_MODELS.iter().map(PathBuf::from).collect()
+        default_model_paths()
     } else {
-        args.models.clone()
+        locate_models(&args.models)?
     };
     if args.models.is_empty() {
         if let Some(missing) = paths.iter().find(|p| !p.exists()) {
             bail!(
-                "{}: default model not found; run `wstream demo` (it synthesises missing models) or see weights/README.md",
-                missing.display()
+                "{}: default model not found; run `wstream demo` (it synthesises missing models), set \
+                 WSTREAM_WEIGHTS to a folder holding them, or see weights/README.md",
+                printable(&missing.display().to_string())
             );
         }
     }
