@@ -42,6 +42,9 @@ pub struct ModelAnswer {
     /// The raw logits, when [`Options::logits`] asks for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logits: Option<Vec<f32>>,
+    /// The model's weights are random ([`Model::synthetic`]): its classes mean nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synthetic: bool,
 }
 
 /// The ensemble's answer for one input (with one model, that model's probabilities).
@@ -378,6 +381,7 @@ impl Pipeline {
                         name: m.name.clone(),
                         top: top_k(&softmax(l), k, names),
                         logits: self.options.logits.then(|| l.to_vec()),
+                        synthetic: m.synthetic,
                     })
                     .collect();
                 Answer {

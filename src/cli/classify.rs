@@ -129,8 +129,28 @@ impl RunArgs {
         top: usize,
         logits: bool,
     ) -> wstream::Result<Pipeline> {
-        let pipeline = Pipeline::load(paths, self.options(top, logits))?
+        self.pipeline_with(paths, self.options(top, logits))
+    }
+
+    /// [`RunArgs::pipeline`] with `options` as given. Notes on stderr name each model whose weights are
+    /// synthetic.
+    pub fn pipeline_with(
+        &self,
+        paths: &[impl AsRef<std::path::Path>],
+        options: Options,
+    ) -> wstream::Result<Pipeline> {
+        let pipeline = Pipeline::load(paths, options)?
             .with_warnings(|w| eprintln!("warning: {}", printable(&w.to_string())));
+        for m in pipeline.models() {
+            if m.synthetic {
+                eprintln!(
+                    "note: {} ({}) holds synthetic weights (random values, written by `wstream synth`): \
+                     its classes mean nothing",
+                    printable(&m.name),
+                    printable(&m.store.path().display().to_string())
+                );
+            }
+        }
         if pipeline.batch() < self.batch as usize {
             let limit = self.memory.unwrap_or_else(|| default_memory().0);
             eprintln!(

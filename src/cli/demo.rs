@@ -65,7 +65,7 @@ pub fn run(args: Args) -> Result<()> {
     let synthetic: Vec<&str> = pipeline
         .models()
         .iter()
-        .filter(|m| m.config.wstream_synthetic.is_some())
+        .filter(|m| m.synthetic)
         .map(|m| m.name.as_str())
         .collect();
     if !synthetic.is_empty() {

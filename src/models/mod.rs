@@ -230,8 +230,17 @@ impl Family {
 /// weights; a config.json there wins.
 pub const CONFIG_KEY: &str = "wstream.config";
 
+/// The `__metadata__` key `wstream synth` marks its weights files with (a JSON object: seed and a note), so
+/// random weights are recognised wherever the file goes, without its config.json.
+pub const SYNTHETIC_KEY: &str = "wstream.synthetic";
+
 /// The config embedded under [`CONFIG_KEY`] in the first weights file, with that file's path.
 fn embedded_config(store: &Store) -> Result<Option<(String, PathBuf)>> {
+    metadata_value(store, CONFIG_KEY)
+}
+
+/// The value of `key` in the first weights file's `__metadata__`, with that file's path.
+fn metadata_value(store: &Store, key: &str) -> Result<Option<(String, PathBuf)>> {
     let Some(f) = store.files().first() else {
         return Ok(None);
     };
@@ -243,7 +252,7 @@ fn embedded_config(store: &Store) -> Result<Option<(String, PathBuf)>> {
     Ok(meta
         .metadata()
         .as_ref()
-        .and_then(|m| m.get(CONFIG_KEY))
+        .and_then(|m| m.get(key))
         .map(|t| (t.clone(), f.path.clone())))
 }
 
@@ -256,6 +265,9 @@ pub struct Model {
     pub blocks: Vec<Block>,
     /// Classes the head produces.
     pub num_classes: usize,
+    /// Random weights written by `wstream synth`: marked with [`SYNTHETIC_KEY`] in the weights, or, for files
+    /// from builds before that marker, `wstream_synthetic` in config.json.
+    pub synthetic: bool,
 }
 
 impl Model {
@@ -331,6 +343,8 @@ impl Model {
             .num_classes
             .ok_or_else(|| model_err("no classifier head found".into()))?;
         ctx.finish()?;
+        let synthetic =
+            config.wstream_synthetic.is_some() || metadata_value(&store, SYNTHETIC_KEY)?.is_some();
         Ok(Model {
             name,
             family,
@@ -338,6 +352,7 @@ impl Model {
             store,
             blocks,
             num_classes,
+            synthetic,
         })
     }
 

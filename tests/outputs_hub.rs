@@ -1,0 +1,84 @@
+//! What a timm user asks of answers: pre-logits features matching timm's, logits beside the top classes,
+//! synthetic weights flagged wherever they run, and models of the same name told apart.
+
+mod common;
+
+use std::path::Path;
+
+use common::parity::fixture;
+use common::wstream;
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn cat() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/cat.jpg")
+        .display()
+        .to_string()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+}
+
+/// `synth` marks its weights file; the mark is seen by classify and profile (a stderr note once per model,
+/// `"synthetic": true` in JSON) also for the weights file alone, and for an old synthetic model whose only
+/// trace is config.json's `wstream_synthetic`. Real weights carry neither.
+#[test]
+fn synthetic_weights_are_flagged_by_every_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let synth = tmp.path().join("synth");
+    let arch = "vit_tiny_patch16_224";
+    let (code, _, err) = wstream(&["synth", "--arch", arch, "--out", synth.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let bytes = std::fs::read(synth.join("model.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let marker = &meta.metadata().as_ref().unwrap()[wstream::models::SYNTHETIC_KEY];
+    assert!(marker.contains("\"seed\":0"), "{marker}");
+
+    // The weights file alone, without the config.json that also says so.
+    let alone = tmp.path().join(format!("{arch}.safetensors"));
+    std::fs::copy(synth.join("model.safetensors"), &alone).unwrap();
+    // A model from before the marker: only config.json tells.
+    let old = tmp.path().join("old");
+    copy_dir(&fixture("vit_tiny"), &old);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(old.join("config.json")).unwrap()).unwrap();
+    cfg["wstream_synthetic"] = serde_json::json!({"seed": 0});
+    std::fs::write(old.join("config.json"), cfg.to_string()).unwrap();
+
+    let real = fixture("vit_tiny").display().to_string();
+    let img = cat();
+    for m in [synth.clone(), alone, old] {
+        let m = m.display().to_string();
+        let (code, stdout, stderr) = wstream(&[
+            "classify", "--json", "--model", &m, "--model", &real, &img, &img,
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        let notes: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("synthetic weights"))
+            .collect();
+        assert_eq!(
+            notes.len(),
+            1,
+            "one note for the one synthetic model: {stderr}"
+        );
+        assert!(notes[0].contains(&m), "{stderr}");
+        for a in json_lines(&stdout) {
+            assert_eq!(a["models"][0]["synthetic"], true, "{a}");
+            assert!(a["models"][1].get("synthetic").is_none(), "{a}");
+        }
+    }
+    let (code, _, stderr) = wstream(&["profile", "--model", synth.to_str().unwrap(), &img]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("holds synthetic weights"), "{stderr}");
+}
