@@ -7,6 +7,10 @@ use std::path::Path;
 
 use common::parity::fixture;
 use common::wstream;
+use wstream::models::{Act, Model};
+use wstream::npy;
+
+const FAMILIES: [&str; 3] = ["vit_tiny", "convnext_tiny", "swin_tiny"];
 
 fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout
@@ -20,6 +24,59 @@ fn cat() -> String {
         .join("tests/data/cat.jpg")
         .display()
         .to_string()
+}
+
+/// timm's `forward_head(forward_features(x), pre_logits=True)` (reference/<stem>.features.npy, written by
+/// tools/export_timm.py) for every reference input of the three families, within 1e-4.
+#[test]
+fn features_match_timm_pre_logits() {
+    for name in FAMILIES {
+        let dir = fixture(name);
+        let model = Model::load(&dir).unwrap().into_features().unwrap();
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir.join("reference")).unwrap() {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_str().unwrap().to_string();
+            let Some(stem) = file.strip_suffix(".input.npy") else {
+                continue;
+            };
+            let (input, shape) = npy::read_f32(&path).unwrap();
+            let ours = model.forward(Act::new(input, shape)).unwrap();
+            let (want, want_shape) =
+                npy::read_f32(&dir.join(format!("reference/{stem}.features.npy"))).unwrap();
+            assert_eq!(ours.shape, want_shape, "{name} {stem}");
+            let diff = ours
+                .data
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(diff <= 1e-4, "{name} {stem}: features differ by {diff}");
+            checked += 1;
+        }
+        assert!(checked >= 1, "{name}: no reference input");
+    }
+}
+
+/// The features head declares no classifier tensor, so the executor never pages the classifier in.
+#[test]
+fn the_features_head_does_not_read_the_classifier() {
+    for (name, fc) in [
+        ("vit_tiny", "head.weight"),
+        ("convnext_tiny", "head.fc.weight"),
+        ("swin_tiny", "head.fc.weight"),
+    ] {
+        let full = Model::load(fixture(name)).unwrap();
+        let last = full.blocks.len() - 1;
+        assert!(full.block_tensors(last).contains(&fc.to_string()), "{name}");
+        let features = full.into_features().unwrap();
+        let tensors = features.block_tensors(last);
+        assert!(
+            !tensors.iter().any(|t| t.starts_with(&fc[..fc.len() - 6])),
+            "{name}: {tensors:?}"
+        );
+        assert!(!tensors.is_empty(), "{name}: the head's norm stays");
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
