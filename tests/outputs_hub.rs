@@ -9,6 +9,7 @@ use common::parity::fixture;
 use common::wstream;
 use wstream::models::{Act, Model};
 use wstream::npy;
+use wstream::pipeline::{Output, Pipeline};
 
 const FAMILIES: [&str; 3] = ["vit_tiny", "convnext_tiny", "swin_tiny"];
 
@@ -77,6 +78,95 @@ fn the_features_head_does_not_read_the_classifier() {
         );
         assert!(!tensors.is_empty(), "{name}: the head's norm stays");
     }
+}
+
+#[test]
+fn classify_prints_features_per_model_and_no_ensemble() {
+    let models: Vec<String> = FAMILIES
+        .iter()
+        .map(|f| fixture(f).display().to_string())
+        .collect();
+    let mut args = vec!["classify", "--json", "--output-type", "features"];
+    for m in &models {
+        args.extend(["--model", m]);
+    }
+    let img = cat();
+    args.push(&img);
+    let (code, stdout, stderr) = wstream(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 1);
+    let answer = &lines[0];
+    assert!(answer.get("ensemble").is_none(), "{answer}");
+    let widths: Vec<usize> = answer["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert!(m.get("top").is_none(), "{m}");
+            m["features"].as_array().unwrap().len()
+        })
+        .collect();
+    assert_eq!(widths, [32, 32, 64]);
+
+    // The same run through the library gives the same vectors.
+    let p = Pipeline::load(
+        &models,
+        wstream::pipeline::Options {
+            output: Output::Features,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let items = wstream::pipeline::read_inputs(std::slice::from_ref(&img)).unwrap();
+    let (answers, _) = p.run_batch(&items).unwrap();
+    let lib = answers[0].as_ref().unwrap();
+    for (m, j) in lib.models.iter().zip(answer["models"].as_array().unwrap()) {
+        let cli: Vec<f32> = serde_json::from_value(j["features"].clone()).unwrap();
+        assert_eq!(m.features.as_ref().unwrap(), &cli);
+    }
+
+    let (code, stdout, _) = wstream(&[
+        "classify",
+        "--output-type",
+        "features",
+        "--model",
+        &models[2],
+        &img,
+    ]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("    64 features: "), "{stdout}");
+}
+
+#[test]
+fn logit_output_adds_each_class_logit() {
+    let m = fixture("vit_tiny").display().to_string();
+    let img = cat();
+    let (code, stdout, stderr) = wstream(&[
+        "classify",
+        "--json",
+        "--logits",
+        "--output-type",
+        "logit",
+        "--top",
+        "3",
+        "--model",
+        &m,
+        &img,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let a = &json_lines(&stdout)[0];
+    let logits: Vec<f32> = serde_json::from_value(a["models"][0]["logits"].clone()).unwrap();
+    for r in a["models"][0]["top"].as_array().unwrap() {
+        let class = r["class"].as_u64().unwrap() as usize;
+        assert_eq!(r["logit"].as_f64().unwrap() as f32, logits[class]);
+    }
+    // The ensemble stays a probability ranking.
+    assert!(a["ensemble"]["top"][0].get("logit").is_none());
+    // Without --output-type the answer is as before: no logit per class.
+    let (_, stdout, _) = wstream(&["classify", "--json", "--model", &m, &img]);
+    assert!(!stdout.contains("\"logit\""), "{stdout}");
+    assert!(!stdout.contains("synthetic"), "{stdout}");
 }
 
 fn copy_dir(from: &Path, to: &Path) {

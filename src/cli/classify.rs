@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use wstream::classify::{self, Ranked};
 use wstream::exec::{self, BlockRecord};
 use wstream::models::Model;
-use wstream::pipeline::{default_memory, read_inputs, Answer, Options, Pipeline};
+use wstream::pipeline::{default_memory, read_inputs, Answer, Options, Output, Pipeline};
 use wstream::process::MemReading;
 use wstream::profile::Totals;
 
@@ -59,6 +59,11 @@ pub struct Args {
     /// Include the raw logits in the JSON output.
     #[arg(long, requires = "json")]
     logits: bool,
+    /// What each model answers: `prob` its top classes with probabilities, `logit` with their raw logits
+    /// too, `features` the pooled pre-logits embedding (timm's forward_head(x, pre_logits=True); the
+    /// classifier is skipped and there is no ensemble answer).
+    #[arg(long, value_enum, default_value_t = OutputType::Prob)]
+    output_type: OutputType,
     /// How many classes to list.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     top: u64,
@@ -100,6 +105,14 @@ pub struct RunArgs {
     /// decompression-bomb limit).
     #[arg(long, default_value_t = wstream::preprocess::MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pixels: u64,
+}
+
+/// What each model answers, as the flag spells it.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputType {
+    Prob,
+    Logit,
+    Features,
 }
 
 /// How an ensemble's models are combined, as the flag spells it.
@@ -180,6 +193,7 @@ impl RunArgs {
             logits,
             memory: self.memory,
             max_pixels: self.max_pixels,
+            output: wstream::pipeline::Output::Prob,
         }
     }
 }
@@ -200,7 +214,15 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let pipeline = args.run.pipeline(&paths, args.top as usize, args.logits)?;
+    let options = Options {
+        output: match args.output_type {
+            OutputType::Prob => Output::Prob,
+            OutputType::Logit => Output::Logit,
+            OutputType::Features => Output::Features,
+        },
+        ..args.run.options(args.top as usize, args.logits)
+    };
+    let pipeline = args.run.pipeline_with(&paths, options)?;
     let items = read_inputs(&args.inputs)?;
     let show_progress = !args.json && items.len() > 1;
     let bar = if show_progress {
@@ -250,12 +272,15 @@ pub fn memory_report(models: &[Model], records: &[BlockRecord]) -> String {
 pub fn format_answer(a: &Answer, ensemble: bool) -> String {
     use std::fmt::Write;
     let mut s = format!("{} ({:.1} ms)\n", printable(&a.input), a.elapsed_ms);
-    let mut top = |title: &str, ranked: &[Ranked]| {
+    let top = |s: &mut String, title: &str, ranked: &[Ranked]| {
         let _ = writeln!(s, "  {}", printable(title));
         for r in ranked {
+            let logit = r
+                .logit
+                .map_or(String::new(), |l| format!("  logit {l:>8.4}"));
             let _ = writeln!(
                 s,
-                "    {:>6.2}%  {:>4}  {}",
+                "    {:>6.2}%{logit}  {:>4}  {}",
                 r.prob * 100.0,
                 r.class,
                 printable(&r.label)
@@ -263,10 +288,23 @@ pub fn format_answer(a: &Answer, ensemble: bool) -> String {
         }
     };
     for m in &a.models {
-        top(&m.name, &m.top);
+        if let Some(f) = &m.features {
+            // The whole vector is for --json; text shows its size and first values to recognise it.
+            let head: Vec<String> = f.iter().take(6).map(|v| format!("{v:.4}")).collect();
+            let more = if f.len() > 6 { " ..." } else { "" };
+            let _ = writeln!(
+                s,
+                "  {}\n    {} features: {}{more}",
+                printable(&m.name),
+                f.len(),
+                head.join(" ")
+            );
+        } else {
+            top(&mut s, &m.name, &m.top);
+        }
     }
-    if ensemble {
-        top("ensemble", &a.ensemble.top);
+    if ensemble && !a.ensemble.is_empty() {
+        top(&mut s, "ensemble", &a.ensemble.top);
     }
     s.pop();
     s
