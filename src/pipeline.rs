@@ -36,6 +36,7 @@ pub struct Item {
 /// One model's answer for one input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelAnswer {
+    /// The model's name, made distinct within the pipeline ([`distinct_names`]).
     pub name: String,
     /// The most probable classes, most probable first (none with [`Output::Features`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -182,7 +183,7 @@ impl Pipeline {
     /// a memory limit below what one input needs, no model and a batch of 0 inputs. Plans the batches:
     /// [`Options::batch`] inputs, or as many as fit the memory limit (see [`Pipeline::batch`]).
     pub fn new(models: Vec<Model>, options: Options) -> Result<Pipeline> {
-        let models = if options.output == Output::Features {
+        let mut models = if options.output == Output::Features {
             models
                 .into_iter()
                 .map(Model::into_features)
@@ -190,6 +191,7 @@ impl Pipeline {
         } else {
             models
         };
+        distinct_names(&mut models);
         if models.is_empty() {
             return Err(Error::Options("a pipeline needs at least one model".into()));
         }
@@ -454,6 +456,56 @@ impl Pipeline {
             })
             .collect())
     }
+}
+
+/// Makes the models' names distinct, deterministically, so answers can be told apart: where several share a
+/// name, those whose weights are stored in another dtype than the first of them get it as a suffix
+/// (`convnext_large[int8]` beside `convnext_large`), and any still equal get their position among the
+/// models sharing that name (`convnext_large[2]`, a bare file beside its folder). A unique name is kept.
+pub fn distinct_names(models: &mut [Model]) {
+    let dtypes: Vec<String> = models.iter().map(weight_dtype).collect();
+    let base: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+    let mut names = base.clone();
+    for (i, name) in base.iter().enumerate() {
+        let same: Vec<usize> = (0..models.len()).filter(|&j| base[j] == *name).collect();
+        if same.len() < 2 {
+            continue;
+        }
+        if dtypes[i] != dtypes[same[0]] {
+            names[i] = format!("{name}[{}]", dtypes[i]);
+        }
+    }
+    let tagged = names.clone();
+    for (i, name) in tagged.iter().enumerate() {
+        let same: Vec<usize> = (0..models.len()).filter(|&j| tagged[j] == *name).collect();
+        let pos = same.iter().position(|&j| j == i).unwrap_or(0);
+        if pos > 0 {
+            names[i] = format!("{name}[{}]", pos + 1);
+        }
+    }
+    for (m, n) in models.iter_mut().zip(names) {
+        m.name = n;
+    }
+}
+
+/// The dtype holding most of a model's bytes, in `convert`'s spelling (`f32`, `f16`, `bf16`, `int8`).
+fn weight_dtype(m: &Model) -> String {
+    let mut bytes: Vec<(String, u64)> = Vec::new();
+    for t in m.store.tensors() {
+        let d = match t.dtype {
+            safetensors::Dtype::I8 => "int8".to_string(),
+            other => other.to_string().to_lowercase(),
+        };
+        let n = t.shape.iter().product::<usize>() as u64 * t.dtype.bitsize() as u64 / 8;
+        match bytes.iter_mut().find(|(k, _)| *k == d) {
+            Some((_, b)) => *b += n,
+            None => bytes.push((d, n)),
+        }
+    }
+    bytes
+        .into_iter()
+        .max_by_key(|&(_, b)| b)
+        .map_or_else(|| "f32".into(), |(d, _)| d)
 }
 
 /// The estimated peak RSS of running `n` inputs per batch, in bytes, and of it what cannot be paged out

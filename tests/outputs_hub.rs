@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::parity::fixture;
 use common::wstream;
@@ -228,4 +228,74 @@ fn synthetic_weights_are_flagged_by_every_command() {
     let (code, _, stderr) = wstream(&["profile", "--model", synth.to_str().unwrap(), &img]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("holds synthetic weights"), "{stderr}");
+}
+
+/// Two models of one name: an int8 copy beside its f32 original gets `[int8]`, a bare weights file beside
+/// its folder gets its position; the order of `--model` decides, the same every run.
+#[test]
+fn models_of_the_same_name_are_told_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    // ConvNeXt: its shapes alone tell the architecture, so the bare file loads without a config.json.
+    let arch = "convnext_tiny";
+    let folder = tmp.path().join(arch);
+    copy_dir(&fixture(arch), &folder);
+    let bare = tmp.path().join(format!("{arch}.safetensors"));
+    std::fs::copy(folder.join("model.safetensors"), &bare).unwrap();
+    let int8 = tmp.path().join("int8");
+    let (code, _, err) = wstream(&[
+        "convert",
+        folder.to_str().unwrap(),
+        int8.to_str().unwrap(),
+        "--dtype",
+        "int8",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let img = cat();
+    let paths: [PathBuf; 3] = [folder, int8, bare];
+    let args = |order: &[usize]| {
+        let mut a: Vec<String> = vec!["classify".into(), "--json".into()];
+        for &i in order {
+            a.extend(["--model".into(), paths[i].display().to_string()]);
+        }
+        a.push(img.clone());
+        a
+    };
+    let names = |order: &[usize]| {
+        let a = args(order);
+        let (code, stdout, stderr) = wstream(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(code, 0, "{stderr}");
+        let names: Vec<String> = json_lines(&stdout)[0]["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect();
+        (names, stderr)
+    };
+    let (got, stderr) = names(&[0, 1, 2]);
+    assert_eq!(
+        got,
+        [
+            arch.to_string(),
+            format!("{arch}[int8]"),
+            format!("{arch}[2]")
+        ]
+    );
+    assert!(
+        stderr.contains(&format!("note: {arch}[2] is {}", paths[2].display())),
+        "{stderr}"
+    );
+    assert_eq!(names(&[0, 1, 2]).0, got, "deterministic");
+    // The int8 copy first: the f32 ones are then the odd dtype.
+    let (got, _) = names(&[1, 0]);
+    assert_eq!(got, [arch.to_string(), format!("{arch}[f32]")]);
+    // Text output shows the same names.
+    let a = args(&[0, 2]);
+    let text: Vec<&str> = a
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--json")
+        .collect();
+    let (_, stdout, _) = wstream(&text);
+    assert!(stdout.contains(&format!("  {arch}[2]\n")), "{stdout}");
 }

@@ -146,7 +146,7 @@ impl RunArgs {
     }
 
     /// [`RunArgs::pipeline`] with `options` as given. Notes on stderr name each model whose weights are
-    /// synthetic.
+    /// synthetic, and the path of each model whose name had to be made distinct.
     pub fn pipeline_with(
         &self,
         paths: &[impl AsRef<std::path::Path>],
@@ -159,6 +159,13 @@ impl RunArgs {
                 eprintln!(
                     "note: {} ({}) holds synthetic weights (random values, written by `wstream synth`): \
                      its classes mean nothing",
+                    printable(&m.name),
+                    printable(&m.store.path().display().to_string())
+                );
+            }
+            if m.name.ends_with(']') {
+                eprintln!(
+                    "note: {} is {}",
                     printable(&m.name),
                     printable(&m.store.path().display().to_string())
                 );
