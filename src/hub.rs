@@ -5,10 +5,13 @@
 //!
 //! The cache layout is huggingface_hub's: `CACHE/models--ORG--NAME/refs/REVISION` holds a commit hash,
 //! `snapshots/HASH/` the files (symlinks into `blobs/`, which the mapping follows). CACHE is
-//! `HF_HUB_CACHE`, else `HF_HOME/hub`, else `XDG_CACHE_HOME/huggingface/hub`, else
-//! `~/.cache/huggingface/hub`, as huggingface_hub resolves it. A resolver of our own rather than the `hf-hub`
-//! crate's `Cache`: that one reads only `HF_HOME`, finds a revision only through `refs/` (not a commit
-//! hash), and its default features bring an HTTP client and TLS into a crate that must not download.
+//! `HF_HUB_CACHE` (or its old name `HUGGINGFACE_HUB_CACHE`), else `HF_HOME/hub`, else
+//! `XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`, as huggingface_hub resolves it.
+//!
+//! A resolver of our own rather than the `hf-hub` crate: its 1.0 requires reqwest, tokio, hyper and hf-xet
+//! whatever features are chosen (a download client in a crate that must never download), and the offline
+//! `Cache` of its 0.x releases reads only `HF_HOME` and finds a revision only through `refs/`, not by
+//! commit hash.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +41,9 @@ pub fn cache_dir() -> Option<(PathBuf, &'static str)> {
     };
     if let Some(d) = var("HF_HUB_CACHE") {
         return Some((d, "HF_HUB_CACHE"));
+    }
+    if let Some(d) = var("HUGGINGFACE_HUB_CACHE") {
+        return Some((d, "HUGGINGFACE_HUB_CACHE"));
     }
     if let Some(d) = var("HF_HOME") {
         return Some((d.join("hub"), "HF_HOME/hub"));

@@ -120,7 +120,10 @@ fn hub_ids_resolve_through_the_local_cache() {
             assert_eq!(strip(&stdout), strip(&direct.1), "{spec}");
         }
     }
-    // HF_HOME/hub, then ~/.cache/huggingface/hub.
+    // The old name of HF_HUB_CACHE, HF_HOME/hub, XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub.
+    let xdg = tmp.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("huggingface")).unwrap();
+    symlink(&hub, xdg.join("huggingface/hub")).unwrap();
     let home = tmp.path().join("home");
     std::fs::create_dir_all(home.join(".cache/huggingface")).unwrap();
     symlink(&hub, home.join(".cache/huggingface/hub")).unwrap();
@@ -128,7 +131,15 @@ fn hub_ids_resolve_through_the_local_cache() {
     std::fs::create_dir_all(&hf_home).unwrap();
     symlink(&hub, hf_home.join("hub")).unwrap();
     for (env, whence) in [
+        (
+            ("HUGGINGFACE_HUB_CACHE", hub.as_path()),
+            "HUGGINGFACE_HUB_CACHE",
+        ),
         (("HF_HOME", hf_home.as_path()), "HF_HOME/hub"),
+        (
+            ("XDG_CACHE_HOME", xdg.as_path()),
+            "XDG_CACHE_HOME/huggingface/hub",
+        ),
         (("HOME", home.as_path()), "~/.cache/huggingface/hub"),
     ] {
         let (code, stdout, stderr) = run(

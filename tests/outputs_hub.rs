@@ -136,6 +136,21 @@ fn classify_prints_features_per_model_and_no_ensemble() {
     ]);
     assert_eq!(code, 0);
     assert!(stdout.contains("    64 features: "), "{stdout}");
+    let (code, _, stderr) = wstream(&[
+        "classify",
+        "--json",
+        "--logits",
+        "--output-type",
+        "features",
+        "--model",
+        &models[0],
+        &img,
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("--logits and --output-type features exclude each other"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -221,6 +221,9 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    if args.logits && args.output_type == OutputType::Features {
+        bail!("--logits and --output-type features exclude each other: the classifier is not run");
+    }
     let options = Options {
         output: match args.output_type {
             OutputType::Prob => Output::Prob,
