@@ -21,6 +21,9 @@ pub struct Ranked {
     pub class: usize,
     pub label: String,
     pub prob: f32,
+    /// The class's raw logit, when the output type asks for logits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit: Option<f32>,
 }
 
 /// Class names for a model: its config's `label_names`, else timm's ImageNet-1k names for 1000 classes,
@@ -55,6 +58,7 @@ pub fn top_k(probs: &[f32], k: usize, labels: &[String]) -> Vec<Ranked> {
                 .cloned()
                 .unwrap_or_else(|| format!("class {i}")),
             prob: probs[i],
+            logit: None,
         })
         .collect()
 }

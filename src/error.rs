@@ -148,6 +148,9 @@ pub enum Error {
     /// The HTTP server could not start or run (an address that cannot be bound).
     #[error("{0}")]
     Server(String),
+    /// A hub id the local Hugging Face cache cannot answer (the message says where it looked).
+    #[error("{0}")]
+    Hub(String),
     /// Options a library caller gave that cannot work (no model, an empty batch).
     #[error("{0}")]
     Options(String),

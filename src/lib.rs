@@ -27,6 +27,7 @@ pub mod convert;
 pub mod error;
 pub mod exec;
 pub mod fsutil;
+pub mod hub;
 pub mod inputs;
 pub mod models;
 pub mod npy;

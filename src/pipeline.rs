@@ -36,18 +36,46 @@ pub struct Item {
 /// One model's answer for one input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelAnswer {
+    /// The model's name, made distinct within the pipeline ([`distinct_names`]).
     pub name: String,
-    /// The most probable classes, most probable first.
+    /// The most probable classes, most probable first (none with [`Output::Features`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top: Vec<Ranked>,
     /// The raw logits, when [`Options::logits`] asks for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logits: Option<Vec<f32>>,
+    /// The pooled pre-logits embedding, with [`Output::Features`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<f32>>,
+    /// The model's weights are random ([`Model::synthetic`]): its classes mean nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synthetic: bool,
 }
 
-/// The ensemble's answer for one input (with one model, that model's probabilities).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The ensemble's answer for one input (with one model, that model's probabilities); empty with
+/// [`Output::Features`], where there is nothing to combine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EnsembleAnswer {
     pub top: Vec<Ranked>,
+}
+
+impl EnsembleAnswer {
+    pub fn is_empty(&self) -> bool {
+        self.top.is_empty()
+    }
+}
+
+/// What each model answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Output {
+    /// The top classes with their softmax probabilities.
+    #[default]
+    Prob,
+    /// The top classes with their raw logits too ([`Ranked::logit`]); the ensemble's stay probabilities.
+    Logit,
+    /// The pooled pre-logits embedding (timm's `forward_head(x, pre_logits=True)`) instead of classes: the
+    /// classifier is not run, nor its weights read, and there is no ensemble answer.
+    Features,
 }
 
 /// Everything known about one input: the JSON line `wstream classify --json` prints.
@@ -57,6 +85,7 @@ pub struct Answer {
     /// The batch's wall time (decoding and preprocessing included) divided by its inputs.
     pub elapsed_ms: f64,
     pub models: Vec<ModelAnswer>,
+    #[serde(default, skip_serializing_if = "EnsembleAnswer::is_empty")]
     pub ensemble: EnsembleAnswer,
 }
 
@@ -78,6 +107,8 @@ pub struct Options {
     pub memory: Option<u64>,
     /// Most pixels an image may have (checked from its header, before decoding).
     pub max_pixels: u64,
+    /// Classes (with probabilities or logits) or features.
+    pub output: Output,
 }
 
 /// The memory limit without [`Options::memory`] and without a cgroup limit.
@@ -116,6 +147,7 @@ impl Default for Options {
             logits: false,
             memory: None,
             max_pixels: preprocess::MAX_PIXELS,
+            output: Output::Prob,
         }
     }
 }
@@ -155,6 +187,15 @@ impl Pipeline {
     /// a memory limit below what one input needs, no model and a batch of 0 inputs. Plans the batches:
     /// [`Options::batch`] inputs, or as many as fit the memory limit (see [`Pipeline::batch`]).
     pub fn new(models: Vec<Model>, options: Options) -> Result<Pipeline> {
+        let mut models = if options.output == Output::Features {
+            models
+                .into_iter()
+                .map(Model::into_features)
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            models
+        };
+        distinct_names(&mut models);
         if models.is_empty() {
             return Err(Error::Options("a pipeline needs at least one model".into()));
         }
@@ -163,9 +204,10 @@ impl Pipeline {
                 "a batch holds at least one input, not 0".into(),
             ));
         }
+        // Features are not combined, so their models need not share classes.
         if let Some(m) = models
             .iter()
-            .find(|m| m.num_classes != models[0].num_classes)
+            .find(|m| m.num_classes != models[0].num_classes && options.output != Output::Features)
         {
             return Err(Error::Model {
                 path: m.store.path().to_path_buf(),
@@ -366,18 +408,23 @@ impl Pipeline {
         for m in &self.models {
             m.store.check_unchanged()?;
         }
-        let classes = self.models[0].num_classes;
+        // Each model's output row: its classes' logits, or its features.
+        let what = match self.options.output {
+            Output::Features => "feature",
+            Output::Prob | Output::Logit => "logit",
+        };
         for (m, o) in self.models.iter().zip(&outputs) {
             for (bi, name) in names.iter().enumerate() {
-                let logits = &o.data[bi * classes..(bi + 1) * classes];
+                let logits = row(o, bi);
                 if let Some((class, v)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
                     // A NaN would rank as class 0 with probability NaN: an answer that looks like one.
                     return Err(Error::Model {
                         path: m.store.path().to_path_buf(),
                         msg: format!(
-                            "{} computed logit {v} for class {class} of input {name}: its weights \
+                            "{} computed {what} {v} for {} {class} of input {name}: its weights \
                              hold non-finite values or overflow; no answer is given",
-                            m.name
+                            m.name,
+                            if what == "logit" { "class" } else { "index" },
                         ),
                     });
                 }
@@ -385,36 +432,104 @@ impl Pipeline {
         }
         let elapsed_ms = start.elapsed().as_secs_f64() * 1e3 / n as f64;
         let k = self.options.top;
+        let output = self.options.output;
         Ok(names
             .into_iter()
             .enumerate()
             .map(|(bi, name)| {
-                let logits: Vec<&[f32]> = outputs
-                    .iter()
-                    .map(|o| &o.data[bi * classes..(bi + 1) * classes])
-                    .collect();
+                let rows: Vec<&[f32]> = outputs.iter().map(|o| row(o, bi)).collect();
                 let models = self
                     .models
                     .iter()
-                    .zip(&logits)
+                    .zip(&rows)
                     .zip(&self.labels)
-                    .map(|((m, l), names)| ModelAnswer {
-                        name: m.name.clone(),
-                        top: top_k(&softmax(l), k, names),
-                        logits: self.options.logits.then(|| l.to_vec()),
+                    .map(|((m, l), names)| {
+                        let (top, features) = match output {
+                            Output::Features => (Vec::new(), Some(l.to_vec())),
+                            Output::Prob => (top_k(&softmax(l), k, names), None),
+                            Output::Logit => {
+                                let mut top = top_k(&softmax(l), k, names);
+                                for r in &mut top {
+                                    r.logit = Some(l[r.class]);
+                                }
+                                (top, None)
+                            }
+                        };
+                        ModelAnswer {
+                            name: m.name.clone(),
+                            top,
+                            logits: (self.options.logits && output != Output::Features)
+                                .then(|| l.to_vec()),
+                            features,
+                            synthetic: m.synthetic,
+                        }
                     })
                     .collect();
+                let ensemble = match output {
+                    Output::Features => EnsembleAnswer::default(),
+                    Output::Prob | Output::Logit => EnsembleAnswer {
+                        top: top_k(&combine(&rows, self.options.ensemble), k, &self.labels[0]),
+                    },
+                };
                 Answer {
                     input: name.to_string(),
                     elapsed_ms,
                     models,
-                    ensemble: EnsembleAnswer {
-                        top: top_k(&combine(&logits, self.options.ensemble), k, &self.labels[0]),
-                    },
+                    ensemble,
                 }
             })
             .collect())
     }
+}
+
+/// Makes the models' names distinct, deterministically, so answers can be told apart: where several share a
+/// name, those whose weights are stored in another dtype than the first of them get it as a suffix
+/// (`convnext_large[int8]` beside `convnext_large`), and any still equal get their position among the
+/// models sharing that name (`convnext_large[2]`, a bare file beside its folder). A unique name is kept.
+pub fn distinct_names(models: &mut [Model]) {
+    let dtypes: Vec<String> = models.iter().map(weight_dtype).collect();
+    let base: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+    let mut names = base.clone();
+    for (i, name) in base.iter().enumerate() {
+        let same: Vec<usize> = (0..models.len()).filter(|&j| base[j] == *name).collect();
+        if same.len() < 2 {
+            continue;
+        }
+        if dtypes[i] != dtypes[same[0]] {
+            names[i] = format!("{name}[{}]", dtypes[i]);
+        }
+    }
+    let tagged = names.clone();
+    for (i, name) in tagged.iter().enumerate() {
+        let same: Vec<usize> = (0..models.len()).filter(|&j| tagged[j] == *name).collect();
+        let pos = same.iter().position(|&j| j == i).unwrap_or(0);
+        if pos > 0 {
+            names[i] = format!("{name}[{}]", pos + 1);
+        }
+    }
+    for (m, n) in models.iter_mut().zip(names) {
+        m.name = n;
+    }
+}
+
+/// The dtype holding most of a model's bytes, in `convert`'s spelling (`f32`, `f16`, `bf16`, `int8`).
+fn weight_dtype(m: &Model) -> String {
+    let mut bytes: Vec<(String, u64)> = Vec::new();
+    for t in m.store.tensors() {
+        let d = match t.dtype {
+            safetensors::Dtype::I8 => "int8".to_string(),
+            other => other.to_string().to_lowercase(),
+        };
+        let n = t.shape.iter().product::<usize>() as u64 * t.dtype.bitsize() as u64 / 8;
+        match bytes.iter_mut().find(|(k, _)| *k == d) {
+            Some((_, b)) => *b += n,
+            None => bytes.push((d, n)),
+        }
+    }
+    bytes
+        .into_iter()
+        .max_by_key(|&(_, b)| b)
+        .map_or_else(|| "f32".into(), |(d, _)| d)
 }
 
 /// The estimated peak RSS of running `n` inputs per batch, in bytes, and of it what cannot be paged out
@@ -472,6 +587,12 @@ fn plan_batch(models: &[Model], budget: u64, options: &Options, want: usize) -> 
         }
     }
     Ok(lo)
+}
+
+/// Input `bi`'s row of a model's `[batch, width]` output: its classes' logits, or its features.
+fn row(o: &Act, bi: usize) -> &[f32] {
+    let width = o.shape[1];
+    &o.data[bi * width..(bi + 1) * width]
 }
 
 fn exec_options(options: &Options) -> ExecOptions {

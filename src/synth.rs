@@ -179,6 +179,8 @@ fn specs(arch: &str) -> Option<(Vec<Spec>, serde_json::Value)> {
     Some((b.0, cfg))
 }
 
+const SYNTHETIC_NOTE: &str = "random weights at timm's init scales, written by `wstream synth`";
+
 /// The config.json timm writes for such a checkpoint, marked as synthetic.
 fn config_json(arch: &str, c: &serde_json::Value, seed: u64) -> serde_json::Value {
     json!({
@@ -196,7 +198,7 @@ fn config_json(arch: &str, c: &serde_json::Value, seed: u64) -> serde_json::Valu
             "num_classes": CLASSES,
             "classifier": c["classifier"],
         },
-        "wstream_synthetic": {"seed": seed, "note": "random weights at timm's init scales, written by `wstream synth`"},
+        "wstream_synthetic": {"seed": seed, "note": SYNTHETIC_NOTE},
     })
 }
 
@@ -291,7 +293,10 @@ pub fn write(arch: &str, out: &Path, seed: u64, mut progress: impl FnMut(u64)) -
         shape: &s.shape,
         offsets,
     });
-    let header = writer::header(&Default::default(), entries, 8);
+    // The marker travels with the weights (copies, `convert` outputs), where config.json may not.
+    let marker = serde_json::json!({"seed": seed, "note": SYNTHETIC_NOTE}).to_string();
+    let metadata = [(crate::models::SYNTHETIC_KEY.to_string(), marker)].into();
+    let header = writer::header(&metadata, entries, 8);
     let mut w = PartialFile::create(output::partial_path(&weights)?)?;
     w.write_header(&header)?;
     let mut written = 0u64;

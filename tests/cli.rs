@@ -430,6 +430,7 @@ fn demo_refuses_a_small_budget_before_synthesising() {
             .arg(env!("CARGO_BIN_EXE_wstream"))
             .arg(budget)
             .current_dir(dir.path())
+            .env("WSTREAM_WEIGHTS", dir.path().join("weights"))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -108,7 +108,7 @@ fn mid_write(
     mid_write_in(Path::new("."), args, dir, name, act)
 }
 
-/// [`mid_write`] run in folder `cwd`.
+/// [`mid_write`] run in folder `cwd`, with the default models' folder (`WSTREAM_WEIGHTS`) at `cwd/weights`.
 fn mid_write_in(
     cwd: &Path,
     args: &[&str],
@@ -118,6 +118,7 @@ fn mid_write_in(
 ) -> (Option<i32>, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_wstream"))
         .current_dir(cwd)
+        .env("WSTREAM_WEIGHTS", cwd.join("weights"))
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -201,7 +202,7 @@ fn interrupted_synth_leaves_nothing_and_never_blocks_a_rerun() {
 
 #[test]
 fn interrupted_demo_synthesis_leaves_nothing() {
-    // demo synthesises missing default models into ./weights/ first.
+    // demo synthesises missing default models into $WSTREAM_WEIGHTS first.
     let dir = big_tempdir();
     let vit = dir.path().join("weights/vit_large_patch16_224");
     let (code, stderr) = mid_write_in(

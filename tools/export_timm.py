@@ -12,6 +12,8 @@ Writes, into OUT_DIR:
                              per-image logits summary (and timm_forward_ms with --time)
   reference/<stem>.input.npy   float32 [1,3,H,W]: timm's eval transform of each --image
   reference/<stem>.logits.npy  float32 [1,num_classes]: model(input) in float32, no grad
+  reference/<stem>.features.npy  float32 [1,num_features]: the pooled pre-logits embedding,
+                               model.forward_head(model.forward_features(input), pre_logits=True)
   with --blocks:
   reference/blocks.json        {"family", "blocks": [names in order], "files": [...], "shapes": [...]}
   reference/<stem>.blocks/NN_<name>.npy   each block's output, float32, timm's native layout,
@@ -104,6 +106,12 @@ def parse_args(argv=None):
     p.add_argument('--verify', action=argparse.BooleanOptionalAction, default=True,
                    help='rebuild the model from config.json model_args, load model.safetensors '
                         'strictly, and check the logits reproduce exactly (default on)')
+    p.add_argument('--add-features', action='store_true',
+                   help='OUT_DIR already holds an export: rebuild its model from config.json + '
+                        'model.safetensors, check it reproduces each reference/<stem>.logits.npy from '
+                        '<stem>.input.npy, and write <stem>.features.npy beside them; nothing else is '
+                        'written (MODEL and the other options are ignored). For fixtures made on '
+                        'another machine, whose weights a new export would not reproduce bit for bit')
     args = p.parse_args(argv)
     args.kwargs = json.loads(args.kwargs)
     if not isinstance(args.kwargs, dict):
@@ -252,8 +260,38 @@ def jsonable(v):
     return v
 
 
+def add_features(out, num_threads):
+    """Writes reference/<stem>.features.npy for an existing export, touching nothing else."""
+    import numpy as np
+    import torch
+    import timm
+    import safetensors.torch
+
+    torch.set_num_threads(num_threads)
+    config = json.loads((out / 'config.json').read_text())
+    model = timm.create_model(config['architecture'], pretrained=False, **config.get('model_args', {}))
+    model.load_state_dict(safetensors.torch.load_file(str(out / 'model.safetensors')), strict=True)
+    model.eval()
+    for inp in sorted((out / 'reference').glob('*.input.npy')):
+        stem = inp.name[:-len('.input.npy')]
+        x = torch.from_numpy(np.load(inp))
+        with torch.no_grad():
+            logits = model(x).float().numpy()
+            feats = model.forward_head(model.forward_features(x), pre_logits=True).float().numpy()
+        want = np.load(out / 'reference' / f'{stem}.logits.npy')
+        diff = float(np.abs(logits - want).max())
+        # Another CPU's kernels may round differently; more than that means the wrong model.
+        if diff > 1e-4:
+            raise SystemExit(f'{stem}: logits differ from the reference by {diff}: not this export')
+        np.save(out / 'reference' / f'{stem}.features.npy', feats.astype(np.float32))
+        print(f'{stem}: features {list(feats.shape)}, logits reproduced within {diff:.2e}')
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.add_features:
+        add_features(args.out_dir, args.num_threads)
+        return
 
     import numpy as np
     import torch
@@ -334,10 +372,14 @@ def main(argv=None):
             logits = model(x).float()
         if rec:
             rec.remove()
+        # After the hooks are gone, so the block records hold the classifying forward only.
+        with torch.no_grad():
+            feats = model.forward_head(model.forward_features(x), pre_logits=True).float()
         x_np = x.numpy().astype(np.float32)
         l_np = logits.numpy().astype(np.float32)
         np.save(ref / f'{stem}.input.npy', x_np)
         np.save(ref / f'{stem}.logits.npy', l_np)
+        np.save(ref / f'{stem}.features.npy', feats.numpy().astype(np.float32))
         inputs[stem] = x
         logits_all[stem] = l_np
         if rec:
@@ -363,7 +405,7 @@ def main(argv=None):
         top = np.argsort(-l_np[0])[:5]
         images_meta.append(dict(
             path=str(img_path), stem=stem, sha256=sha256(img_path), mode=orig_mode,
-            size=list(orig_size), input_shape=list(x_np.shape),
+            size=list(orig_size), input_shape=list(x_np.shape), features_shape=list(feats.shape),
             logits=dict(min=float(l_np.min()), max=float(l_np.max()), mean=float(l_np.mean()),
                         std=float(l_np.std()), top5=[int(i) for i in top],
                         top5_values=[float(l_np[0, i]) for i in top]),

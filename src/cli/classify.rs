@@ -9,24 +9,52 @@ use wstream::classify::{self, Ranked};
 use wstream::exec::{self, BlockRecord};
 use wstream::inputs::{self, Shard, SkipReason};
 use wstream::models::Model;
-use wstream::pipeline::{default_memory, file_items, Answer, Item, Options, Pipeline};
+use wstream::pipeline::{default_memory, file_items, Answer, Item, Options, Output, Pipeline};
 use wstream::process::MemReading;
 use wstream::profile::Totals;
 use wstream::records::{Record, RecordWriter};
 
 use super::{exit_with, human_bytes, out, parse_bytes, printable, EXIT_PARTIAL, EXIT_RETRYABLE};
 
-/// The models `classify` and `demo` use when no `--model` is given: timm's Hugging Face layout under weights/.
+/// The models `classify` and `demo` use when no `--model` is given: folders in timm's Hugging Face layout
+/// under [`wstream::hub::default_weights_dir`].
 pub const DEFAULT_MODELS: [&str; 3] = [
-    "weights/vit_large_patch16_224",
-    "weights/convnext_large",
-    "weights/swin_large_patch4_window7_224",
+    "vit_large_patch16_224",
+    "convnext_large",
+    "swin_large_patch4_window7_224",
 ];
+
+/// The default models' folders, saying on stderr where they are looked up.
+pub fn default_model_paths() -> Vec<PathBuf> {
+    let (dir, whence) = wstream::hub::default_weights_dir();
+    eprintln!(
+        "note: default models from {} ({whence})",
+        printable(&dir.display().to_string())
+    );
+    DEFAULT_MODELS.iter().map(|m| dir.join(m)).collect()
+}
+
+/// The models `--model` names: paths, or hub ids found in the local Hugging Face cache (a note on stderr
+/// says where each of those was found).
+pub fn locate_models(given: &[PathBuf]) -> wstream::Result<Vec<PathBuf>> {
+    given
+        .iter()
+        .map(|spec| {
+            let located = wstream::hub::locate(spec)?;
+            if let Some(found) = &located.found {
+                eprintln!("note: {}", printable(found));
+            }
+            Ok(located.path)
+        })
+        .collect()
+}
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model folder in timm's Hugging Face layout, or a .safetensors file. Repeat for an ensemble.
-    /// Default: the three Large models under weights/ (see weights/README.md).
+    /// A model folder in timm's Hugging Face layout, a .safetensors file, or a hub id in the local Hugging
+    /// Face cache (timm/NAME, hf-hub:timm/NAME, NAME@REVISION; never downloaded). Repeat for an ensemble.
+    /// Default: the three Large models under $WSTREAM_WEIGHTS, else the source tree's weights/ (see
+    /// weights/README.md).
     #[arg(long = "model")]
     models: Vec<PathBuf>,
     /// Print one JSON object per input per line.
@@ -35,6 +63,11 @@ pub struct Args {
     /// Include the raw logits in the JSON output.
     #[arg(long, requires = "json")]
     logits: bool,
+    /// What each model answers: `prob` its top classes with probabilities, `logit` with their raw logits
+    /// too, `features` the pooled pre-logits embedding (timm's forward_head(x, pre_logits=True); the
+    /// classifier is skipped and there is no ensemble answer).
+    #[arg(long, value_enum, default_value_t = OutputType::Prob)]
+    output_type: OutputType,
     /// How many classes to list.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     top: u64,
@@ -110,6 +143,14 @@ pub struct RunArgs {
     pub max_pixels: u64,
 }
 
+/// What each model answers, as the flag spells it.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputType {
+    Prob,
+    Logit,
+    Features,
+}
+
 /// How an ensemble's models are combined, as the flag spells it.
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Ensemble {
@@ -137,8 +178,35 @@ impl RunArgs {
         top: usize,
         logits: bool,
     ) -> wstream::Result<Pipeline> {
-        let pipeline = Pipeline::load(paths, self.options(top, logits))?
+        self.pipeline_with(paths, self.options(top, logits))
+    }
+
+    /// [`RunArgs::pipeline`] with `options` as given. Notes on stderr name each model whose weights are
+    /// synthetic, and the path of each model whose name had to be made distinct.
+    pub fn pipeline_with(
+        &self,
+        paths: &[impl AsRef<std::path::Path>],
+        options: Options,
+    ) -> wstream::Result<Pipeline> {
+        let pipeline = Pipeline::load(paths, options)?
             .with_warnings(|w| eprintln!("warning: {}", printable(&w.to_string())));
+        for m in pipeline.models() {
+            if m.synthetic {
+                eprintln!(
+                    "note: {} ({}) holds synthetic weights (random values, written by `wstream synth`): \
+                     its classes mean nothing",
+                    printable(&m.name),
+                    printable(&m.store.path().display().to_string())
+                );
+            }
+            if m.name.ends_with(']') {
+                eprintln!(
+                    "note: {} is {}",
+                    printable(&m.name),
+                    printable(&m.store.path().display().to_string())
+                );
+            }
+        }
         if pipeline.batch() < self.batch as usize {
             let limit = self.memory.unwrap_or_else(|| default_memory().0);
             eprintln!(
@@ -168,6 +236,7 @@ impl RunArgs {
             logits,
             memory: self.memory,
             max_pixels: self.max_pixels,
+            output: wstream::pipeline::Output::Prob,
         }
     }
 }
@@ -191,18 +260,30 @@ fn usage(e: impl std::fmt::Display) -> anyhow::Error {
 pub fn run(args: Args) -> Result<()> {
     super::set_threads(args.run.threads)?;
     let paths: Vec<PathBuf> = if args.models.is_empty() {
-        DEFAULT_MODELS.iter().map(PathBuf::from).collect()
+        default_model_paths()
     } else {
-        args.models.clone()
+        locate_models(&args.models)?
     };
     if args.models.is_empty() {
         if let Some(missing) = paths.iter().find(|p| !p.exists()) {
             bail!(
-                "{}: default model not found; run `wstream demo` (it synthesises missing models) or see weights/README.md",
-                missing.display()
+                "{}: default model not found; run `wstream demo` (it synthesises missing models), set \
+                 WSTREAM_WEIGHTS to a folder holding them, or see weights/README.md",
+                printable(&missing.display().to_string())
             );
         }
     }
+    if args.logits && args.output_type == OutputType::Features {
+        bail!("--logits and --output-type features exclude each other: the classifier is not run");
+    }
+    let options = Options {
+        output: match args.output_type {
+            OutputType::Prob => Output::Prob,
+            OutputType::Logit => Output::Logit,
+            OutputType::Features => Output::Features,
+        },
+        ..args.run.options(args.top as usize, args.logits)
+    };
     let note = |msg: String| {
         if !args.quiet {
             eprintln!("note: {}", printable(&msg));
@@ -214,7 +295,7 @@ pub fn run(args: Args) -> Result<()> {
     let single = files.len() == 1;
     let pipeline = args
         .run
-        .pipeline(&paths, args.top as usize, args.logits)
+        .pipeline_with(&paths, options)
         .map_err(retryable)?
         .with_block_progress(move || {
             if single {
@@ -422,6 +503,7 @@ fn settings(pipeline: &Pipeline) -> serde_json::Value {
         "logits": o.logits,
         "ensemble": format!("{:?}", o.ensemble),
         "max_pixels": o.max_pixels,
+        "output": format!("{:?}", o.output),
     })
 }
 
@@ -573,12 +655,15 @@ pub fn memory_report(models: &[Model], records: &[BlockRecord]) -> String {
 pub fn format_answer(a: &Answer, ensemble: bool) -> String {
     use std::fmt::Write;
     let mut s = format!("{} ({:.1} ms)\n", printable(&a.input), a.elapsed_ms);
-    let mut top = |title: &str, ranked: &[Ranked]| {
+    let top = |s: &mut String, title: &str, ranked: &[Ranked]| {
         let _ = writeln!(s, "  {}", printable(title));
         for r in ranked {
+            let logit = r
+                .logit
+                .map_or(String::new(), |l| format!("  logit {l:>8.4}"));
             let _ = writeln!(
                 s,
-                "    {:>6.2}%  {:>4}  {}",
+                "    {:>6.2}%{logit}  {:>4}  {}",
                 r.prob * 100.0,
                 r.class,
                 printable(&r.label)
@@ -586,10 +671,23 @@ pub fn format_answer(a: &Answer, ensemble: bool) -> String {
         }
     };
     for m in &a.models {
-        top(&m.name, &m.top);
+        if let Some(f) = &m.features {
+            // The whole vector is for --json; text shows its size and first values to recognise it.
+            let head: Vec<String> = f.iter().take(6).map(|v| format!("{v:.4}")).collect();
+            let more = if f.len() > 6 { " ..." } else { "" };
+            let _ = writeln!(
+                s,
+                "  {}\n    {} features: {}{more}",
+                printable(&m.name),
+                f.len(),
+                head.join(" ")
+            );
+        } else {
+            top(&mut s, &m.name, &m.top);
+        }
     }
-    if ensemble {
-        top("ensemble", &a.ensemble.top);
+    if ensemble && !a.ensemble.is_empty() {
+        top(&mut s, "ensemble", &a.ensemble.top);
     }
     s.pop();
     s

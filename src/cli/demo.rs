@@ -1,14 +1,12 @@
 //! `wstream demo`: the three-model ensemble on a bundled photo, with a memory report. Missing default models
 //! are synthesised first (timm's exact layout, random values), so it runs on a fresh clone.
 
-use std::path::Path;
-
 use anyhow::{bail, Result};
 use wstream::synth;
 
 use wstream::pipeline::{Item, Source};
 
-use super::classify::{format_answer, memory_report, RunArgs, DEFAULT_MODELS};
+use super::classify::{default_model_paths, format_answer, memory_report, RunArgs, DEFAULT_MODELS};
 use super::{out, printable};
 
 /// A real photo (a cat, CC0; see tests/data/README.md) so the demo needs no files of its own.
@@ -28,8 +26,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(budget) = args.run.budget {
         let largest = DEFAULT_MODELS
             .iter()
-            .filter_map(|dir| {
-                let arch = Path::new(dir).file_name()?.to_str()?;
+            .filter_map(|&arch| {
                 synth::largest_group(arch).map(|(block, bytes)| (arch, block, bytes))
             })
             .fold(None, |big: Option<(&str, String, u64)>, g| match big {
@@ -46,10 +43,9 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     }
-    for dir in DEFAULT_MODELS {
-        let dir = Path::new(dir);
+    let dirs = default_model_paths();
+    for (dir, arch) in dirs.iter().zip(DEFAULT_MODELS) {
         if !dir.join("model.safetensors").exists() {
-            let arch = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             eprintln!(
                 "{}: missing; writing synthetic weights (see weights/README.md for the real ones)",
                 dir.display()
@@ -57,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
             super::synth::synthesize(arch, dir, 0)?;
         }
     }
-    let pipeline = args.run.pipeline(&DEFAULT_MODELS, 3, false)?;
+    let pipeline = args.run.pipeline(&dirs, 3, false)?;
     let photo = image::load_from_memory(PHOTO)?.to_rgb8();
     let items = [Item {
         name: "bundled photo: a tabby cat (tests/data/cat.jpg)".into(),
@@ -69,7 +65,7 @@ pub fn run(args: Args) -> Result<()> {
     let synthetic: Vec<&str> = pipeline
         .models()
         .iter()
-        .filter(|m| m.config.wstream_synthetic.is_some())
+        .filter(|m| m.synthetic)
         .map(|m| m.name.as_str())
         .collect();
     if !synthetic.is_empty() {

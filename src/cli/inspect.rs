@@ -13,7 +13,8 @@ use super::{human_bytes, out, printable};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .safetensors file, a model.safetensors.index.json, or a model folder in timm's Hugging Face layout.
+    /// A .safetensors file, a model.safetensors.index.json, a model folder in timm's Hugging Face layout, or
+    /// a hub id in the local Hugging Face cache (timm/NAME, NAME@REVISION).
     path: PathBuf,
     /// Also report how many bytes of each tensor and each block are resident in memory (mincore).
     #[arg(long)]
@@ -57,7 +58,8 @@ struct Report {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let store = Store::open(&args.path)?;
+    let located = super::classify::locate_models(std::slice::from_ref(&args.path))?;
+    let store = Store::open(&located[0])?;
     let architecture = Family::detect(&store).map_or("unknown", Family::name);
     let file_name = |i: usize| store.files()[i].path.display().to_string();
     let mut tensors = Vec::with_capacity(store.tensors().len());

@@ -43,7 +43,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     super::set_threads(args.run.threads)?;
     // The profile reports blocks, not answers.
-    let pipeline = args.run.pipeline(&args.models, 1, false)?;
+    let models = super::classify::locate_models(&args.models)?;
+    let pipeline = args.run.pipeline(&models, 1, false)?;
     if let Some(svg) = &args.svg {
         // Checked before the run, against every file it reads: the weights, their config.json, the inputs.
         let mut inputs = args.inputs.clone();

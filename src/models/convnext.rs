@@ -222,12 +222,22 @@ fn build_head(ctx: &mut BuildCtx, dim: usize, eps: f32) -> Result<Block> {
         .map(|h| Linear::new(ctx, "head.pre_logits.fc", dim, h, Bias::Yes))
         .transpose()?;
     let feat = hidden.unwrap_or(dim);
+    // Everything declared so far is timm's `forward_head(x, pre_logits=True)`; the classifier follows.
+    let features_meta = ctx.open_meta();
     let head = Head {
         norm,
         pre_logits,
         fc: Linear::new(ctx, "head.fc", feat, classes, Bias::Yes)?,
         dim,
+        logits: true,
     };
+    ctx.features_head(Block::new(
+        features_meta,
+        Head {
+            logits: false,
+            ..head
+        },
+    ));
     Ok(Block::new(ctx.end_block(), head))
 }
 
@@ -478,6 +488,7 @@ impl Forward for ConvBlock {
 }
 
 /// Where the head's LayerNorm sits.
+#[derive(Clone, Copy)]
 enum HeadNorm {
     /// `head.norm` on the pooled features (the default ConvNeXt head).
     AfterPool(LayerNorm),
@@ -487,12 +498,15 @@ enum HeadNorm {
     None,
 }
 
-/// `head`: `[b, h, w, dim]` -> average over h, w -> norm -> (pre-logits fc + GELU) -> fc -> `[b, classes]`.
+/// `head`: `[b, h, w, dim]` -> average over h, w -> norm -> (pre-logits fc + GELU) -> fc -> `[b, classes]`;
+/// without `logits`, the features before `fc` (which it then never reads).
+#[derive(Clone, Copy)]
 struct Head {
     norm: HeadNorm,
     pre_logits: Option<Linear>,
     fc: Linear,
     dim: usize,
+    logits: bool,
 }
 
 impl Head {
@@ -511,6 +525,12 @@ impl Forward for Head {
         let len = input.iter().product::<usize>();
         let (b, _, _) = self.check(w, input, len)?;
         let feat = self.pre_logits.map_or(self.dim, |fc| fc.out_dim);
+        if !self.logits {
+            return Ok(Planned {
+                output: vec![b, feat],
+                live: len + b * (self.dim + feat),
+            });
+        }
         Ok(Planned {
             output: vec![b, self.fc.out_dim],
             live: len + b * (self.dim + feat + self.fc.out_dim),
@@ -530,6 +550,10 @@ impl Forward for Head {
         if let Some(fc) = &self.pre_logits {
             pooled = fc.forward(w, &pooled, b)?;
             ops::gelu(&mut pooled);
+        }
+        if !self.logits {
+            let feat = pooled.len() / b;
+            return Ok(Act::new(pooled, vec![b, feat]));
         }
         let logits = self.fc.forward(w, &pooled, b)?;
         Ok(Act::new(logits, vec![b, self.fc.out_dim]))

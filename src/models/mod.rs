@@ -230,8 +230,17 @@ impl Family {
 /// weights; a config.json there wins.
 pub const CONFIG_KEY: &str = "wstream.config";
 
+/// The `__metadata__` key `wstream synth` marks its weights files with (a JSON object: seed and a note), so
+/// random weights are recognised wherever the file goes, without its config.json.
+pub const SYNTHETIC_KEY: &str = "wstream.synthetic";
+
 /// The config embedded under [`CONFIG_KEY`] in the first weights file, with that file's path.
 fn embedded_config(store: &Store) -> Result<Option<(String, PathBuf)>> {
+    metadata_value(store, CONFIG_KEY)
+}
+
+/// The value of `key` in the first weights file's `__metadata__`, with that file's path.
+fn metadata_value(store: &Store, key: &str) -> Result<Option<(String, PathBuf)>> {
     let Some(f) = store.files().first() else {
         return Ok(None);
     };
@@ -243,7 +252,7 @@ fn embedded_config(store: &Store) -> Result<Option<(String, PathBuf)>> {
     Ok(meta
         .metadata()
         .as_ref()
-        .and_then(|m| m.get(CONFIG_KEY))
+        .and_then(|m| m.get(key))
         .map(|t| (t.clone(), f.path.clone())))
 }
 
@@ -256,6 +265,11 @@ pub struct Model {
     pub blocks: Vec<Block>,
     /// Classes the head produces.
     pub num_classes: usize,
+    /// Random weights written by `wstream synth`: marked with [`SYNTHETIC_KEY`] in the weights, or, for files
+    /// from builds before that marker, `wstream_synthetic` in config.json.
+    pub synthetic: bool,
+    /// The last block without its classifier, for [`Model::into_features`].
+    features_head: Option<Block>,
 }
 
 impl Model {
@@ -330,7 +344,10 @@ impl Model {
         let num_classes = ctx
             .num_classes
             .ok_or_else(|| model_err("no classifier head found".into()))?;
+        let features_head = ctx.features_head.take();
         ctx.finish()?;
+        let synthetic =
+            config.wstream_synthetic.is_some() || metadata_value(&store, SYNTHETIC_KEY)?.is_some();
         Ok(Model {
             name,
             family,
@@ -338,7 +355,23 @@ impl Model {
             store,
             blocks,
             num_classes,
+            synthetic,
+            features_head,
         })
+    }
+
+    /// The model with its last block replaced by the head without the classifier: its output is timm's
+    /// `forward_head(x, pre_logits=True)`, `[batch, features]`, and the classifier's weights are never
+    /// paged in.
+    pub fn into_features(mut self) -> Result<Model> {
+        let Some(head) = self.features_head.take() else {
+            return Err(Error::Model {
+                path: self.store.path().to_path_buf(),
+                msg: format!("{} has no pre-logits features to output", self.name),
+            });
+        };
+        *self.blocks.last_mut().expect("a model has blocks") = head;
+        Ok(self)
     }
 
     /// The plain runner: every block in order, straight from the mapping. `x` is `[batch, 3, h, w]`.
@@ -414,6 +447,8 @@ pub struct BuildCtx<'a> {
     open: Option<BlockMeta>,
     /// Set by the builder through [`BuildCtx::classes`].
     num_classes: Option<usize>,
+    /// Set by the builder through [`BuildCtx::features_head`].
+    features_head: Option<Block>,
 }
 
 impl<'a> BuildCtx<'a> {
@@ -431,6 +466,7 @@ impl<'a> BuildCtx<'a> {
             used: vec![false; tensors.len()],
             open: None,
             num_classes: None,
+            features_head: None,
         }
     }
 
@@ -455,6 +491,20 @@ impl<'a> BuildCtx<'a> {
     /// Closes the block opened by [`BuildCtx::begin_block`]: its name and the tensors declared since.
     pub fn end_block(&mut self) -> BlockMeta {
         self.open.take().expect("end_block without begin_block")
+    }
+
+    /// What the open block has declared so far: the meta of a block that stops before its remaining
+    /// tensors (the head without its classifier).
+    pub fn open_meta(&self) -> BlockMeta {
+        self.open
+            .clone()
+            .expect("open_meta outside begin_block / end_block")
+    }
+
+    /// Records the head without its classifier (over a meta from [`BuildCtx::open_meta`]), which
+    /// [`Model::into_features`] puts in place of the last block.
+    pub fn features_head(&mut self, block: Block) {
+        self.features_head = Some(block);
     }
 
     /// The shape of `name`, which must have exactly `N` dimensions, none zero: for reading hyper-parameters

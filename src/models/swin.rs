@@ -299,10 +299,21 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
     let [classes, _] = ctx.dims(&head_w)?;
     ctx.classes(&head_w, classes)?;
     ctx.begin_block("head");
+    let norm = LayerNorm::new(ctx, "norm", dim, EPS)?;
+    // timm's `forward_head(x, pre_logits=True)`: the norm and the pool; the classifier follows.
+    let features_meta = ctx.open_meta();
     let head = Head {
-        norm: LayerNorm::new(ctx, "norm", dim, EPS)?,
+        norm,
         fc: Linear::new(ctx, fc, dim, classes, Bias::Yes)?,
+        logits: true,
     };
+    ctx.features_head(Block::new(
+        features_meta,
+        Head {
+            logits: false,
+            ..head
+        },
+    ));
     blocks.push(Block::new(ctx.end_block(), head));
     Ok(blocks)
 }
@@ -606,16 +617,23 @@ impl Forward for SwinBlock {
 }
 
 /// Final norm, global average pool over the map, `head.fc`: `[b, h, w, dim]` -> `[b, classes]`.
+#[derive(Clone, Copy)]
 struct Head {
     norm: LayerNorm,
     /// `head.fc`, or `head` in the original layout.
     fc: Linear,
+    /// Whether `fc` runs; without it the output is the pooled features and `fc` is never read.
+    logits: bool,
 }
 
 impl Forward for Head {
     fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
         let dim = self.fc.in_dim;
         match *input {
+            [b, h, wd, c] if c == dim && !self.logits => Ok(Planned {
+                output: vec![b, dim],
+                live: b * (h * wd * dim + dim),
+            }),
             [b, h, wd, c] if c == dim => Ok(Planned {
                 output: vec![b, self.fc.out_dim],
                 live: b * (h * wd * dim + dim + self.fc.out_dim),
@@ -639,6 +657,9 @@ impl Forward for Head {
         let mut normed = x.data;
         self.norm.apply(w, &mut normed)?;
         let pooled = elementwise::mean_pool(&normed, (b, tokens, dim), 0);
+        if !self.logits {
+            return Ok(Act::new(pooled, vec![b, dim]));
+        }
         let logits = self.fc.forward(w, &pooled, b)?;
         Ok(Act::new(logits, vec![b, self.fc.out_dim]))
     }

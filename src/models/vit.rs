@@ -99,12 +99,24 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
     };
     ctx.begin_block("head");
     // timm replaces the final norm by fc_norm (after pooling) for average pooling.
+    let norm = LayerNorm::optional(ctx, "norm", dim, EPS)?;
+    let fc_norm = LayerNorm::optional(ctx, "fc_norm", dim, EPS)?;
+    // timm's `forward_head(x, pre_logits=True)`: norms and pooling; the classifier follows.
+    let features_meta = ctx.open_meta();
     let head = Head {
-        norm: LayerNorm::optional(ctx, "norm", dim, EPS)?,
-        fc_norm: LayerNorm::optional(ctx, "fc_norm", dim, EPS)?,
+        norm,
+        fc_norm,
         fc: Linear::new(ctx, "head", dim, classes, Bias::Yes)?,
         pool,
+        logits: true,
     };
+    ctx.features_head(Block::new(
+        features_meta,
+        Head {
+            logits: false,
+            ..head
+        },
+    ));
     blocks.push(Block::new(ctx.end_block(), head));
     Ok(blocks)
 }
@@ -244,18 +256,25 @@ enum Pool {
     Avg,
 }
 
-/// Final norm, pooling, optional fc_norm, classifier: `[b, tokens, dim]` -> `[b, classes]`.
+/// Final norm, pooling, optional fc_norm, classifier: `[b, tokens, dim]` -> `[b, classes]`; without
+/// `logits`, the pooled features before the classifier (which it then never reads).
+#[derive(Clone, Copy)]
 struct Head {
     norm: Option<LayerNorm>,
     fc_norm: Option<LayerNorm>,
     fc: Linear,
     pool: Pool,
+    logits: bool,
 }
 
 impl Forward for Head {
     fn plan(&self, w: &Weights, input: &[usize]) -> Result<Planned> {
         let dim = self.fc.in_dim;
         match *input {
+            [b, t, xd] if xd == dim && t >= 2 && !self.logits => Ok(Planned {
+                output: vec![b, dim],
+                live: b * t * dim + 2 * b * dim,
+            }),
             [b, t, xd] if xd == dim && t >= 2 => Ok(Planned {
                 output: vec![b, self.fc.out_dim],
                 live: b * t * dim + 2 * b * dim + b * self.fc.out_dim,
@@ -302,6 +321,9 @@ impl Forward for Head {
         };
         if let Some(n) = &self.fc_norm {
             n.apply(w, &mut pooled)?;
+        }
+        if !self.logits {
+            return Ok(Act::new(pooled, vec![b, dim]));
         }
         let logits = self.fc.forward(w, &pooled, b)?;
         Ok(Act::new(logits, vec![b, self.fc.out_dim]))
