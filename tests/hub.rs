@@ -182,7 +182,7 @@ fn a_cache_miss_says_where_it_looked_and_how_to_download() {
         &[("HF_HUB_CACHE", &hub)],
         &["classify", "--model", "timm/absent", &img],
     );
-    assert_eq!(code, 1);
+    assert_eq!(code, 75, "weights unavailable: the retryable status");
     assert!(stdout.is_empty());
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     for part in [
@@ -198,7 +198,7 @@ fn a_cache_miss_says_where_it_looked_and_how_to_download() {
         &[("HF_HUB_CACHE", &hub)],
         &["classify", "--model", "tiny@v9", &img],
     );
-    assert_eq!(code, 1);
+    assert_eq!(code, 75, "weights unavailable: the retryable status");
     for part in [
         &format!(
             "timm/tiny: revision `v9` is not in the cache at {}",
@@ -218,14 +218,14 @@ fn a_cache_miss_says_where_it_looked_and_how_to_download() {
         &[("HF_HUB_CACHE", &hub)],
         &["classify", "--model", "timm/tiny", &img],
     );
-    assert_eq!(code, 1);
+    assert_eq!(code, 75, "weights unavailable: the retryable status");
     assert!(
         stderr.contains("refs/main names snapshot `0000`, which is missing"),
         "{stderr}"
     );
     // A path that is not a hub id keeps the usual error.
     let (code, _, stderr) = run(tmp.path(), &[], &["classify", "--model", "a/b/c", &img]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 75, "weights unavailable: the retryable status");
     assert!(!stderr.contains("Hugging Face"), "{stderr}");
 }
 
@@ -283,7 +283,7 @@ fn default_models_come_from_wstream_weights_not_the_current_folder() {
         &[("WSTREAM_WEIGHTS", &empty)],
         &["classify", &img],
     );
-    assert_eq!(code, 1);
+    assert_eq!(code, 75, "weights unavailable: the retryable status");
     assert!(
         stderr.contains(&format!(
             "{}: default model not found",

@@ -246,9 +246,11 @@ impl RunArgs {
 fn retryable(e: wstream::Error) -> anyhow::Error {
     use wstream::Error as E;
     match e {
-        E::NotFound { .. } | E::Io { .. } | E::MissingShard { .. } | E::FileChanged { .. } => {
-            exit_with(EXIT_RETRYABLE, e)
-        }
+        E::NotFound { .. }
+        | E::Io { .. }
+        | E::MissingShard { .. }
+        | E::FileChanged { .. }
+        | E::Hub(_) => exit_with(EXIT_RETRYABLE, e),
         e => e.into(),
     }
 }
@@ -262,15 +264,18 @@ pub fn run(args: Args) -> Result<()> {
     let paths: Vec<PathBuf> = if args.models.is_empty() {
         default_model_paths()
     } else {
-        locate_models(&args.models)?
+        locate_models(&args.models).map_err(retryable)?
     };
     if args.models.is_empty() {
         if let Some(missing) = paths.iter().find(|p| !p.exists()) {
-            bail!(
-                "{}: default model not found; run `wstream demo` (it synthesises missing models), set \
-                 WSTREAM_WEIGHTS to a folder holding them, or see weights/README.md",
-                printable(&missing.display().to_string())
-            );
+            return Err(exit_with(
+                EXIT_RETRYABLE,
+                anyhow::anyhow!(
+                    "{}: default model not found; run `wstream demo` (it synthesises missing models), \
+                     set WSTREAM_WEIGHTS to a folder holding them, or see weights/README.md",
+                    printable(&missing.display().to_string())
+                ),
+            ));
         }
     }
     if args.logits && args.output_type == OutputType::Features {
