@@ -36,6 +36,7 @@ pub mod profile;
 pub mod residency;
 pub mod store;
 pub mod synth;
+pub mod transform;
 pub mod weight;
 mod writer;
 
