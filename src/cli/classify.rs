@@ -20,7 +20,18 @@ pub const DEFAULT_MODELS: [&str; 3] = [
     "weights/swin_large_patch4_window7_224",
 ];
 
+/// Run from the repository's root, every example works on the bundled fixtures (tests/help.rs runs them).
+const EXAMPLES: &str = "\
+Examples (from the repository's root):
+  wstream classify --model tests/fixtures/convnext_tiny tests/data/cat.jpg
+  wstream classify --json --top 3 --model tests/fixtures/vit_tiny --model tests/fixtures/swin_tiny tests/data
+  wstream classify --verbose --use-train-size --crop-pct 0.95 --model tests/fixtures/convnext_tiny tests/data/coffee.png
+  wstream classify --img-size 96 --interpolation bilinear --crop-mode squash --mean 0.5 --std 0.5 --model tests/fixtures/convnext_tiny tests/data/cat.jpg
+  wstream classify --label-type name --top 1 --model tests/fixtures/vit_tiny tests/data/cat_grey.png
+  wstream classify --json --logits --model tests/fixtures/vit_tiny tests/fixtures/vit_tiny/reference/cat.input.npy";
+
 #[derive(clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// A model folder in timm's Hugging Face layout, or a .safetensors file. Repeat for an ensemble.
     /// Default: the three Large models under weights/ (see weights/README.md).
