@@ -47,6 +47,8 @@ pub enum Filter {
     Bilinear,
     /// Keys cubic, a = -0.5, support 2 (`Image.BICUBIC`).
     Bicubic,
+    /// Lanczos-windowed sinc, support 3 (`Image.LANCZOS`).
+    Lanczos,
 }
 
 impl Filter {
@@ -54,14 +56,15 @@ impl Filter {
         match self {
             Filter::Bilinear => 1.0,
             Filter::Bicubic => 2.0,
+            Filter::Lanczos => 3.0,
         }
     }
 
     /// `bilinear_filter` / `bicubic_filter` of Pillow's `Resample.c`, same operations in the same order.
     fn weight(self, x: f64) -> f64 {
-        let x = x.abs();
         match self {
             Filter::Bilinear => {
+                let x = x.abs();
                 if x < 1.0 {
                     1.0 - x
                 } else {
@@ -70,6 +73,7 @@ impl Filter {
             }
             Filter::Bicubic => {
                 const A: f64 = -0.5;
+                let x = x.abs();
                 if x < 1.0 {
                     ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
                 } else if x < 2.0 {
@@ -78,6 +82,9 @@ impl Filter {
                     0.0
                 }
             }
+            // Pillow's window is [-3, 3): not symmetric, so no `abs` first.
+            Filter::Lanczos if (-3.0..3.0).contains(&x) => sinc(x) * sinc(x / 3.0),
+            Filter::Lanczos => 0.0,
         }
     }
 
@@ -86,6 +93,7 @@ impl Filter {
         match self {
             Filter::Bilinear => "bilinear",
             Filter::Bicubic => "bicubic",
+            Filter::Lanczos => "lanczos",
         }
     }
 
@@ -94,9 +102,19 @@ impl Filter {
         match name {
             "bicubic" => Some(Filter::Bicubic),
             "bilinear" => Some(Filter::Bilinear),
+            "lanczos" => Some(Filter::Lanczos),
             _ => None,
         }
     }
+}
+
+/// Pillow's `sinc_filter`.
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        return 1.0;
+    }
+    let x = x * std::f64::consts::PI;
+    x.sin() / x
 }
 
 /// How the resized image is fitted to the model's input (timm's `crop_mode`).
@@ -152,8 +170,8 @@ impl Preprocess {
     /// default (the train size: `test_input_size` / `test_crop_pct` ignored; [`Transform::resolve`] takes
     /// them and the caller's overrides): input 3x224x224, crop_pct 0.875, bicubic, crop mode `center` and
     /// ImageNet mean/std where the config leaves them out. Errors (an interpolation other than
-    /// bicubic/bilinear, an unknown crop mode, sizes or statistics that cannot work) name `path`, the model
-    /// the config belongs to.
+    /// bicubic/bilinear/lanczos, an unknown crop mode, sizes or statistics that cannot work) name `path`,
+    /// the model the config belongs to.
     pub fn from_config(cfg: &ModelConfig, path: &Path) -> Result<Self> {
         let train = Overrides {
             use_train_size: true,

@@ -29,6 +29,8 @@ CASES = [
     ("img_size_flag", "cat_grey.png", {"test_crop_pct": 1.0}, {"img_size": 40}, True),
     ("bilinear", "coffee.png", {"interpolation": "bilinear", "crop_pct": 0.8}, {}, True),
     ("bilinear_flag", "cat_grey.png", {}, {"interpolation": "bilinear", "crop_pct": 0.75}, True),
+    ("lanczos", "coffee.png", {"interpolation": "lanczos"}, {}, True),
+    ("lanczos_flag", "cat_grey.png", {"input_size": [3, 40, 56]}, {"interpolation": "lanczos"}, True),
     ("squash", "coffee.png", {"crop_mode": "squash", "input_size": [3, 40, 56]}, {}, True),
     ("squash_flag", "cat_grey.png", {}, {"crop_mode": "squash"}, True),
     ("border", "coffee.png", {"crop_mode": "border"}, {}, True),

@@ -167,6 +167,7 @@ pub enum CropMode {
 pub enum Interpolation {
     Bicubic,
     Bilinear,
+    Lanczos,
 }
 
 /// What labels say, as the flag spells it.
@@ -192,6 +193,7 @@ impl TransformArgs {
             interpolation: self.interpolation.map(|f| match f {
                 Interpolation::Bicubic => pre::Filter::Bicubic,
                 Interpolation::Bilinear => pre::Filter::Bilinear,
+                Interpolation::Lanczos => pre::Filter::Lanczos,
             }),
             mean: self.mean.map(|s| s.0),
             std: self.std.map(|s| s.0),
