@@ -158,8 +158,10 @@ impl Pipeline {
         Pipeline::new(models, options)
     }
 
-    /// Refuses, before any work, models that disagree on their classes, a config.json whose preprocessing
-    /// cannot work or whose input size a model cannot take, a budget below what the largest block needs,
+    /// Resolves each model's transform ([`Transform::resolve`] over [`Options::transform`]) and labels
+    /// ([`labels`]). Refuses, before any work, models that disagree on their classes, a config.json whose
+    /// preprocessing or labels cannot work, an input size (the config's, its test size or
+    /// [`Overrides::img_size`]) a model cannot take, a budget below what the largest block needs,
     /// a memory limit below what one input needs, no model and a batch of 0 inputs. Plans the batches:
     /// [`Options::batch`] inputs, or as many as fit the memory limit (see [`Pipeline::batch`]).
     pub fn new(models: Vec<Model>, options: Options) -> Result<Pipeline> {
