@@ -43,6 +43,7 @@ pub mod residency;
 pub mod serve;
 pub mod store;
 pub mod synth;
+pub mod transform;
 pub mod weight;
 mod writer;
 

@@ -10,12 +10,13 @@ use std::time::Instant;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::classify::{combine, labels, softmax, top_k, Ensemble, Ranked};
+use crate::classify::{combine, labels, softmax, top_k, Ensemble, LabelType, Ranked};
 use crate::error::{Error, Result};
 use crate::exec::{BlockRecord, Event, Evict, ExecOptions, Executor, Warning};
 use crate::models::{Act, Model};
 use crate::npy;
 use crate::preprocess::{self, Preprocess};
+use crate::transform::{Origin, Overrides, Transform};
 
 /// What an input holds.
 pub enum Source {
@@ -50,6 +51,9 @@ pub struct ModelAnswer {
     /// The model's weights are random ([`Model::synthetic`]): its classes mean nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub synthetic: bool,
+    /// The transform that made this model's input from an image; absent for an input given as a tensor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<Transform>,
 }
 
 /// The ensemble's answer for one input (with one model, that model's probabilities); empty with
@@ -90,7 +94,7 @@ pub struct Answer {
 }
 
 /// How a [`Pipeline`] runs. Compute threads are the caller's: the blocks run on the current rayon pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Options {
     /// Most weight bytes resident at once; `None`: [`crate::exec::default_budget`].
     pub budget: Option<u64>,
@@ -109,6 +113,11 @@ pub struct Options {
     pub max_pixels: u64,
     /// Classes (with probabilities or logits) or features.
     pub output: Output,
+    /// Changes to every model's eval transform (timm's `--img-size`, `--crop-pct`, ...); by default each
+    /// model's config decides, its `test_input_size` / `test_crop_pct` included.
+    pub transform: Overrides,
+    /// What the answers' labels say.
+    pub label_type: LabelType,
 }
 
 /// The memory limit without [`Options::memory`] and without a cgroup limit.
@@ -148,6 +157,8 @@ impl Default for Options {
             memory: None,
             max_pixels: preprocess::MAX_PIXELS,
             output: Output::Prob,
+            transform: Overrides::default(),
+            label_type: LabelType::default(),
         }
     }
 }
@@ -159,6 +170,7 @@ type Prepared<'i> = Vec<Cow<'i, [f32]>>;
 pub struct Pipeline {
     models: Vec<Model>,
     labels: Vec<Vec<String>>,
+    transforms: Vec<Transform>,
     preprocess: Vec<Preprocess>,
     options: Options,
     /// Inputs per batch: [`Options::batch`], or fewer where that would not fit the memory limit.
@@ -182,8 +194,10 @@ impl Pipeline {
         Pipeline::new(models, options)
     }
 
-    /// Refuses, before any work, models that disagree on their classes, a config.json whose preprocessing
-    /// cannot work or whose input size a model cannot take, a budget below what the largest block needs,
+    /// Resolves each model's transform ([`Transform::resolve`] over [`Options::transform`]) and labels
+    /// ([`labels`]). Refuses, before any work, models that disagree on their classes, a config.json whose
+    /// preprocessing or labels cannot work, an input size (the config's, its test size or
+    /// [`Overrides::img_size`]) a model cannot take, a budget below what the largest block needs,
     /// a memory limit below what one input needs, no model and a batch of 0 inputs. Plans the batches:
     /// [`Options::batch`] inputs, or as many as fit the memory limit (see [`Pipeline::batch`]).
     pub fn new(models: Vec<Model>, options: Options) -> Result<Pipeline> {
@@ -217,16 +231,25 @@ impl Pipeline {
                 ),
             });
         }
-        let labels = models.iter().map(labels).collect();
-        let preprocess = models
+        let labels = models
             .iter()
-            .map(|m| Preprocess::from_config(&m.config, m.store.path()))
+            .map(|m| labels(m, options.label_type))
             .collect::<Result<Vec<_>>>()?;
+        let transforms = models
+            .iter()
+            .map(|m| Transform::resolve(&m.config, &options.transform, m.store.path()))
+            .collect::<Result<Vec<_>>>()?;
+        for (m, t) in models.iter().zip(&transforms) {
+            check_input_size(m, t)?;
+        }
+        let preprocess = transforms.iter().map(Transform::preprocess).collect();
+        let sizes: Vec<[usize; 3]> = transforms.iter().map(|t| t.input_size).collect();
         let budget = Executor::new(&models, exec_options(&options))?.budget();
-        let batch = plan_batch(&models, budget, &options, options.batch)?;
+        let batch = plan_batch(&models, &sizes, budget, &options, options.batch)?;
         Ok(Pipeline {
             models,
             labels,
+            transforms,
             preprocess,
             options,
             batch,
@@ -265,6 +288,21 @@ impl Pipeline {
 
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// Each model's eval transform (in model order): what an image goes through before that model.
+    pub fn transforms(&self) -> &[Transform] {
+        &self.transforms
+    }
+
+    /// The `[3, h, w]` input model `i` runs on: its transform's size, which need not be the size the
+    /// model was trained at (`test_input_size`, `--img-size`).
+    pub fn input_size(&self, i: usize) -> [usize; 3] {
+        self.transforms[i].input_size
+    }
+
+    fn sizes(&self) -> Vec<[usize; 3]> {
+        self.transforms.iter().map(|t| t.input_size).collect()
     }
 
     /// Runs `items` in batches of [`Pipeline::batch`], calling `emit` with each input's answer in order.
@@ -310,7 +348,13 @@ impl Pipeline {
         let mut answers = Vec::new();
         if !good.is_empty() {
             let executor = Executor::new(&self.models, exec_options(&self.options))?;
-            let fit = plan_batch(&self.models, self.budget, &self.options, good.len())?;
+            let fit = plan_batch(
+                &self.models,
+                &self.sizes(),
+                self.budget,
+                &self.options,
+                good.len(),
+            )?;
             let mut good = good.into_iter();
             loop {
                 let part: Vec<_> = good.by_ref().take(fit).collect();
@@ -340,12 +384,24 @@ impl Pipeline {
                 return self
                     .models
                     .iter()
-                    .map(|m| {
-                        let want = m.input_size();
+                    .zip(&self.transforms)
+                    .map(|(m, t)| {
+                        let want = t.input_size;
                         if *shape != want {
                             return Err(Error::Input {
                                 path: item.name.clone().into(),
-                                msg: format!("input is {shape:?} but {} expects {want:?}", m.name),
+                                msg: match t.from.input_size {
+                                    // A size other than the config's says where it came from.
+                                    Origin::Test | Origin::Flag => format!(
+                                        "input is {shape:?} but {} expects {want:?} (from {})",
+                                        m.name,
+                                        size_whence(t)
+                                    ),
+                                    _ => format!(
+                                        "input is {shape:?} but {} expects {want:?}",
+                                        m.name
+                                    ),
+                                },
                             });
                         }
                         Ok(Cow::Borrowed(chw.as_slice()))
@@ -375,12 +431,14 @@ impl Pipeline {
     ) -> Result<Vec<Answer>> {
         let (names, inputs): (Vec<&str>, Vec<Prepared>) = batch.into_iter().unzip();
         let n = names.len();
-        let acts = self
-            .models
+        // A tensor input is borrowed as it is; an image went through each model's transform.
+        let from_image: Vec<bool> = inputs
             .iter()
-            .enumerate()
-            .map(|(mi, m)| {
-                let [c, h, w] = m.input_size();
+            .map(|i| i.first().is_some_and(|x| matches!(x, Cow::Owned(_))))
+            .collect();
+        let acts = (0..self.models.len())
+            .map(|mi| {
+                let [c, h, w] = self.input_size(mi);
                 let mut data = Vec::with_capacity(n * c * h * w);
                 for input in &inputs {
                     data.extend_from_slice(&input[mi]);
@@ -443,7 +501,8 @@ impl Pipeline {
                     .iter()
                     .zip(&rows)
                     .zip(&self.labels)
-                    .map(|((m, l), names)| {
+                    .zip(&self.transforms)
+                    .map(|(((m, l), names), t)| {
                         let (top, features) = match output {
                             Output::Features => (Vec::new(), Some(l.to_vec())),
                             Output::Prob => (top_k(&softmax(l), k, names), None),
@@ -462,6 +521,7 @@ impl Pipeline {
                                 .then(|| l.to_vec()),
                             features,
                             synthetic: m.synthetic,
+                            preprocess: from_image[bi].then(|| t.clone()),
                         }
                     })
                     .collect();
@@ -540,11 +600,22 @@ fn weight_dtype(m: &Model) -> String {
 /// MiB for 160 / 269 / 642 estimated, ConvNeXt-L 174 / 282 / 709 for 217 / 389 / 981, Swin-L 185 / 309 /
 /// 736 for 233 / 389 / 997; the three Large models at batch 9 in a 512 MiB cgroup 394 for 440.
 pub fn estimate(models: &[Model], budget: u64, n: usize) -> Result<(u64, u64, usize)> {
+    let sizes: Vec<[usize; 3]> = models.iter().map(Model::input_size).collect();
+    estimate_at(models, &sizes, budget, n)
+}
+
+/// [`estimate`] with model `i` running on inputs of `sizes[i]` (its resolved transform's size).
+pub fn estimate_at(
+    models: &[Model],
+    sizes: &[[usize; 3]],
+    budget: u64,
+    n: usize,
+) -> Result<(u64, u64, usize)> {
     let mut inputs = 0u64;
     let (mut acts, mut largest) = (0u64, 0);
-    for (i, m) in models.iter().enumerate() {
-        inputs += 4 * (n * m.input_size().iter().product::<usize>()) as u64;
-        let a = m.activation_bytes(n)?;
+    for (i, (m, &size)) in models.iter().zip(sizes).enumerate() {
+        inputs += 4 * (n * size.iter().product::<usize>()) as u64;
+        let a = m.activation_bytes_at(n, size)?;
         if a > acts {
             (acts, largest) = (a, i);
         }
@@ -560,12 +631,18 @@ pub fn estimate(models: &[Model], budget: u64, n: usize) -> Result<(u64, u64, us
 /// memory limit. One input always runs when its anonymous memory fits (the kernel can page mapped weights
 /// out under a cgroup limit: that is how one input of the three Large models runs in 54 MiB); when it
 /// does not, the limit is refused with the number.
-fn plan_batch(models: &[Model], budget: u64, options: &Options, want: usize) -> Result<usize> {
+fn plan_batch(
+    models: &[Model],
+    sizes: &[[usize; 3]],
+    budget: u64,
+    options: &Options,
+    want: usize,
+) -> Result<usize> {
     let (limit, whence) = match options.memory {
         Some(m) => (m, "--memory"),
         None => default_memory(),
     };
-    let (_, anon, largest) = estimate(models, budget, 1)?;
+    let (_, anon, largest) = estimate_at(models, sizes, budget, 1)?;
     if anon > limit {
         let m = &models[largest];
         return Err(Error::Memory {
@@ -580,7 +657,7 @@ fn plan_batch(models: &[Model], budget: u64, options: &Options, want: usize) -> 
     let (mut lo, mut hi) = (1, want.max(1));
     while lo < hi {
         let mid = lo + (hi - lo).div_ceil(2);
-        if estimate(models, budget, mid)?.0 <= limit {
+        if estimate_at(models, sizes, budget, mid)?.0 <= limit {
             lo = mid;
         } else {
             hi = mid - 1;
@@ -593,6 +670,34 @@ fn plan_batch(models: &[Model], budget: u64, options: &Options, want: usize) -> 
 fn row(o: &Act, bi: usize) -> &[f32] {
     let width = o.shape[1];
     &o.data[bi * width..(bi + 1) * width]
+}
+
+/// Refuses a transform whose input size the model cannot take (ViT's position embedding and Swin's windows
+/// are fixed at one size; timm refuses those inputs too), saying where the size came from.
+fn check_input_size(m: &Model, t: &Transform) -> Result<()> {
+    let trained = m.input_size();
+    match m.activation_bytes_at(1, t.input_size) {
+        Err(Error::InputShape { path, msg }) if t.input_size != trained => Err(Error::InputShape {
+            path,
+            msg: format!(
+                "{msg}; the input size {:?} comes from {}, and this {} model takes only the size \
+                 it was built for, {trained:?} (timm refuses other sizes too){}",
+                t.input_size,
+                size_whence(t),
+                m.family.name(),
+                match t.from.input_size {
+                    Origin::Test => "; run it at its train size with --use-train-size",
+                    _ => "",
+                }
+            ),
+        }),
+        r => r.map(|_| ()),
+    }
+}
+
+/// Where a transform's input size came from, in words for messages.
+fn size_whence(t: &Transform) -> String {
+    t.from.input_size.describe("input_size", "--img-size")
 }
 
 fn exec_options(options: &Options) -> ExecOptions {

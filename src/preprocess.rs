@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::models::ModelConfig;
+use crate::transform::{Overrides, Transform};
 
 /// Images wider or taller than this are refused before decoding.
 pub const MAX_SIDE: u32 = 20_000;
@@ -39,12 +40,15 @@ pub const IMAGENET_DEFAULT_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_DEFAULT_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Pillow's resampling filters that timm's eval transform uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Filter {
     /// Triangle filter, support 1 (`Image.BILINEAR`).
     Bilinear,
     /// Keys cubic, a = -0.5, support 2 (`Image.BICUBIC`).
     Bicubic,
+    /// Lanczos-windowed sinc, support 3 (`Image.LANCZOS`).
+    Lanczos,
 }
 
 impl Filter {
@@ -52,14 +56,15 @@ impl Filter {
         match self {
             Filter::Bilinear => 1.0,
             Filter::Bicubic => 2.0,
+            Filter::Lanczos => 3.0,
         }
     }
 
     /// `bilinear_filter` / `bicubic_filter` of Pillow's `Resample.c`, same operations in the same order.
     fn weight(self, x: f64) -> f64 {
-        let x = x.abs();
         match self {
             Filter::Bilinear => {
+                let x = x.abs();
                 if x < 1.0 {
                     1.0 - x
                 } else {
@@ -68,6 +73,7 @@ impl Filter {
             }
             Filter::Bicubic => {
                 const A: f64 = -0.5;
+                let x = x.abs();
                 if x < 1.0 {
                     ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
                 } else if x < 2.0 {
@@ -76,19 +82,44 @@ impl Filter {
                     0.0
                 }
             }
+            // Pillow's window is [-3, 3): not symmetric, so no `abs` first.
+            Filter::Lanczos if (-3.0..3.0).contains(&x) => sinc(x) * sinc(x / 3.0),
+            Filter::Lanczos => 0.0,
         }
     }
 
-    fn name(self) -> &'static str {
+    /// timm's name of the filter (`pretrained_cfg.interpolation`).
+    pub fn name(self) -> &'static str {
         match self {
             Filter::Bilinear => "bilinear",
             Filter::Bicubic => "bicubic",
+            Filter::Lanczos => "lanczos",
+        }
+    }
+
+    /// The filter timm names `name`, if it is one of these.
+    pub fn from_name(name: &str) -> Option<Filter> {
+        match name {
+            "bicubic" => Some(Filter::Bicubic),
+            "bilinear" => Some(Filter::Bilinear),
+            "lanczos" => Some(Filter::Lanczos),
+            _ => None,
         }
     }
 }
 
+/// Pillow's `sinc_filter`.
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        return 1.0;
+    }
+    let x = x * std::f64::consts::PI;
+    x.sin() / x
+}
+
 /// How the resized image is fitted to the model's input (timm's `crop_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CropMode {
     /// Keep the aspect ratio, scale the shorter side to `scale_size`, crop the centre.
     Center,
@@ -97,6 +128,27 @@ pub enum CropMode {
     /// Keep the aspect ratio, scale the longer side to `scale_size`, pad with the mean colour, crop the
     /// centre.
     Border,
+}
+
+impl CropMode {
+    /// timm's name of the mode (`pretrained_cfg.crop_mode`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CropMode::Center => "center",
+            CropMode::Squash => "squash",
+            CropMode::Border => "border",
+        }
+    }
+
+    /// The mode timm names `name`.
+    pub fn from_name(name: &str) -> Option<CropMode> {
+        match name {
+            "center" => Some(CropMode::Center),
+            "squash" => Some(CropMode::Squash),
+            "border" => Some(CropMode::Border),
+            _ => None,
+        }
+    }
 }
 
 /// A model's eval-time preprocessing: a decoded RGB image in, its `[3, h, w]` input tensor out.
@@ -114,81 +166,18 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
-    /// The preprocessing `pretrained_cfg` asks for, resolved as timm's `resolve_data_config` does:
-    /// input 3x224x224, crop_pct 0.875, bicubic, crop mode `center` and ImageNet mean/std where the config
-    /// leaves them out. Errors (an interpolation other than bicubic/bilinear, an unknown crop mode, sizes
-    /// or statistics that cannot work) name `path`, the model the config belongs to.
+    /// The preprocessing `pretrained_cfg` asks for, resolved as timm's `resolve_data_config` does by
+    /// default (the train size: `test_input_size` / `test_crop_pct` ignored; [`Transform::resolve`] takes
+    /// them and the caller's overrides): input 3x224x224, crop_pct 0.875, bicubic, crop mode `center` and
+    /// ImageNet mean/std where the config leaves them out. Errors (an interpolation other than
+    /// bicubic/bilinear/lanczos, an unknown crop mode, sizes or statistics that cannot work) name `path`,
+    /// the model the config belongs to.
     pub fn from_config(cfg: &ModelConfig, path: &Path) -> Result<Self> {
-        let err = |msg: String| Error::Config {
-            path: path.into(),
-            msg: format!("config.json pretrained_cfg: {msg}"),
+        let train = Overrides {
+            use_train_size: true,
+            ..Overrides::default()
         };
-        let pre = cfg.pretrained_cfg.clone().unwrap_or_default();
-        let [chans, h, w] = cfg.input_size();
-        if chans != 3 {
-            return Err(err(format!(
-                "input_size has {chans} channels; only 3-channel (RGB) models take images"
-            )));
-        }
-        if h == 0 || w == 0 || h > MAX_SIDE as usize || w > MAX_SIDE as usize {
-            return Err(err(format!(
-                "input_size {h}x{w} is not usable (each side must be 1..={MAX_SIDE})"
-            )));
-        }
-        // timm: `crop_pct or DEFAULT_CROP_PCT`, so a 0 means the default too.
-        let crop_pct = pre
-            .crop_pct
-            .filter(|&p| p != 0.0)
-            .unwrap_or(DEFAULT_CROP_PCT);
-        if !(crop_pct.is_finite() && crop_pct > 0.0) {
-            return Err(err(format!("crop_pct {crop_pct} is not a positive number")));
-        }
-        // `math.floor(img_size / crop_pct)`
-        let scale = |side: usize| (side as f64 / crop_pct).floor();
-        let (sh, sw) = (scale(h), scale(w));
-        let limit = MAX_SIDE as f64;
-        if !(1.0..=limit).contains(&sh) || !(1.0..=limit).contains(&sw) {
-            return Err(err(format!(
-                "crop_pct {crop_pct} makes the resize size {sh}x{sw} for input {h}x{w} \
-                 (each side must be 1..={MAX_SIDE})"
-            )));
-        }
-        let interpolation = match pre.interpolation.as_deref() {
-            None | Some("") | Some("bicubic") => Filter::Bicubic,
-            Some("bilinear") => Filter::Bilinear,
-            Some(other) => {
-                return Err(err(format!(
-                    "interpolation `{other}` is not supported (only bicubic and bilinear)"
-                )))
-            }
-        };
-        let crop_mode = match pre.crop_mode.as_deref() {
-            None | Some("") | Some("center") => CropMode::Center,
-            Some("squash") => CropMode::Squash,
-            Some("border") => CropMode::Border,
-            Some(other) => {
-                return Err(err(format!(
-                    "crop_mode `{other}` is not supported \
-                     (timm's modes are center, squash and border)"
-                )))
-            }
-        };
-        let mean = pre.mean.unwrap_or(IMAGENET_DEFAULT_MEAN);
-        let std = pre.std.unwrap_or(IMAGENET_DEFAULT_STD);
-        if mean.iter().any(|m| !m.is_finite()) {
-            return Err(err(format!("mean {mean:?} is not finite")));
-        }
-        if std.iter().any(|s| !s.is_finite() || *s == 0.0) {
-            return Err(err(format!("std {std:?} must be finite and non-zero")));
-        }
-        Ok(Preprocess {
-            size: [h, w],
-            scale_size: [sh as usize, sw as usize],
-            crop_mode,
-            interpolation,
-            mean,
-            std,
-        })
+        Ok(Transform::resolve(cfg, &train, path)?.preprocess())
     }
 
     /// The `[h, w]` the image is resized to before the crop (torchvision's `Resize` / timm's

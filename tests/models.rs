@@ -4,41 +4,11 @@
 
 mod common;
 
-use common::parity;
+use common::{edited, Tensors};
 use wstream::models::Model;
-use wstream::Store;
 
-type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 /// Tensors given new shapes (and as many values).
 type Reshape<'a> = &'a [(&'a str, &'a [usize])];
-
-/// A copy of `fixture` (model.safetensors + config.json) with `edit` applied to its tensors and config.json.
-fn edited(
-    fixture: &str,
-    edit: impl FnOnce(&mut Tensors, &mut serde_json::Value),
-) -> tempfile::TempDir {
-    let src = parity::fixture(fixture);
-    let store = Store::open(&src).unwrap();
-    let mut tensors: Tensors = store
-        .tensors()
-        .iter()
-        .map(|t| {
-            let v = store.view::<f32>(&t.name).unwrap().into_owned();
-            (t.name.clone(), t.shape.clone(), v)
-        })
-        .collect();
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    edit(&mut tensors, &mut config);
-    let dir = tempfile::tempdir().unwrap();
-    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
-        .iter()
-        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
-        .collect();
-    common::write_f32(&dir.path().join("model.safetensors"), &refs);
-    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    dir
-}
 
 /// Loads a copy of `fixture` with `edit` applied to its tensors and config.json; returns the load error.
 fn load_err(fixture: &str, edit: impl FnOnce(&mut Tensors, &mut serde_json::Value)) -> String {

@@ -206,9 +206,9 @@ fn unsupported_config_is_refused_clearly() {
         "models/x: config.json pretrained_cfg: crop_mode `fancy` is not supported \
          (timm's modes are center, squash and border)"
     );
-    let msg = config_msg(with_cfg(|p| p.interpolation = Some("lanczos".into())));
+    let msg = config_msg(with_cfg(|p| p.interpolation = Some("nearest".into())));
     assert!(
-        msg.contains("interpolation `lanczos` is not supported"),
+        msg.contains("interpolation `nearest` is not supported"),
         "{msg}"
     );
     let msg = config_msg(with_cfg(|p| p.input_size = Some([1, 224, 224])));

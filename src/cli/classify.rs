@@ -13,6 +13,7 @@ use wstream::pipeline::{default_memory, file_items, Answer, Item, Options, Outpu
 use wstream::process::MemReading;
 use wstream::profile::Totals;
 use wstream::records::{Record, RecordWriter};
+use wstream::transform::Overrides;
 
 use super::{exit_with, human_bytes, out, parse_bytes, printable, EXIT_PARTIAL, EXIT_RETRYABLE};
 
@@ -48,8 +49,18 @@ pub fn locate_models(given: &[PathBuf]) -> wstream::Result<Vec<PathBuf>> {
         })
         .collect()
 }
+/// Run from the repository's root, every example works on the bundled fixtures (tests/help.rs runs them).
+const EXAMPLES: &str = "\
+Examples (from the repository's root):
+  wstream classify --model tests/fixtures/convnext_tiny tests/data/cat.jpg
+  wstream classify --json --top 3 --model tests/fixtures/vit_tiny --model tests/fixtures/swin_tiny tests/data
+  wstream classify --verbose --use-train-size --crop-pct 0.95 --model tests/fixtures/convnext_tiny tests/data/coffee.png
+  wstream classify --img-size 96 --interpolation bilinear --crop-mode squash --mean 0.5 --std 0.5 --model tests/fixtures/convnext_tiny tests/data/cat.jpg
+  wstream classify --label-type name --top 1 --model tests/fixtures/vit_tiny tests/data/cat_grey.png
+  wstream classify --json --logits --model tests/fixtures/vit_tiny tests/fixtures/vit_tiny/reference/cat.input.npy";
 
 #[derive(clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// A model folder in timm's Hugging Face layout, a .safetensors file, or a hub id in the local Hugging
     /// Face cache (timm/NAME, hf-hub:timm/NAME, NAME@REVISION; never downloaded). Repeat for an ensemble.
@@ -141,6 +152,121 @@ pub struct RunArgs {
     /// decompression-bomb limit).
     #[arg(long, default_value_t = wstream::preprocess::MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pixels: u64,
+    /// What a class's label says: its `name` (ImageNet-1k: the synset), its `description` (ImageNet-1k:
+    /// "tabby, tabby cat"), or its `index`.
+    #[arg(long, value_enum, default_value_t = LabelType::Description)]
+    pub label_type: LabelType,
+    /// Print each model's resolved eval transform (size, crop_pct, crop mode, interpolation, mean, std and
+    /// where each came from) to stderr before running.
+    #[arg(long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub transform: TransformArgs,
+}
+
+/// Changes to each model's eval transform, as timm's inference.py / validate.py spell them. Without them
+/// each model's config.json decides, its `test_input_size` / `test_crop_pct` included.
+#[derive(clap::Args)]
+pub struct TransformArgs {
+    /// Ignore the config's test_input_size / test_crop_pct and preprocess at the train size (what timm's
+    /// inference.py always does; its validate.py uses the test size, as wstream does by default).
+    #[arg(long)]
+    pub use_train_size: bool,
+    /// Square input of N x N pixels (ConvNeXt takes any size; ViT and Swin only the size they were
+    /// trained at).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=wstream::preprocess::MAX_SIDE as u64))]
+    pub img_size: Option<u64>,
+    /// Fraction of the resized image the centre crop keeps: the image is resized to floor(size / crop_pct).
+    #[arg(long, value_name = "F", value_parser = parse_crop_pct)]
+    pub crop_pct: Option<f64>,
+    /// `center`: shorter side to the resize size, centre crop; `squash`: both sides to it, aspect ratio
+    /// lost; `border`: longer side to it, padded with the mean colour.
+    #[arg(long, value_enum)]
+    pub crop_mode: Option<CropMode>,
+    /// Resampling filter of the resize (Pillow's, pixel for pixel).
+    #[arg(long, value_enum)]
+    pub interpolation: Option<Interpolation>,
+    /// Per-channel mean to normalise with: one value for all channels or three, comma-separated
+    /// (0.5 or 0.485,0.456,0.406).
+    #[arg(long, value_name = "M[,M,M]", value_parser = parse_stat)]
+    pub mean: Option<Stat>,
+    /// Per-channel standard deviation, like --mean.
+    #[arg(long, value_name = "S[,S,S]", value_parser = parse_stat)]
+    pub std: Option<Stat>,
+}
+
+/// Three per-channel values.
+#[derive(Clone, Copy)]
+pub struct Stat([f32; 3]);
+
+fn parse_stat(s: &str) -> Result<Stat, String> {
+    let values: Vec<f32> = s
+        .split(',')
+        .map(|v| v.trim().parse::<f32>().ok().filter(|v| v.is_finite()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("`{s}` is not one number or three comma-separated numbers"))?;
+    match values[..] {
+        [v] => Ok(Stat([v; 3])),
+        [r, g, b] => Ok(Stat([r, g, b])),
+        _ => Err(format!(
+            "`{s}` has {} values; give one (all channels) or three (R,G,B)",
+            values.len()
+        )),
+    }
+}
+
+fn parse_crop_pct(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number such as 0.875")),
+    }
+}
+
+/// timm's crop modes, as the flag spells them.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum CropMode {
+    Center,
+    Squash,
+    Border,
+}
+
+/// The resize filters, as the flag spells them.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Interpolation {
+    Bicubic,
+    Bilinear,
+    Lanczos,
+}
+
+/// What labels say, as the flag spells it.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LabelType {
+    Name,
+    Description,
+    Index,
+}
+
+impl TransformArgs {
+    fn overrides(&self) -> Overrides {
+        use wstream::preprocess as pre;
+        Overrides {
+            use_train_size: self.use_train_size,
+            img_size: self.img_size.map(|n| n as usize),
+            crop_pct: self.crop_pct,
+            crop_mode: self.crop_mode.map(|m| match m {
+                CropMode::Center => pre::CropMode::Center,
+                CropMode::Squash => pre::CropMode::Squash,
+                CropMode::Border => pre::CropMode::Border,
+            }),
+            interpolation: self.interpolation.map(|f| match f {
+                Interpolation::Bicubic => pre::Filter::Bicubic,
+                Interpolation::Bilinear => pre::Filter::Bilinear,
+                Interpolation::Lanczos => pre::Filter::Lanczos,
+            }),
+            mean: self.mean.map(|s| s.0),
+            std: self.std.map(|s| s.0),
+        }
+    }
 }
 
 /// What each model answers, as the flag spells it.
@@ -190,7 +316,7 @@ impl RunArgs {
     ) -> wstream::Result<Pipeline> {
         let pipeline = Pipeline::load(paths, options)?
             .with_warnings(|w| eprintln!("warning: {}", printable(&w.to_string())));
-        for m in pipeline.models() {
+        for (m, t) in pipeline.models().iter().zip(pipeline.transforms()) {
             if m.synthetic {
                 eprintln!(
                     "note: {} ({}) holds synthetic weights (random values, written by `wstream synth`): \
@@ -204,6 +330,32 @@ impl RunArgs {
                     "note: {} is {}",
                     printable(&m.name),
                     printable(&m.store.path().display().to_string())
+                );
+            }
+            if m.config.source.is_none() {
+                eprintln!(
+                    "warning: {}: no config.json beside it (nor one in its metadata); assuming timm's \
+                     defaults for {} ({}x{}, crop_pct {}, {}, mean {:?}, std {:?}){}",
+                    printable(&m.store.path().display().to_string()),
+                    printable(&m.name),
+                    t.input_size[1],
+                    t.input_size[2],
+                    t.crop_pct,
+                    t.interpolation.name(),
+                    t.mean,
+                    t.std,
+                    if m.num_classes == 1000 {
+                        " and ImageNet-1k labels"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if self.verbose {
+                eprintln!(
+                    "{} preprocessing:\n  {}",
+                    printable(&m.name),
+                    t.to_string().replace('\n', "\n  ")
                 );
             }
         }
@@ -237,6 +389,12 @@ impl RunArgs {
             memory: self.memory,
             max_pixels: self.max_pixels,
             output: wstream::pipeline::Output::Prob,
+            transform: self.transform.overrides(),
+            label_type: match self.label_type {
+                LabelType::Name => classify::LabelType::Name,
+                LabelType::Description => classify::LabelType::Description,
+                LabelType::Index => classify::LabelType::Index,
+            },
         }
     }
 }

@@ -22,7 +22,14 @@ enum LayoutArg {
     Exec,
 }
 
+/// Run by tests/help.rs, from the repository's root (with /tmp/ replaced by a temporary folder).
+const EXAMPLES: &str = "\
+Examples (from the repository's root):
+  wstream convert tests/fixtures/vit_tiny /tmp/vit_tiny_int8 --dtype int8
+  wstream convert tests/fixtures/convnext_tiny /tmp/convnext_tiny_exec.safetensors --layout exec";
+
 #[derive(clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// The model: a folder in timm's Hugging Face layout, a .safetensors file or a shard index.
     input: PathBuf,

@@ -11,7 +11,14 @@ use wstream::Store;
 
 use super::{human_bytes, out, printable};
 
+/// Run by tests/help.rs, from the repository's root.
+const EXAMPLES: &str = "\
+Examples (from the repository's root):
+  wstream inspect tests/fixtures/vit_tiny
+  wstream inspect --residency --json tests/fixtures/swin_tiny/model.safetensors";
+
 #[derive(clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// A .safetensors file, a model.safetensors.index.json, a model folder in timm's Hugging Face layout, or
     /// a hub id in the local Hugging Face cache (timm/NAME, NAME@REVISION).

@@ -19,7 +19,14 @@ enum Format {
     Csv,
 }
 
+/// Run by tests/help.rs, from the repository's root.
+const EXAMPLES: &str = "\
+Examples (from the repository's root):
+  wstream profile --model tests/fixtures/convnext_tiny tests/data/cat.jpg
+  wstream profile --format csv --batch 2 --model tests/fixtures/swin_tiny tests/data/cat.jpg tests/data/coffee.png";
+
 #[derive(clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// A model folder in timm's Hugging Face layout, or a .safetensors file. Repeat for an ensemble.
     #[arg(long = "model", required = true)]

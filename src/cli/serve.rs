@@ -8,13 +8,16 @@ use anyhow::{bail, Result};
 use wstream::pipeline::{default_memory, Pipeline};
 use wstream::serve::{self, Config, Server};
 
-use super::classify::{Ensemble, Evict, DEFAULT_MODELS};
+use super::classify::{
+    default_model_paths, locate_models, Ensemble, Evict, LabelType, TransformArgs,
+};
 use super::{human_bytes, out, parse_bytes, printable};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model folder in timm's Hugging Face layout, or a .safetensors file. Repeat for an ensemble.
-    /// Default: the three Large models under weights/.
+    /// A model folder in timm's Hugging Face layout, a .safetensors file, or a hub id in the local Hugging
+    /// Face cache (timm/NAME, hf-hub:timm/NAME, NAME@REVISION). Repeat for an ensemble. Default: the three
+    /// Large models under $WSTREAM_WEIGHTS, else the source tree's weights/.
     #[arg(long = "model")]
     models: Vec<PathBuf>,
     /// Address to listen on; port 0 picks a free port. The first line on stdout names the address bound.
@@ -57,6 +60,11 @@ pub struct Args {
     /// Most pixels an image may have, checked before decoding.
     #[arg(long, default_value_t = wstream::preprocess::MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
     max_pixels: u64,
+    /// What a class's label says: its `name`, its `description` or its `index`.
+    #[arg(long, value_enum, default_value_t = LabelType::Description)]
+    label_type: LabelType,
+    #[command(flatten)]
+    transform: TransformArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -67,9 +75,9 @@ pub fn run(args: Args) -> Result<()> {
     wstream::process::default_on_interrupt();
     super::set_threads(args.threads)?;
     let paths: Vec<PathBuf> = if args.models.is_empty() {
-        DEFAULT_MODELS.iter().map(PathBuf::from).collect()
+        default_model_paths()
     } else {
-        args.models.clone()
+        locate_models(&args.models)?
     };
     if args.models.is_empty() {
         if let Some(missing) = paths.iter().find(|p| !p.exists()) {
@@ -87,6 +95,9 @@ pub fn run(args: Args) -> Result<()> {
         batch: args.max_batch,
         memory: args.memory,
         max_pixels: args.max_pixels,
+        label_type: args.label_type,
+        verbose: false,
+        transform: args.transform,
     };
     let pipeline = Pipeline::load(&paths, serve::pipeline_options(run.options(5, true)))?
         .with_warnings(|w| eprintln!("warning: {}", printable(&w.to_string())));

@@ -5,7 +5,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use wstream::synth;
 
+/// Run by tests/help.rs (with /tmp/ replaced by a temporary folder).
+const EXAMPLES: &str = "\
+Example:
+  wstream synth --arch vit_tiny_patch16_224 --out /tmp/vit_tiny_synth";
+
 #[derive(clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Architecture, timm's name (e.g. vit_large_patch16_224, convnext_large, swin_large_patch4_window7_224).
     #[arg(long)]

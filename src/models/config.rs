@@ -15,20 +15,35 @@ pub struct ModelConfig {
     #[serde(default)]
     pub model_args: serde_json::Map<String, serde_json::Value>,
     pub pretrained_cfg: Option<PretrainedCfg>,
-    pub label_names: Option<Vec<String>>,
+    /// Class names: a list, or an object from class index to name (timm's `label_names`; see
+    /// [`crate::classify::labels`]). Read as any JSON so a value of the wrong shape is refused with a
+    /// message naming it.
+    pub label_names: Option<serde_json::Value>,
+    /// Label name to description (timm's `label_descriptions`).
+    pub label_descriptions: Option<serde_json::Value>,
     /// Set by `wstream synth`: the weights are random.
     pub wstream_synthetic: Option<serde_json::Value>,
+    /// Where the config was read from (a config.json, or the weights file whose metadata holds it); `None`
+    /// when the model has none and every value is timm's default.
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// The preprocessing a checkpoint was trained with.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PretrainedCfg {
     pub input_size: Option<[usize; 3]>,
+    /// The size timm evaluates at, when it differs from the training size.
+    pub test_input_size: Option<[usize; 3]>,
     pub interpolation: Option<String>,
     pub crop_pct: Option<f64>,
+    pub test_crop_pct: Option<f64>,
     pub crop_mode: Option<String>,
     pub mean: Option<[f32; 3]>,
     pub std: Option<[f32; 3]>,
+    /// timm's loader moves a config's top-level labels here; either place is read (top level first).
+    pub label_names: Option<serde_json::Value>,
+    pub label_descriptions: Option<serde_json::Value>,
 }
 
 impl ModelConfig {
@@ -40,10 +55,12 @@ impl ModelConfig {
             Err(Error::NotFound { .. }) => return Ok(Self::default()),
             Err(e) => return Err(e),
         };
-        serde_json::from_slice(&text).map_err(|e| Error::Config {
+        let mut cfg: Self = serde_json::from_slice(&text).map_err(|e| Error::Config {
             path: path.into(),
             msg: format!("not a valid timm config.json: {e}"),
-        })
+        })?;
+        cfg.source = Some(path.into());
+        Ok(cfg)
     }
 
     /// `model_args[key]` as a whole number. Absent (or null) is `None`; a value of another type is an
@@ -81,17 +98,10 @@ impl ModelConfig {
         match self.model_args.get(key) {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(v) => read(v).map(Some).ok_or_else(|| {
-                // Enough of the value to recognise it; a hostile config's megabyte string stays out.
-                let mut shown = v.to_string();
-                if shown.len() > 64 {
-                    let cut = (0..=61)
-                        .rev()
-                        .find(|&i| shown.is_char_boundary(i))
-                        .unwrap_or(0);
-                    shown.truncate(cut);
-                    shown.push_str("...");
-                }
-                format!("config.json model_args.{key} is {shown}, expected {expected}")
+                format!(
+                    "config.json model_args.{key} is {}, expected {expected}",
+                    shorten(v)
+                )
             }),
         }
     }
@@ -103,6 +113,20 @@ impl ModelConfig {
             .and_then(|p| p.input_size)
             .unwrap_or([3, 224, 224])
     }
+}
+
+/// Enough of a JSON value to recognise it in a message; a hostile config's megabyte string stays out.
+pub(crate) fn shorten(v: &serde_json::Value) -> String {
+    let mut shown = v.to_string();
+    if shown.len() > 64 {
+        let cut = (0..=61)
+            .rev()
+            .find(|&i| shown.is_char_boundary(i))
+            .unwrap_or(0);
+        shown.truncate(cut);
+        shown.push_str("...");
+    }
+    shown
 }
 
 fn as_usize(v: &serde_json::Value) -> Option<usize> {

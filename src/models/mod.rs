@@ -292,10 +292,17 @@ impl Model {
             embedded_config(&store)?
         };
         let mut config = match embedded {
-            Some((text, file)) => serde_json::from_str(&text).map_err(|e| Error::Config {
-                path: file,
-                msg: format!("the config in its metadata (`{CONFIG_KEY}`) is not timm's: {e}"),
-            })?,
+            Some((text, file)) => {
+                let mut config: ModelConfig =
+                    serde_json::from_str(&text).map_err(|e| Error::Config {
+                        path: file.clone(),
+                        msg: format!(
+                            "the config in its metadata (`{CONFIG_KEY}`) is not timm's: {e}"
+                        ),
+                    })?;
+                config.source = Some(file);
+                config
+            }
             None => ModelConfig::load_optional(&config_path)?,
         };
         let model_err = |msg: String| Error::Model {
@@ -420,7 +427,13 @@ impl Model {
     /// alone. An input size some block refuses (a ViT position embedding for another grid) is refused
     /// here with the forward's message, before any image is decoded.
     pub fn activation_bytes(&self, batch: usize) -> Result<u64> {
-        let [c, h, w] = self.input_size();
+        self.activation_bytes_at(batch, self.input_size())
+    }
+
+    /// [`Model::activation_bytes`] for inputs of `[c, h, w]` (a fully convolutional model takes other
+    /// sizes than the one it was trained at).
+    pub fn activation_bytes_at(&self, batch: usize, input: [usize; 3]) -> Result<u64> {
+        let [c, h, w] = input;
         let mut shape = vec![batch, c, h, w];
         let mut live = 0u64;
         for block in &self.blocks {

@@ -30,7 +30,6 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::pipeline::{Answer, Item, Pipeline, Source};
-use crate::preprocess::Preprocess;
 
 use batcher::{Done, Failure, Job, Limits};
 use metrics::Metrics;
@@ -424,25 +423,17 @@ struct ModelInfo {
     bytes: u64,
     input_size: [usize; 3],
     num_classes: usize,
-    preprocessing: Option<Preprocessing>,
+    /// The eval transform, as classify's JSON `preprocess` field gives it.
+    preprocessing: crate::transform::Transform,
     labels: &'static str,
-}
-
-#[derive(Serialize)]
-struct Preprocessing {
-    size: [usize; 2],
-    scale_size: [usize; 2],
-    crop_mode: String,
-    interpolation: String,
-    mean: [f32; 3],
-    std: [f32; 3],
 }
 
 fn models(pipeline: &Pipeline) -> Vec<ModelInfo> {
     pipeline
         .models()
         .iter()
-        .map(|m| {
+        .zip(pipeline.transforms())
+        .map(|(m, t)| {
             let mut by_dtype: BTreeMap<String, u64> = BTreeMap::new();
             for t in m.store.tensors() {
                 *by_dtype.entry(format!("{:?}", t.dtype)).or_default() += t.nbytes() as u64;
@@ -452,20 +443,16 @@ fn models(pipeline: &Pipeline) -> Vec<ModelInfo> {
                 .max_by_key(|(_, b)| *b)
                 .map(|(d, _)| d)
                 .unwrap_or_default();
-            // The pipeline checked this config at load.
-            let preprocessing = Preprocess::from_config(&m.config, m.store.path())
-                .ok()
-                .map(|p| Preprocessing {
-                    size: p.size,
-                    scale_size: p.scale_size,
-                    crop_mode: format!("{:?}", p.crop_mode).to_lowercase(),
-                    interpolation: format!("{:?}", p.interpolation).to_lowercase(),
-                    mean: p.mean,
-                    std: p.std,
-                });
             // As classify::labels chooses them.
-            let labels = match &m.config.label_names {
-                Some(n) if n.len() == m.num_classes => "config.json label_names",
+            let pre = m.config.pretrained_cfg.as_ref();
+            let named = m
+                .config
+                .label_names
+                .as_ref()
+                .or_else(|| pre.and_then(|p| p.label_names.as_ref()))
+                .is_some_and(|v| !v.is_null());
+            let labels = match () {
+                _ if named => "config.json label_names",
                 _ if m.num_classes == 1000 => "imagenet-1k",
                 _ => "class numbers",
             };
@@ -476,7 +463,7 @@ fn models(pipeline: &Pipeline) -> Vec<ModelInfo> {
                 bytes: m.store.total_bytes(),
                 input_size: m.input_size(),
                 num_classes: m.num_classes,
-                preprocessing,
+                preprocessing: t.clone(),
                 labels,
             }
         })
