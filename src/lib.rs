@@ -25,6 +25,7 @@ pub mod convert;
 pub mod error;
 pub mod exec;
 pub mod fsutil;
+mod jpeg;
 pub mod models;
 pub mod npy;
 pub mod ops;
