@@ -459,12 +459,15 @@ fn exec_options(options: &Options) -> ExecOptions {
 }
 
 fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "jpg" | "jpeg" | "png" | "webp" | "bmp" | "tif" | "tiff" | "gif"
+        )
+    })
 }
 
-/// Expands paths into inputs: a folder into its .jpg/.jpeg/.png images (sorted), a .npy array of
+/// Expands paths into inputs: a folder into its images (sorted; .jpg/.jpeg/.png/.webp/.bmp/.tif/.tiff/.gif), a .npy array of
 /// `[3, H, W]` or `[N, 3, H, W]` into its images (named `file[i]` when N > 1), anything else into an image
 /// file read when its batch runs.
 pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<Item>> {
@@ -486,7 +489,9 @@ pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<Item>> {
             if images.is_empty() {
                 return Err(Error::Input {
                     path: path.into(),
-                    msg: "folder holds no .jpg, .jpeg or .png images".into(),
+                    msg:
+                        "folder holds no images (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff, .gif)"
+                            .into(),
                 });
             }
             images.sort();

@@ -82,6 +82,7 @@ fn other_formats_decode_to_pillows_pixels() {
         "rgb.tiff",
         "lzw.tiff",
         "animated.gif",
+        "transparent.gif",
     ] {
         assert_pillow_pixels(name);
     }
@@ -180,4 +181,29 @@ fn bad_jpegs_get_one_clear_error() {
         "JPEG image is 161x107 = 17227 pixels, over the limit of 10000 (a decompression bomb?); \
          raise it with --max-pixels"
     );
+}
+
+#[test]
+fn folders_expand_to_every_supported_format() {
+    let items = wstream::pipeline::read_inputs(&[data()]).unwrap();
+    let names: Vec<String> = items
+        .iter()
+        .map(|i| {
+            Path::new(&i.name)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    for want in [
+        "b420.jpg",
+        "lossy.webp",
+        "rgb.bmp",
+        "rgb.tiff",
+        "animated.gif",
+        "b420.jpg.pillow.png",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
 }

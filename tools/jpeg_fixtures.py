@@ -94,6 +94,8 @@ def main():
     p1 = mid.quantize(64)
     p2 = mid.transpose(Image.Transpose.FLIP_LEFT_RIGHT).quantize(64)
     other("animated.gif", p1, "GIF", save_all=True, append_images=[p2], duration=100, loop=0)
+    # A transparent palette index: Pillow's convert("RGB") gives the palette colour under it.
+    other("transparent.gif", cat.crop((0, 0, 40, 30)).quantize(16), "GIF", transparency=3)
 
     for name, data in files.items():
         (OUT / name).write_bytes(data)

@@ -39,7 +39,8 @@ pub struct Args {
     /// Print peak memory, faults and bytes paged in to stderr at the end.
     #[arg(long)]
     memory_report: bool,
-    /// JPEG/PNG images, folders of them (sorted), or preprocessed .npy f32 arrays [3, H, W] / [N, 3, H, W].
+    /// Images (JPEG, PNG, WebP, BMP, TIFF, GIF), folders of them (sorted), or preprocessed .npy f32
+    /// arrays [3, H, W] / [N, 3, H, W].
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
 }
