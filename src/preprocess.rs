@@ -598,8 +598,8 @@ fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, St
                     .iter()
                     .all(|&b| !b.is_ascii_control() || b.is_ascii_whitespace());
             return Err(format!(
-                "not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF): \
-                 unrecognised content{}",
+                "not an image wstream reads (unrecognised content{}); \
+                 the formats read are JPEG, PNG, WebP, BMP, TIFF and GIF",
                 if text { ", it looks like text" } else { "" }
             ));
         }

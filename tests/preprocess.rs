@@ -242,16 +242,18 @@ fn bad_image_files_are_refused_clearly() {
     );
     assert_eq!(
         input_error("x.jpg", b"this is not a picture\n"),
-        "not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF): unrecognised content, \
-         it looks like text"
+        "not an image wstream reads (unrecognised content, it looks like text); the formats read are \
+         JPEG, PNG, WebP, BMP, TIFF and GIF"
     );
     assert_eq!(
         input_error("x.png", &[0u8, 1, 2, 3, 200, 17]),
-        "not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF): unrecognised content"
+        "not an image wstream reads (unrecognised content); the formats read are JPEG, PNG, WebP, \
+         BMP, TIFF and GIF"
     );
     assert_eq!(
         input_error("x.tga", b"\x00\x00\x02\x00\x00\x00\x00\x00"),
-        "not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF): unrecognised content"
+        "not an image wstream reads (unrecognised content); the formats read are JPEG, PNG, WebP, \
+         BMP, TIFF and GIF"
     );
     assert_eq!(
         input_error("x.ico", b"\x00\x00\x01\x00\x01\x00\x10\x10\x00\x00"),
