@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// The extensions (any case) a file found in a folder must have to be an input.
-pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"];
 
 /// Why a file or folder found in a walk is not an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -29,6 +29,7 @@ pub mod exec;
 pub mod fsutil;
 pub mod hub;
 pub mod inputs;
+mod jpeg;
 pub mod models;
 pub mod npy;
 pub mod ops;

@@ -1,4 +1,4 @@
-//! Image inputs: decoding JPEG/PNG files the way Pillow does, and timm's eval transform
+//! Image inputs: decoding image files the way Pillow does, and timm's eval transform
 //! (`transforms_imagenet_eval`) from a model's `pretrained_cfg`, pixel for pixel.
 //!
 //! timm opens an image with Pillow, calls `.convert("RGB")` and runs
@@ -8,8 +8,8 @@
 //! and turned into 22-bit fixed point, one pass per axis with the intermediate image rounded and clipped
 //! to `u8` (horizontal first, except when Pillow 13 chooses vertical first). [`Preprocess::apply`]
 //! reproduces that arithmetic (`Resample.c`), so on the same decoded pixels it gives timm's tensor
-//! bit for bit; JPEG decoding itself (zune-jpeg here, libjpeg-turbo in Pillow) differs by a level or two
-//! on some pixels.
+//! bit for bit. JPEGs are decoded by libjpeg-turbo's decoder set up as Pillow sets it up (`crate::jpeg`),
+//! so from a JPEG file too the tensor is timm's.
 
 use std::fmt;
 use std::io::Cursor;
@@ -466,10 +466,11 @@ fn vertical(src: &[u8], src_w: usize, src_y0: usize, cols: Range<usize>, taps: &
     out
 }
 
-/// Reads a JPEG or PNG file (recognised by its content, not its name) as 8-bit RGB, the way Pillow's
-/// `Image.open(path).convert("RGB")` sees it: grey is replicated into R, G and B, an alpha channel is
-/// dropped (not composited), palettes are expanded, 16-bit samples keep their high byte. EXIF
-/// orientation and ICC profiles are ignored, as timm ignores them.
+/// Reads a JPEG, PNG, WebP, BMP, TIFF or GIF file (recognised by its content, not its name) as 8-bit RGB,
+/// the way Pillow's `Image.open(path).convert("RGB")` sees it: grey is replicated into R, G and B, an
+/// alpha channel is dropped (not composited), palettes are expanded, CMYK JPEGs are converted with
+/// Pillow's formula, 16-bit samples keep their high byte; of an animated GIF or WebP, the first frame.
+/// EXIF orientation and ICC profiles are ignored: Pillow does not apply them on open, so timm does not.
 ///
 /// Refused with [`Error::Input`] and one message saying what is wrong: a FIFO or device, an empty,
 /// unreadable, truncated or corrupt file, another format, or an image over [`MAX_SIDE`] on a side or
@@ -531,20 +532,51 @@ pub fn decode_rgb_bytes(bytes: &[u8], name: &Path, max_pixels: u64) -> Result<Rg
         .map_err(input_err)
 }
 
+/// The formats [`load_rgb`] reads, with the name its messages use.
+const FORMATS: [(ImageFormat, &str); 6] = [
+    (ImageFormat::Jpeg, "JPEG"),
+    (ImageFormat::Png, "PNG"),
+    (ImageFormat::WebP, "WebP"),
+    (ImageFormat::Bmp, "BMP"),
+    (ImageFormat::Tiff, "TIFF"),
+    (ImageFormat::Gif, "GIF"),
+];
+
+/// The size limits of [`load_rgb_limited`], checked from the header.
+fn check_size(name: &str, w: u32, h: u32, max_pixels: u64) -> std::result::Result<(), String> {
+    if w == 0 || h == 0 {
+        return Err(format!("{name} image has no pixels ({w}x{h})"));
+    }
+    if w > MAX_SIDE || h > MAX_SIDE {
+        return Err(format!(
+            "{name} image is {w}x{h}, over the limit of {MAX_SIDE} pixels a side"
+        ));
+    }
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(format!(
+            "{name} image is {w}x{h} = {pixels} pixels, over the limit of {max_pixels} \
+             (a decompression bomb?); raise it with --max-pixels"
+        ));
+    }
+    Ok(())
+}
+
 /// [`load_rgb`] on the bytes of a file; the error is the message.
 fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, String> {
-    let format = match image::guess_format(bytes) {
-        Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
-        Ok(other) => {
-            return Err(format!(
-                "is a {} image; only JPEG and PNG are supported",
-                other
-                    .extensions_str()
+    let (format, name) = match image::guess_format(bytes) {
+        Ok(f) => match FORMATS.iter().find(|(known, _)| *known == f) {
+            Some(&found) => found,
+            None => {
+                return Err(format!(
+                "is an image in {} format; only JPEG, PNG, WebP, BMP, TIFF and GIF are supported",
+                f.extensions_str()
                     .first()
                     .map_or("other", |e| e)
                     .to_uppercase()
             ))
-        }
+            }
+        },
         Err(_) => {
             // A file cut off inside the signature itself is too short for `guess_format` to name.
             const SIGNATURES: [(&str, &[u8]); 2] =
@@ -569,19 +601,16 @@ fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, St
                     .iter()
                     .all(|&b| !b.is_ascii_control() || b.is_ascii_whitespace());
             return Err(format!(
-                "not a JPEG or PNG image (unrecognised content{})",
+                "not an image wstream reads (unrecognised content{}); \
+                 the formats read are JPEG, PNG, WebP, BMP, TIFF and GIF",
                 if text { ", it looks like text" } else { "" }
             ));
         }
     };
-    let name = if format == ImageFormat::Jpeg {
-        "JPEG"
-    } else {
-        "PNG"
-    };
     if format == ImageFormat::Jpeg {
-        // zune-jpeg (in lenient mode) fills a cut-off JPEG with grey; Pillow refuses it.
+        // Checked before libjpeg sees the file, for a message that says where it stops.
         jpeg_check_complete(bytes).map_err(|what| format!("truncated or corrupt JPEG: {what}"))?;
+        return crate::jpeg::decode(bytes, |h| check_size(name, h.width, h.height, max_pixels));
     }
     // A raised pixel limit raises the decoder's too: up to 8 bytes a pixel (16-bit RGBA).
     let max_alloc = MAX_DECODE_BYTES.max(max_pixels.saturating_mul(8));
@@ -603,21 +632,8 @@ fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, St
     reader.limits(limits);
     let decoder = reader.into_decoder().map_err(describe)?;
     let (w, h) = decoder.dimensions();
-    if w == 0 || h == 0 {
-        return Err(format!("{name} image has no pixels ({w}x{h})"));
-    }
-    if w > MAX_SIDE || h > MAX_SIDE {
-        return Err(format!(
-            "{name} image is {w}x{h}, over the limit of {MAX_SIDE} pixels a side"
-        ));
-    }
-    let pixels = w as u64 * h as u64;
-    if pixels > max_pixels {
-        return Err(format!(
-            "{name} image is {w}x{h} = {pixels} pixels, over the limit of {max_pixels} \
-             (a decompression bomb?); raise it with --max-pixels"
-        ));
-    }
+    check_size(name, w, h, max_pixels)?;
+    // For an animated GIF or WebP this is the first frame, the one Pillow opens.
     let img = DynamicImage::from_decoder(decoder).map_err(describe)?;
     Ok(to_rgb_like_pil(img))
 }

@@ -76,7 +76,7 @@ fn bad_inputs_and_flags() {
     );
     expect_one_line(
         &["classify", "--model", &vit, &d("no_images")],
-        "holds no .jpg, .jpeg or .png images",
+        "holds no images (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff, .gif)",
     );
     expect_one_line(
         &["classify", "--model", &d("nowhere"), &img],

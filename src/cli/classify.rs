@@ -114,8 +114,8 @@ pub struct Args {
     /// No progress line and no notes on stderr (warnings and errors still go there).
     #[arg(long, short)]
     quiet: bool,
-    /// Images (.jpg, .jpeg, .png), folders walked recursively for them in natural order, or preprocessed
-    /// .npy f32 arrays [3, H, W] / [N, 3, H, W].
+    /// Images (JPEG, PNG, WebP, BMP, TIFF, GIF), folders walked recursively for them in natural order, or
+    /// preprocessed .npy f32 arrays [3, H, W] / [N, 3, H, W].
     #[arg(required_unless_present = "files_from")]
     inputs: Vec<PathBuf>,
 }

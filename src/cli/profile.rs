@@ -42,7 +42,8 @@ pub struct Args {
     /// Also draw the timeline as SVG into this file.
     #[arg(long)]
     svg: Option<PathBuf>,
-    /// JPEG/PNG images, folders of them, or preprocessed .npy arrays, as for classify.
+    /// Images (JPEG, PNG, WebP, BMP, TIFF, GIF), folders of them, or preprocessed .npy arrays, as for
+    /// classify.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
 }
