@@ -145,6 +145,9 @@ pub enum Error {
     /// An architecture `synth` has no recipe for.
     #[error("unknown architecture `{arch}`; known: {known}")]
     UnknownArch { arch: String, known: String },
+    /// The HTTP server could not start or run (an address that cannot be bound).
+    #[error("{0}")]
+    Server(String),
     /// Options a library caller gave that cannot work (no model, an empty batch).
     #[error("{0}")]
     Options(String),

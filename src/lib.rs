@@ -34,6 +34,8 @@ pub mod preprocess;
 pub mod process;
 pub mod profile;
 pub mod residency;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod store;
 pub mod synth;
 pub mod weight;

@@ -27,6 +27,42 @@ pub fn read_f32(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
     Ok((values, array.shape))
 }
 
+/// An f32 array and its shape from the bytes of a `.npy` file (a request body); errors name `name` and
+/// say what is wrong, as [`NpyF32::open`]'s do.
+pub fn parse_f32(bytes: &[u8], name: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
+    let bad = |msg: String| Error::Input {
+        path: name.into(),
+        msg: format!("not a usable .npy array: {msg}"),
+    };
+    let (header_len, start) = preamble_of(bytes).map_err(bad)?;
+    if header_len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "header length {header_len} is over numpy's {MAX_HEADER_BYTES}-byte limit"
+        )));
+    }
+    let Some(header) = bytes.get(start..start + header_len) else {
+        return Err(bad(format!(
+            "header is cut short: the data ends {} bytes into a {header_len}-byte header",
+            bytes.len() - start
+        )));
+    };
+    let shape = parse_header(header).map_err(bad)?;
+    let numel = checked_numel(&shape).map_err(bad)?;
+    let data = &bytes[start + header_len..];
+    if data.len() as u64 != numel as u64 * 4 {
+        return Err(bad(format!(
+            "shape {shape:?} needs {} data bytes, the body has {}",
+            numel as u64 * 4,
+            data.len()
+        )));
+    }
+    let values = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((values, shape))
+}
+
 /// An open f32 `.npy` file whose header has been checked against its size; its values are read in C order
 /// with [`NpyF32::read`].
 pub struct NpyF32 {

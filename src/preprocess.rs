@@ -528,6 +528,20 @@ pub fn load_rgb_limited(path: &Path, max_pixels: u64) -> Result<RgbImage> {
         .map_err(input_err)
 }
 
+/// [`load_rgb_limited`] on an image held in memory (a request body); errors name `name`.
+pub fn decode_rgb_bytes(bytes: &[u8], name: &Path, max_pixels: u64) -> Result<RgbImage> {
+    let input_err = |msg: String| Error::Input {
+        path: name.into(),
+        msg,
+    };
+    if bytes.is_empty() {
+        return Err(input_err("is empty (0 bytes), not an image".into()));
+    }
+    std::panic::catch_unwind(|| decode_rgb(bytes, max_pixels))
+        .unwrap_or_else(|_| Err("the image decoder failed on this data (corrupt data?)".into()))
+        .map_err(input_err)
+}
+
 /// [`load_rgb`] on the bytes of a file; the error is the message.
 fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, String> {
     let format = match image::guess_format(bytes) {

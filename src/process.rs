@@ -283,6 +283,27 @@ pub fn exit_on_interrupt() {
     }
 }
 
+/// Undoes [`exit_on_interrupt`]: SIGINT and SIGTERM get their default action back (a signal that was
+/// ignored stays ignored), so a program that handles them itself, such as a server shutting down
+/// gracefully, is not ended by the handler that runs before its own.
+#[allow(unsafe_code)]
+pub fn default_on_interrupt() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: sigaction with a zeroed (valid) struct and out-pointer.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut old);
+            if old.sa_sigaction == libc::SIG_IGN {
+                continue;
+            }
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}
+
 #[allow(unsafe_code)]
 extern "C" fn on_interrupt(sig: libc::c_int) {
     let removed = partials::remove_all();

@@ -6,6 +6,8 @@ mod convert;
 mod demo;
 mod inspect;
 mod profile;
+#[cfg(feature = "serve")]
+mod serve;
 mod synth;
 
 use std::io::Write;
@@ -38,6 +40,9 @@ enum Command {
     Synth(synth::Args),
     /// Write a copy of a model in f16, bf16 or int8, and/or in execution order with page-aligned blocks.
     Convert(convert::Args),
+    /// Serve classification over HTTP, batching concurrent requests through each block together.
+    #[cfg(feature = "serve")]
+    Serve(serve::Args),
 }
 
 pub fn run() -> ExitCode {
@@ -70,6 +75,8 @@ pub fn run() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Profile(args) => profile::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,123 @@
+//! `wstream serve`: flags, then [`wstream::serve`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use wstream::pipeline::{default_memory, Pipeline};
+use wstream::serve::{self, Config, Server};
+
+use super::classify::{Ensemble, Evict, DEFAULT_MODELS};
+use super::{human_bytes, out, parse_bytes, printable};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A model folder in timm's Hugging Face layout, or a .safetensors file. Repeat for an ensemble.
+    /// Default: the three Large models under weights/.
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
+    /// Address to listen on; port 0 picks a free port. The first line on stdout names the address bound.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Most requests run through each block together.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_batch: u64,
+    /// Longest a request waits for others to join its batch, in milliseconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    batch_window_ms: u64,
+    /// Most requests waiting for a batch; beyond it, 503 with Retry-After.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    queue: u64,
+    /// Largest request body (suffixes K, M, G); beyond it, 413.
+    #[arg(long, default_value = "32M", value_parser = parse_bytes)]
+    max_body: u64,
+    /// Longest a client may take to send its headers, and then its body, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    read_timeout_secs: u64,
+    /// Require `Authorization: Bearer KEY` on every route but /healthz.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Compute threads (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    threads: Option<u64>,
+    /// Most bytes peak RSS may reach (suffixes K, M, G; default 7/8 of the cgroup's memory limit, else
+    /// 1G): batches hold no more requests than fit.
+    #[arg(long, value_parser = parse_bytes)]
+    memory: Option<u64>,
+    /// Most weight bytes resident at once (suffixes K, M, G; default twice the largest block, at most 160M).
+    #[arg(long, value_parser = parse_bytes)]
+    budget: Option<u64>,
+    /// After a block ran: `rss` unmaps its pages (page cache stays warm), `cache` also drops them from the cache.
+    #[arg(long, value_enum, default_value_t = Evict::Rss)]
+    evict: Evict,
+    /// How an ensemble's models are combined.
+    #[arg(long, value_enum, default_value_t = Ensemble::MeanProb)]
+    ensemble: Ensemble,
+    /// Most pixels an image may have, checked before decoding.
+    #[arg(long, default_value_t = wstream::preprocess::MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_pixels: u64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    // The batch commands' interrupt handler exits at once; a server finishes what it accepted instead.
+    wstream::process::default_on_interrupt();
+    super::set_threads(args.threads)?;
+    let paths: Vec<PathBuf> = if args.models.is_empty() {
+        DEFAULT_MODELS.iter().map(PathBuf::from).collect()
+    } else {
+        args.models.clone()
+    };
+    if args.models.is_empty() {
+        if let Some(missing) = paths.iter().find(|p| !p.exists()) {
+            bail!(
+                "{}: default model not found; run `wstream demo` (it synthesises missing models) or see weights/README.md",
+                missing.display()
+            );
+        }
+    }
+    let run = super::classify::RunArgs {
+        threads: args.threads,
+        ensemble: args.ensemble,
+        budget: args.budget,
+        evict: args.evict,
+        batch: args.max_batch,
+        memory: args.memory,
+        max_pixels: args.max_pixels,
+    };
+    let pipeline = Pipeline::load(&paths, serve::pipeline_options(run.options(5, true)))?
+        .with_warnings(|w| eprintln!("warning: {}", printable(&w.to_string())));
+    if pipeline.batch() < args.max_batch as usize {
+        let limit = args.memory.unwrap_or_else(|| default_memory().0);
+        eprintln!(
+            "note: batches hold at most {} requests, not --max-batch {}, to keep peak memory under {} (raise it with --memory)",
+            pipeline.batch(),
+            args.max_batch,
+            human_bytes(limit)
+        );
+    }
+    let config = Config {
+        addr: args.addr,
+        max_batch: args.max_batch as usize,
+        batch_window: Duration::from_millis(args.batch_window_ms),
+        queue: args.queue as usize,
+        max_body: args.max_body,
+        api_key: args.api_key,
+        read_timeout: Duration::from_secs(args.read_timeout_secs),
+        ..Config::default()
+    };
+    let server = Server::bind(pipeline, config)?;
+    out(format_args!("listening on http://{}", server.local_addr()?))?;
+    server.run(async {
+        match serve::termination_signal().await {
+            Ok(sig) => eprintln!("wstream: {sig}: finishing the requests accepted, then exiting"),
+            Err(e) => {
+                eprintln!(
+                    "warning: cannot watch for SIGTERM/SIGINT ({e}); stop the server with SIGKILL"
+                );
+                std::future::pending::<()>().await
+            }
+        }
+    })?;
+    Ok(())
+}
