@@ -154,6 +154,9 @@ start_server() { # NAME BOXED(0|1) [membox args --] serve args...
     prefix=(bash "$root/tools/membox" "${prefix[@]}")
   fi
   log=$work/$name
+  # Emptied here, not by the redirection below: that happens in the background job, possibly after the
+  # first look for the 'listening on' line, which would then find the previous run's.
+  : > "$log.out"
   local margs=()
   for m in "${serve_models[@]}"; do margs+=(--model "$m"); done
   "${prefix[@]}" "$wstream" serve "${margs[@]}" --addr 127.0.0.1:0 --threads "$threads" --max-batch 8 "$@" \
@@ -192,7 +195,12 @@ stop_server() {
   oom=$(sed -n 's/^membox: .*oom-killed: \([a-z]*\).*/\1/p' "$log.err" | tail -n 1)
   server_pid=""; launcher=""
 }
-cleanup() { [ -z "$server_pid" ] || kill -TERM "$server_pid" 2>/dev/null || true; }
+# On any exit with a server still up (a failed step, Ctrl-C): stop it, so it does not outlive the script.
+cleanup() {
+  [ -n "$launcher" ] || return 0
+  local pid=${server_pid:-$(pgrep -P "$launcher" | head -n 1 || true)}
+  kill -TERM "${pid:-$launcher}" 2>/dev/null || true
+}
 trap cleanup EXIT
 
 # -- one load run: oha, bounded in requests and time, with /metrics scraped before and after
