@@ -117,7 +117,7 @@ pub fn walk(paths: &[impl AsRef<Path>]) -> Result<Walk> {
                 if walk.files.len() == before {
                     return Err(Error::Input {
                         path: path.into(),
-                        msg: "folder holds no .jpg, .jpeg or .png images (sub-folders included)"
+                        msg: "folder holds no images (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff, .gif), sub-folders included"
                             .into(),
                     });
                 }

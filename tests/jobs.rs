@@ -244,7 +244,10 @@ fn skip_errors_records_failures_and_exit_statuses_are_distinct() {
     );
     let bad = recs[2].as_object().unwrap();
     assert_eq!(bad.keys().collect::<Vec<_>>(), ["error", "input"]);
-    assert!(bad["error"].as_str().unwrap().contains("not a JPEG"));
+    assert!(bad["error"]
+        .as_str()
+        .unwrap()
+        .contains("not an image wstream reads"));
     assert!(recs[0]["ensemble"]["top"]
         .as_array()
         .is_some_and(|t| t.len() == 5));

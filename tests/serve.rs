@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The start of an ICO file: an image format wstream does not read.
+const ICO: &[u8] = b"\x00\x00\x01\x00\x01\x00\x10\x10....";
+
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -361,9 +364,9 @@ fn bad_requests_get_one_clear_error_and_the_server_goes_on() {
         (
             "/v1/classify",
             "image/jpeg",
-            b"GIF89a....".to_vec(),
+            ICO.to_vec(),
             400,
-            "request body: is a GIF image",
+            "request body: is an image in ICO format",
         ),
         (
             "/v1/classify",
@@ -410,17 +413,17 @@ fn bad_requests_get_one_clear_error_and_the_server_goes_on() {
     }
     // The CLI gives the same message for the same bytes.
     let dir = tempfile::tempdir().unwrap();
-    let gif = dir.path().join("x.jpg");
-    std::fs::write(&gif, b"GIF89a....").unwrap();
+    let ico = dir.path().join("x.jpg");
+    std::fs::write(&ico, ICO).unwrap();
     let (_, _, err) = common::wstream(&[
         "classify",
         "--model",
         vit.to_str().unwrap(),
-        gif.to_str().unwrap(),
+        ico.to_str().unwrap(),
     ]);
-    let r = server.post("/v1/classify", "image/jpeg", b"GIF89a....");
+    let r = server.post("/v1/classify", "image/jpeg", ICO);
     assert_eq!(
-        err.trim().replace(gif.to_str().unwrap(), "request body"),
+        err.trim().replace(ico.to_str().unwrap(), "request body"),
         format!("wstream: error: {}", r.error())
     );
     // An npy array the model cannot take.
@@ -509,7 +512,10 @@ fn an_api_key_guards_every_route_but_healthz() {
     assert_eq!(m["dtype"], "F32");
     let model = wstream::models::Model::load(fixture("vit_tiny")).unwrap();
     assert_eq!(m["bytes"], model.store.total_bytes());
-    assert_eq!(m["preprocessing"]["size"], serde_json::json!([32, 32]));
+    assert_eq!(
+        m["preprocessing"]["input_size"],
+        serde_json::json!([3, 32, 32])
+    );
     assert_eq!(m["preprocessing"]["interpolation"], "bicubic");
     assert_eq!(m["labels"], "imagenet-1k");
 }

@@ -54,7 +54,11 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let pipeline = args.run.pipeline(&dirs, 3, false)?;
-    let photo = image::load_from_memory(PHOTO)?.to_rgb8();
+    let photo = wstream::preprocess::decode_rgb_bytes(
+        PHOTO,
+        std::path::Path::new("the bundled photo"),
+        wstream::preprocess::MAX_PIXELS,
+    )?;
     let items = [Item {
         name: "bundled photo: a tabby cat (tests/data/cat.jpg)".into(),
         source: Source::Decoded(photo),
