@@ -314,3 +314,46 @@ fn models_of_the_same_name_are_told_apart() {
     let (_, stdout, _) = wstream(&text);
     assert!(stdout.contains(&format!("  {arch}[2]\n")), "{stdout}");
 }
+
+/// `--quiet` keeps stderr to warnings and errors: the synthetic-weights note goes, JSON still says so.
+#[test]
+fn quiet_drops_notes_but_json_still_flags_synthetic_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let synth = tmp.path().join("synth");
+    let out = synth.to_str().unwrap();
+    let (code, _, err) = wstream(&["synth", "--arch", "vit_tiny_patch16_224", "--out", out]);
+    assert_eq!(code, 0, "{err}");
+    let img = cat();
+    let (code, stdout, stderr) = wstream(&["classify", "--json", "--model", out, &img]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("holds synthetic weights"), "{stderr}");
+    assert_eq!(json_lines(&stdout)[0]["models"][0]["synthetic"], true);
+    let (code, stdout, stderr) = wstream(&["classify", "--json", "--quiet", "--model", out, &img]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr, "");
+    assert_eq!(json_lines(&stdout)[0]["models"][0]["synthetic"], true);
+}
+
+/// Features have no CSV form (its columns are classes): refused as a usage error before any work.
+#[test]
+fn features_to_a_csv_file_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("out.csv");
+    let vit = fixture("vit_tiny").display().to_string();
+    let (code, _, stderr) = wstream(&[
+        "classify",
+        "--output-type",
+        "features",
+        "--output",
+        csv.to_str().unwrap(),
+        "--model",
+        &vit,
+        &cat(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("needs a .jsonl or .json --output"),
+        "{stderr}"
+    );
+    assert!(!csv.exists());
+}

@@ -28,10 +28,10 @@ pub const DEFAULT_MODELS: [&str; 3] = [
 /// The default models' folders, saying on stderr where they are looked up.
 pub fn default_model_paths() -> Vec<PathBuf> {
     let (dir, whence) = wstream::hub::default_weights_dir();
-    eprintln!(
-        "note: default models from {} ({whence})",
+    super::note(format_args!(
+        "default models from {} ({whence})",
         printable(&dir.display().to_string())
-    );
+    ));
     DEFAULT_MODELS.iter().map(|m| dir.join(m)).collect()
 }
 
@@ -43,7 +43,7 @@ pub fn locate_models(given: &[PathBuf]) -> wstream::Result<Vec<PathBuf>> {
         .map(|spec| {
             let located = wstream::hub::locate(spec)?;
             if let Some(found) = &located.found {
-                eprintln!("note: {}", printable(found));
+                super::note(printable(found));
             }
             Ok(located.path)
         })
@@ -318,19 +318,19 @@ impl RunArgs {
             .with_warnings(|w| eprintln!("warning: {}", printable(&w.to_string())));
         for (m, t) in pipeline.models().iter().zip(pipeline.transforms()) {
             if m.synthetic {
-                eprintln!(
-                    "note: {} ({}) holds synthetic weights (random values, written by `wstream synth`): \
+                super::note(format_args!(
+                    "{} ({}) holds synthetic weights (random values, written by `wstream synth`): \
                      its classes mean nothing",
                     printable(&m.name),
                     printable(&m.store.path().display().to_string())
-                );
+                ));
             }
             if m.name.ends_with(']') {
-                eprintln!(
-                    "note: {} is {}",
+                super::note(format_args!(
+                    "{} is {}",
                     printable(&m.name),
                     printable(&m.store.path().display().to_string())
-                );
+                ));
             }
             if m.config.source.is_none() {
                 eprintln!(
@@ -361,12 +361,12 @@ impl RunArgs {
         }
         if pipeline.batch() < self.batch as usize {
             let limit = self.memory.unwrap_or_else(|| default_memory().0);
-            eprintln!(
-                "note: --batch {} runs as batches of {} to keep peak memory under {} (raise it with --memory)",
+            super::note(format_args!(
+                "--batch {} runs as batches of {} to keep peak memory under {} (raise it with --memory)",
                 self.batch,
                 pipeline.batch(),
                 human_bytes(limit)
-            );
+            ));
         }
         Ok(pipeline)
     }
@@ -418,6 +418,7 @@ fn usage(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    super::set_quiet(args.quiet);
     super::set_threads(args.run.threads)?;
     let paths: Vec<PathBuf> = if args.models.is_empty() {
         default_model_paths()
@@ -439,6 +440,16 @@ pub fn run(args: Args) -> Result<()> {
     if args.logits && args.output_type == OutputType::Features {
         bail!("--logits and --output-type features exclude each other: the classifier is not run");
     }
+    let csv = args
+        .output
+        .as_ref()
+        .and_then(|p| p.extension())
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    if csv && args.output_type == OutputType::Features {
+        return Err(usage(
+            "--output-type features needs a .jsonl or .json --output: a CSV's columns are classes",
+        ));
+    }
     let options = Options {
         output: match args.output_type {
             OutputType::Prob => Output::Prob,
@@ -448,9 +459,7 @@ pub fn run(args: Args) -> Result<()> {
         ..args.run.options(args.top as usize, args.logits)
     };
     let note = |msg: String| {
-        if !args.quiet {
-            eprintln!("note: {}", printable(&msg));
-        }
+        super::note(printable(&msg));
     };
     let files = input_files(&args, &note)?;
     let bar = progress_bar(&files);

@@ -240,3 +240,17 @@ pub(crate) fn human_bytes(b: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+/// Set by `classify --quiet`: notes are not printed (warnings and errors always are).
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One `note:` line on stderr: what a command chose or found for the user (unless --quiet).
+pub fn note(msg: impl std::fmt::Display) {
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("note: {msg}");
+    }
+}
