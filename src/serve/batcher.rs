@@ -6,6 +6,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -47,7 +48,14 @@ pub(crate) type BatchResult = crate::Result<(Vec<crate::Result<Answer>>, Vec<Blo
 pub(crate) struct Limits {
     pub max_batch: usize,
     pub window: Duration,
+    /// Requests received and being decoded, not queued yet (the handlers count them).
+    pub decoding: Arc<AtomicUsize>,
 }
+
+/// How long past its window a batch still waits for requests being decoded. Clients answered by one batch
+/// send their next requests together, and decoding them takes longer than a few milliseconds' window: without
+/// this the next batch would start with the first of them and leave the rest for the batch after.
+const DECODE_WAIT: Duration = Duration::from_millis(200);
 
 /// Runs batches until every sender of `rx` is gone. `depth` counts jobs waiting for their batch to start
 /// (the handlers add, this takes away); `run` runs one batch.
@@ -71,12 +79,24 @@ pub(crate) fn run(
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
                     let now = Instant::now();
-                    if now >= deadline {
+                    let until = if limits.decoding.load(Ordering::Acquire) > 0 {
+                        deadline + DECODE_WAIT
+                    } else {
+                        deadline
+                    };
+                    if now >= until {
                         break;
                     }
-                    match rx.recv_timeout(deadline - now) {
+                    // Past the window, look again every millisecond: a decode may end without a job.
+                    let wait = if now < deadline {
+                        deadline - now
+                    } else {
+                        (until - now).min(Duration::from_millis(1))
+                    };
+                    match rx.recv_timeout(wait) {
                         Ok(job) => take(job, &mut batch),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
             }
@@ -200,6 +220,7 @@ mod tests {
         let limits = Limits {
             max_batch: 8,
             window: Duration::ZERO,
+            decoding: Default::default(),
         };
         run_batches(rx, limits, &depth, &Metrics::default(), run);
         assert_eq!(depth.load(Ordering::Relaxed), 0);
@@ -267,6 +288,7 @@ mod tests {
         let limits = Limits {
             max_batch: 8,
             window: Duration::ZERO,
+            decoding: Default::default(),
         };
         run_batches(rx, limits, &AtomicUsize::new(1), &metrics, |_| {
             panic!("nothing should run")
@@ -277,5 +299,51 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("wstream_batches_total 0\n"), "{text}");
+    }
+
+    /// A request still being decoded when the window closes joins the batch (within DECODE_WAIT).
+    #[test]
+    fn a_batch_waits_for_requests_being_decoded() {
+        let (tx, rx) = channel();
+        let decoding = Arc::new(AtomicUsize::new(1));
+        let job = |name: &str| {
+            let (reply, answer) = oneshot::channel();
+            let job = Job {
+                item: item(name),
+                queued: Instant::now(),
+                reply,
+            };
+            (job, answer)
+        };
+        let (first, a1) = job("first");
+        tx.send(first).unwrap();
+        let late = {
+            let decoding = decoding.clone();
+            let (second, a2) = job("decoded late");
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                tx.send(second).unwrap();
+                decoding.fetch_sub(1, Ordering::AcqRel);
+            });
+            a2
+        };
+        let limits = Limits {
+            max_batch: 8,
+            window: Duration::ZERO,
+            decoding,
+        };
+        let sizes = std::sync::Mutex::new(Vec::new());
+        run_batches(
+            rx,
+            limits,
+            &AtomicUsize::new(2),
+            &Metrics::default(),
+            |items| {
+                sizes.lock().unwrap().push(items.len());
+                Ok((items.iter().map(|i| Ok(answer(&i.name))).collect(), vec![]))
+            },
+        );
+        assert_eq!(*sizes.lock().unwrap(), [2]);
+        drop((a1, late));
     }
 }

@@ -82,6 +82,8 @@ struct Shared {
     config: Config,
     queue: Sender<Job>,
     depth: Arc<AtomicUsize>,
+    /// Requests being decoded: the batcher waits a little for them ([`Limits::decoding`]).
+    decoding: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     started: Instant,
 }
@@ -150,9 +152,11 @@ impl Server {
         let depth = Arc::new(AtomicUsize::new(0));
         let metrics = Arc::new(Metrics::default());
         let pipeline = Arc::new(self.pipeline);
+        let decoding = Arc::new(AtomicUsize::new(0));
         let limits = Limits {
             max_batch: pipeline.batch(),
             window: self.config.batch_window,
+            decoding: decoding.clone(),
         };
         let batcher = {
             let (pipeline, depth, metrics) = (pipeline.clone(), depth.clone(), metrics.clone());
@@ -170,6 +174,7 @@ impl Server {
             config: self.config,
             queue: tx,
             depth,
+            decoding,
             metrics,
             started: Instant::now(),
         });
@@ -567,6 +572,7 @@ async fn classify(req: Request<Incoming>, shared: &Shared) -> Reply {
         }
     };
     let max_pixels = shared.pipeline.options().max_pixels;
+    let decoding = Decoding::start(&shared.decoding);
     let decoded = tokio::task::spawn_blocking(move || decode(&bytes, kind, max_pixels)).await;
     let source = match decoded {
         Ok(Ok(source)) => source,
@@ -591,7 +597,10 @@ async fn classify(req: Request<Incoming>, shared: &Shared) -> Reply {
         shared.depth.fetch_sub(1, Ordering::Relaxed);
         return busy();
     }
-    if shared.queue.send(job).is_err() {
+    let sent = shared.queue.send(job);
+    // Only now: the batcher must see the job queued before it sees the decoding over.
+    drop(decoding);
+    if sent.is_err() {
         shared.depth.fetch_sub(1, Ordering::Relaxed);
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -623,6 +632,22 @@ fn busy() -> Reply {
     r.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     r
+}
+
+/// Counts a request as being decoded until dropped (on every path out of the handler).
+struct Decoding<'a>(&'a AtomicUsize);
+
+impl<'a> Decoding<'a> {
+    fn start(count: &'a AtomicUsize) -> Decoding<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Decoding(count)
+    }
+}
+
+impl Drop for Decoding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A body as an input: a decoded image, or a `[3, H, W]` / `[1, 3, H, W]` f32 array of finite values
