@@ -27,7 +27,7 @@ Options:
                    classify 1 batch): proves the script end to end, noisy figures
   --only LIST      comma-separated subset of a,b,c,d (default all four)
   --soak [SECS]    run only scenario e, for SECS seconds (default 600)
-  --duration SECS  the time bound of every load run (default: 60 for a and d, 90 for b, 120 for c)
+  --duration SECS  the time bound of every load run (default: 300 for a and b, 400 for c, 60 for d)
   --threads N      compute threads of the server and of classify (default 2)
   --no-build       use target/release/wstream as it is (default: cargo build --release first)
   --wstream BIN    use this wstream binary (implies --no-build)
@@ -250,9 +250,10 @@ ge() { python3 -c "import sys; a, b, f = map(float, sys.argv[1:]); sys.exit(0 if
 secs() { # DEFAULT QUICK
   if [ -n "$duration" ]; then echo "$duration"; elif [ "$quick" = 1 ]; then echo "$2"; else echo "$1"; fi
 }
-# The request bound: 5000, or with --quick a couple of batches' worth (QUICK), so that a short run still
-# completes whole batches of Large models on a slow or busy box; its time bound is then only a backstop.
-reqs() { if [ "$quick" = 1 ]; then echo "$1"; else echo 5000; fi; }
+# The request bound: whole batches' worth (QUICK with --quick, else FULL), so that a run ends with its last
+# answer: answered/s is then not cut short by a batch still running when a time bound stops oha. The time
+# bound is only a backstop.
+reqs() { if [ "$quick" = 1 ]; then echo "$1"; else echo "$2"; fi; }
 boxed_ok() { [ "${oom:-}" = no ] && [ -n "${charged:-}" ] && [ "$charged" -le "$1" ]; }
 
 echo "$header"
@@ -272,7 +273,7 @@ for s in "${scenarios[@]}"; do
     echo "| a: classify --batch 8 (elapsed_ms) | - | $((8 * batches_n)) images | $classify_rate | - | - | - | $batches_n x 8 | - | - |"
     rows+=("| a: classify --batch 8 (elapsed_ms) | - | $((8 * batches_n)) images | $classify_rate | - | - | - | $batches_n x 8 | - | - |")
     start_server a-warm-8 0
-    load a-warm-8 8 "$(secs 60 240)" "$(reqs 16)"
+    load a-warm-8 8 "$(secs 300 240)" "$(reqs 16 48)"
     stop_server
     row "a: warm, f32" 8 $((requests - ok))
     check 1 "$([ "$ok" -gt 0 ] && [ $((requests - ok)) = 0 ] && echo 1)" "a: every request answered 200 ($ok)"
@@ -285,7 +286,7 @@ for s in "${scenarios[@]}"; do
       name=$s-membox512-$c
       drop_cache "${models[@]}"
       start_server "$name" 1 "$limit" --
-      if [ "$s" = e ]; then load "$name" "$c" "$soak" 1000000; else load "$name" "$c" "$(secs 90 240)" "$(reqs $((c > 1 ? 2 * c : 3)))"; fi
+      if [ "$s" = e ]; then load "$name" "$c" "$soak" 1000000; else load "$name" "$c" "$(secs 300 240)" "$(reqs $((c > 1 ? 2 * c : 3)) $((c > 1 ? 6 * c : 12)))"; fi
       stop_server
       row "$s: membox $limit, f32" "$c" $((requests - ok)) "$limit"
       check 1 "$([ "$ok" -gt 0 ] && [ $((requests - ok)) = 0 ] && boxed_ok $limit_bytes && echo 1)" \
@@ -314,7 +315,7 @@ for s in "${scenarios[@]}"; do
       name=c-int8-80M-membox256-$c
       drop_cache "${serve_models[@]}"
       start_server "$name" 1 --read-bps "80M:$int8" "$limit" --
-      load "$name" "$c" "$(secs 120 240)" "$(reqs $((c > 1 ? 2 * c : 3)))"
+      load "$name" "$c" "$(secs 400 240)" "$(reqs $((c > 1 ? 2 * c : 3)) $((c > 1 ? 4 * c : 6)))"
       stop_server
       row "c: int8, reads 80 MiB/s, membox $limit" "$c" $((requests - ok)) "$limit"
       check 1 "$([ "$ok" -gt 0 ] && [ $((requests - ok)) = 0 ] && boxed_ok $limit_bytes && echo 1)" \
