@@ -187,6 +187,13 @@ fn answers_equal_classify_json_for_jpeg_png_and_npy() {
         "application/x-npy",
         &["--top", "1000"],
     );
+    compare_with_cli(
+        &server,
+        &vit,
+        &dir.join("jpeg/lossy.webp"),
+        "image/webp",
+        &[],
+    );
     // `top` and `logits` shape the answer per request.
     let a = server
         .post(

@@ -535,11 +535,15 @@ async fn classify(req: Request<Incoming>, shared: &Shared) -> Reply {
                 .to_ascii_lowercase()
         });
     let kind = match content_type.as_deref() {
-        Some("image/jpeg" | "image/png") => Body::Image,
+        // The decoder reads the format from the bytes; the type only says an image is meant.
+        Some(
+            "image/jpeg" | "image/png" | "image/webp" | "image/bmp" | "image/tiff" | "image/gif",
+        ) => Body::Image,
         Some("application/x-npy") => Body::Npy,
         other => {
             let msg = format!(
-                "Content-Type {}: send image/jpeg, image/png or application/x-npy",
+                "Content-Type {}: send an image (image/jpeg, image/png, image/webp, image/bmp, \
+                 image/tiff, image/gif) or application/x-npy",
                 other.map_or("missing".into(), |t| format!("`{}`", t.escape_debug()))
             );
             discard(req.into_body(), shared).await;
