@@ -31,6 +31,7 @@ Options:
   --threads N      compute threads of the server and of classify (default 2)
   --no-build       use target/release/wstream as it is (default: cargo build --release first)
   --wstream BIN    use this wstream binary (implies --no-build)
+  --serve-args STR extra flags for every server (split on spaces), e.g. "--evict cache" or "--memory 256M"
   --image FILE     the request body, a JPEG or PNG (default tests/data/cat.jpg)
   --out FILE       also write the table and checks to FILE (default target/bench_serve/results.md)
 
@@ -41,7 +42,7 @@ on correctness fails (a failed request, a hang, an OOM kill); throughput ratios 
 EOF
 }
 
-quick=0; build=1; threads=2; duration=""; soak=""; only="a,b,c,d"; wstream=""
+serve_extra=(); quick=0; build=1; threads=2; duration=""; soak=""; only="a,b,c,d"; wstream=""
 image=$root/tests/data/cat.jpg
 work=$root/target/bench_serve
 out=$work/results.md
@@ -57,6 +58,7 @@ while [ $# -gt 0 ]; do
     --duration) duration=${2:?--duration needs seconds}; shift 2 ;;
     --threads) threads=${2:?--threads needs a number}; shift 2 ;;
     --no-build) build=0; shift ;;
+    --serve-args) read -r -a serve_extra <<< "${2?--serve-args needs flags}"; shift 2 ;;
     --wstream) wstream=${2:?--wstream needs a binary}; build=0; shift 2 ;;
     --image) image=${2:?--image needs a file}; shift 2 ;;
     --out) out=${2:?--out needs a file}; shift 2 ;;
@@ -160,7 +162,7 @@ start_server() { # NAME BOXED(0|1) [membox args --] serve args...
   : > "$log.out"
   local margs=()
   for m in "${serve_models[@]}"; do margs+=(--model "$m"); done
-  "${prefix[@]}" "$wstream" serve "${margs[@]}" --addr 127.0.0.1:0 --threads "$threads" --max-batch 8 "$@" \
+  "${prefix[@]}" "$wstream" serve "${margs[@]}" --addr 127.0.0.1:0 --threads "$threads" --max-batch 8 "${serve_extra[@]}" "$@" \
     > "$log.out" 2> "$log.err" < /dev/null &
   launcher=$!
   local line="" i
