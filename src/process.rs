@@ -261,35 +261,23 @@ pub(crate) mod partials {
 /// with status 128 + the signal number (130, 143), the shell's convention for a command ended by a signal.
 /// For programs (the CLI calls it first thing); the library never installs handlers by itself. A signal
 /// the process was started with ignored (`nohup`, a background job) stays ignored.
-#[allow(unsafe_code)]
 pub fn exit_on_interrupt() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: sigaction with a zeroed (valid) struct and out-pointer; `on_interrupt` is
-        // async-signal-safe (atomics, unlink, rmdir, write, _exit).
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(sig, std::ptr::null(), &mut old);
-            if old.sa_sigaction == libc::SIG_IGN {
-                continue;
-            }
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_interrupt as *const () as usize;
-            // A second signal while the first is handled waits, so the cleanup runs once.
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaddset(&mut action.sa_mask, libc::SIGINT);
-            libc::sigaddset(&mut action.sa_mask, libc::SIGTERM);
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
-    }
+    set_interrupt_action(on_interrupt as *const () as usize);
 }
 
 /// Undoes [`exit_on_interrupt`]: SIGINT and SIGTERM get their default action back (a signal that was
 /// ignored stays ignored), so a program that handles them itself, such as a server shutting down
 /// gracefully, is not ended by the handler that runs before its own.
-#[allow(unsafe_code)]
 pub fn default_on_interrupt() {
+    set_interrupt_action(libc::SIG_DFL);
+}
+
+/// Sets `handler` (a handler's address or `SIG_DFL`) for SIGINT and SIGTERM, except where ignored.
+#[allow(unsafe_code)]
+fn set_interrupt_action(handler: libc::sighandler_t) {
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: sigaction with a zeroed (valid) struct and out-pointer.
+        // SAFETY: sigaction with a zeroed (valid) struct and out-pointer; a handler given here is
+        // `on_interrupt`, which is async-signal-safe (atomics, unlink, rmdir, write, _exit).
         unsafe {
             let mut old: libc::sigaction = std::mem::zeroed();
             libc::sigaction(sig, std::ptr::null(), &mut old);
@@ -297,8 +285,11 @@ pub fn default_on_interrupt() {
                 continue;
             }
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = libc::SIG_DFL;
+            action.sa_sigaction = handler;
+            // A second signal while the first is handled waits, so the cleanup runs once.
             libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaddset(&mut action.sa_mask, libc::SIGINT);
+            libc::sigaddset(&mut action.sa_mask, libc::SIGTERM);
             libc::sigaction(sig, &action, std::ptr::null_mut());
         }
     }
