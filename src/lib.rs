@@ -17,8 +17,8 @@
 //! - [`inputs`] (which files, in what order, which shard) and [`records`] (result files that survive a kill
 //!   and resume) serve long batch runs.
 //!
-//! `unsafe` lives in `store`, `residency`, `process`, `ops::gemm` and `ops::simd`, each use with its SAFETY
-//! comment; the crate denies it elsewhere.
+//! `unsafe` lives in `store`, `residency`, `process`, `ops::gemm`, `ops::simd` and `jpeg` (the calls into
+//! libjpeg-turbo), each use with its SAFETY comment; the crate denies it elsewhere.
 
 #![deny(unsafe_code)]
 

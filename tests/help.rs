@@ -66,7 +66,7 @@ fn classify_help_says_it_takes_images() {
     let (_, help, _) = common::wstream(&["classify", "--help"]);
     assert!(!top.contains("preprocessed inputs"), "{top}");
     assert!(
-        top.contains("Classify images (JPEG, PNG, folders of them)"),
+        top.contains("Classify images (JPEG, PNG, WebP, BMP, TIFF, GIF; folders of them)"),
         "{top}"
     );
     assert!(help.starts_with("Classify images"), "{help}");

@@ -11,7 +11,8 @@ usage: tools/bench_serve.sh [--quick] [--only LIST] [--soak [SECONDS]] [--durati
                             [--no-build] [--wstream BIN] [--image FILE] [--out FILE] [MODEL_DIR...]
 
 Scenarios (the models: MODEL_DIR..., else \$WSTREAM_BENCH_MODELS (space-separated), else the three Large
-models under weights/, synthesised there like 'wstream demo' does when missing; f32 unless said):
+models under \$WSTREAM_WEIGHTS, else weights/, synthesised there like 'wstream demo' does when missing; f32
+unless said):
   a  warm page cache, 8 clients, vs 'classify --batch 8' images/s of the same binary on the same image
   b  under 'tools/membox 512M' (weights dropped from the page cache first): 1 client, then 8 clients
   c  int8 copies ('wstream convert --dtype int8 --layout exec', made once in target/bench_serve/int8)
@@ -99,7 +100,7 @@ if [ ${#models[@]} = 0 ] && [ -n "${WSTREAM_BENCH_MODELS:-}" ]; then
 fi
 if [ ${#models[@]} = 0 ]; then
   for arch in vit_large_patch16_224 convnext_large swin_large_patch4_window7_224; do
-    m=$root/weights/$arch
+    m=${WSTREAM_WEIGHTS:-$root/weights}/$arch
     if [ ! -f "$m/model.safetensors" ]; then
       echo "bench_serve: $m missing; writing synthetic weights (see weights/README.md for the real ones)" >&2
       "$wstream" synth --arch "$arch" --out "$m" >&2 || die "synth $arch failed"

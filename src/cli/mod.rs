@@ -30,8 +30,8 @@ struct Cli {
 enum Command {
     /// List the tensors of a safetensors file or model folder, and how much of each is in memory.
     Inspect(inspect::Args),
-    /// Classify images (JPEG, PNG, folders of them) or preprocessed .npy arrays with one model or an
-    /// ensemble.
+    /// Classify images (JPEG, PNG, WebP, BMP, TIFF, GIF; folders of them) or preprocessed .npy arrays with
+    /// one model or an ensemble.
     Classify(classify::Args),
     /// Run the three-model ensemble on a bundled photo and report memory (synthesises missing models).
     Demo(demo::Args),
