@@ -21,22 +21,28 @@ pub struct Totals {
     /// Weight bytes that were not in the page cache when their block was scheduled for prefetch (mincore).
     /// Read-ahead of earlier blocks can bring pages in before that, so on a cold run `storage_read` is the
     /// fuller figure.
+    #[serde(rename = "paged_in_bytes")]
     pub paged_in: u64,
+    #[serde(rename = "storage_read_bytes")]
     pub storage_read: u64,
     pub compute_faults: Faults,
     pub prefetch_faults: Faults,
-    #[serde(serialize_with = "as_ms")]
+    #[serde(rename = "wait_ms", serialize_with = "as_ms")]
     pub wait: Duration,
-    #[serde(serialize_with = "as_ms")]
+    #[serde(rename = "compute_ms", serialize_with = "as_ms")]
     pub compute: Duration,
     /// From the first block's start to the last block's end.
-    #[serde(serialize_with = "as_ms")]
+    #[serde(rename = "wall_ms", serialize_with = "as_ms")]
     pub wall: Duration,
     /// Largest VmRSS / RssFile / RssAnon seen after a block.
+    #[serde(rename = "peak_rss_after_block_bytes")]
     pub peak_rss_after_block: u64,
+    #[serde(rename = "peak_rss_file_bytes")]
     pub peak_rss_file: u64,
+    #[serde(rename = "peak_rss_anon_bytes")]
     pub peak_rss_anon: u64,
     /// Largest f32 scratch one block widened its f16/bf16/int8 weights into.
+    #[serde(rename = "peak_scratch_bytes")]
     pub peak_scratch: u64,
 }
 
@@ -116,6 +122,7 @@ pub struct Profile {
     pub totals: Totals,
     /// The process's peak RSS: VmHWM at the end (which includes moments inside a block), or the largest
     /// VmRSS seen after a block if that is higher (the kernel updates VmHWM lazily).
+    #[serde(rename = "peak_rss_bytes")]
     pub peak_rss: u64,
 }
 
@@ -207,19 +214,23 @@ impl Profile {
         s
     }
 
-    /// One CSV row per block, with a header.
+    /// One CSV row per block and batch, with a header; times are since the run began.
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "model,block,weight_bytes,resident_before,compute_minor_faults,compute_major_faults,\
-             prefetch_minor_faults,prefetch_major_faults,storage_read,wait_ms,compute_ms,start_ms,end_ms,\
-             vm_rss,rss_file,rss_anon,released_unmapped,released_dropped_from_cache,scratch_bytes\n",
+            "model,block,batch,first_input,inputs,weight_bytes,resident_before_bytes,compute_minor_faults,\
+             compute_major_faults,prefetch_minor_faults,prefetch_major_faults,storage_read_bytes,wait_ms,\
+             compute_ms,start_ms,end_ms,vm_rss_bytes,rss_file_bytes,rss_anon_bytes,released_unmapped_bytes,\
+             released_dropped_from_cache_bytes,scratch_bytes\n",
         );
         for r in &self.blocks {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{}",
                 csv_field(&r.model),
                 csv_field(&r.block),
+                r.batch,
+                r.first_input,
+                r.inputs,
                 r.weight_bytes,
                 r.resident_before,
                 r.compute_faults.minor,

@@ -1,6 +1,9 @@
-//! The page-fault profiler: one record per block in order, totals that add up, real page-ins when cold.
+//! The page-fault profiler: one record per block in order, totals that add up, real page-ins when cold; how
+//! it presents a run of several inputs and batches; `inspect --residency --summary`.
 
 mod common;
+
+use std::path::Path;
 
 use common::parity::fixture;
 use common::wstream;
@@ -69,17 +72,21 @@ fn json_records_and_totals_add_up() {
         t["prefetch_faults"]["major"].as_u64().unwrap(),
         faults("prefetch_faults", "major")
     );
-    let wait: f64 = blocks.iter().map(|b| b["wait"].as_f64().unwrap()).sum();
-    assert!((t["wait"].as_f64().unwrap() - wait).abs() < 1e-6);
+    let wait: f64 = blocks.iter().map(|b| b["wait_ms"].as_f64().unwrap()).sum();
+    assert!((t["wait_ms"].as_f64().unwrap() - wait).abs() < 1e-6);
     for b in blocks {
         assert!(
-            b["end"].as_f64().unwrap()
-                >= b["start"].as_f64().unwrap() + b["compute"].as_f64().unwrap() - 1e-6
+            b["end_ms"].as_f64().unwrap()
+                >= b["start_ms"].as_f64().unwrap() + b["compute_ms"].as_f64().unwrap() - 1e-6
         );
-        assert!(b["mem_after"]["vm_rss"].as_u64().unwrap() > 0);
-        assert!(b["resident_before"].as_u64().unwrap() <= b["weight_bytes"].as_u64().unwrap());
+        assert!(b["mem_after_bytes"]["vm_rss"].as_u64().unwrap() > 0);
+        assert!(
+            b["resident_before_bytes"].as_u64().unwrap() <= b["weight_bytes"].as_u64().unwrap()
+        );
     }
-    assert!(p["peak_rss"].as_u64().unwrap() >= t["peak_rss_after_block"].as_u64().unwrap());
+    assert!(
+        p["peak_rss_bytes"].as_u64().unwrap() >= t["peak_rss_after_block_bytes"].as_u64().unwrap()
+    );
     assert_eq!(p["models"][0]["model"], "vit_tiny_patch16_224");
     if std::fs::metadata("/proc/thread-self/io").is_ok() {
         // Cold: the first pass must have read the weights from storage (or faulted them in).
@@ -87,7 +94,7 @@ fn json_records_and_totals_add_up() {
         let paged: u64 = first_pass
             .iter()
             .map(|b| {
-                b["storage_read"].as_u64().unwrap_or(0)
+                b["storage_read_bytes"].as_u64().unwrap_or(0)
                     + b["compute_faults"]["major"].as_u64().unwrap()
                     + b["prefetch_faults"]["major"].as_u64().unwrap()
             })
@@ -128,8 +135,139 @@ fn table_csv_and_svg() {
     assert_eq!(code, 0, "{stderr}");
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows.len(), 5, "header + one row per block");
-    assert!(rows[0].starts_with("model,block,weight_bytes,resident_before"));
+    assert!(rows[0]
+        .starts_with("model,block,batch,first_input,inputs,weight_bytes,resident_before_bytes"));
     assert!(rows[2].starts_with("vit_tiny_patch16_224,blocks.0,"));
     let cols = rows[0].split(',').count();
     assert!(rows.iter().all(|r| r.split(',').count() == cols));
+}
+
+fn data(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn three_images() -> [String; 3] {
+    [data("cat.jpg"), data("coffee.png"), data("cat_grey.png")]
+}
+
+#[test]
+fn csv_numbers_batches_and_times_them_from_the_run_start() {
+    let m = fixture("vit_tiny").display().to_string();
+    let [a, b, c] = three_images();
+    let (code, stdout, stderr) = wstream(&[
+        "profile", "--format", "csv", "--batch", "2", "--model", &m, &a, &b, &c,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut lines = stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    for unit in [
+        "wait_ms",
+        "compute_ms",
+        "start_ms",
+        "end_ms",
+        "storage_read_bytes",
+        "vm_rss_bytes",
+    ] {
+        col(unit);
+    }
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    // vit_tiny: patch_embed, 2 blocks, head; two batches (2 inputs, then 1).
+    let blocks = ["patch_embed", "blocks.0", "blocks.1", "head"];
+    assert_eq!(rows.len(), 8);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r[col("block")], blocks[i % 4]);
+        let (batch, first, n) = if i < 4 {
+            ("0", "0", "2")
+        } else {
+            ("1", "2", "1")
+        };
+        assert_eq!(
+            [r[col("batch")], r[col("first_input")], r[col("inputs")]],
+            [batch, first, n],
+            "row {i}"
+        );
+    }
+    // One time base: each block starts after the previous one ended, across the batch boundary too.
+    let t = |r: &Vec<&str>, c: &str| r[col(c)].parse::<f64>().unwrap();
+    assert!(
+        t(&rows[0], "start_ms") < 1000.0,
+        "the first block starts at the run's start"
+    );
+    for w in rows.windows(2) {
+        assert!(
+            t(&w[1], "start_ms") >= t(&w[0], "end_ms"),
+            "{:?} then {:?}",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+#[test]
+fn json_field_names_carry_units() {
+    let m = fixture("convnext_tiny").display().to_string();
+    let [a, b, _] = three_images();
+    let (code, stdout, stderr) = wstream(&[
+        "profile", "--format", "json", "--batch", "1", "--model", &m, &a, &b,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let blocks = v["blocks"].as_array().unwrap();
+    let first = &blocks[0];
+    for key in [
+        "wait_ms",
+        "compute_ms",
+        "start_ms",
+        "end_ms",
+        "weight_bytes",
+        "resident_before_bytes",
+        "storage_read_bytes",
+        "mem_after_bytes",
+        "released_bytes",
+        "scratch_bytes",
+    ] {
+        assert!(first.get(key).is_some(), "no {key} in {first}");
+    }
+    for key in [
+        "wait",
+        "compute",
+        "start",
+        "end",
+        "resident_before",
+        "mem_after",
+    ] {
+        assert!(first.get(key).is_none(), "{key} has no unit in {first}");
+    }
+    let last = blocks.last().unwrap();
+    assert_eq!(
+        (last["batch"].as_u64(), last["first_input"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let totals = &v["totals"];
+    for key in [
+        "wait_ms",
+        "compute_ms",
+        "wall_ms",
+        "paged_in_bytes",
+        "storage_read_bytes",
+    ] {
+        assert!(totals.get(key).is_some(), "no {key} in {totals}");
+    }
+    assert!(v.get("peak_rss_bytes").is_some());
+    // The wall time spans both batches, from the first block's start to the last one's end.
+    let wall = last["end_ms"].as_f64().unwrap() - first["start_ms"].as_f64().unwrap();
+    assert!(
+        (totals["wall_ms"].as_f64().unwrap() - wall).abs() < 1e-6,
+        "{totals}"
+    );
 }
