@@ -121,7 +121,7 @@ fn table_csv_and_svg() {
     );
     assert!(
         table.contains("blocks.1")
-            && table.contains("total vit_tiny_patch16_224:")
+            && table.contains("total: ")
             && table.contains("peak RSS (VmHWM)")
     );
     let drawing = std::fs::read_to_string(svg.path()).unwrap();
@@ -270,4 +270,76 @@ fn json_field_names_carry_units() {
         (totals["wall_ms"].as_f64().unwrap() - wall).abs() < 1e-6,
         "{totals}"
     );
+}
+
+#[test]
+fn table_prints_totals_once_for_one_model_and_explains_its_columns() {
+    let m = fixture("vit_tiny").display().to_string();
+    let (code, table, stderr) = wstream(&["profile", "--model", &m, &data("cat.jpg")]);
+    assert_eq!(code, 0, "{stderr}");
+    let totals = table
+        .lines()
+        .filter(|l| l.starts_with("total"))
+        .collect::<Vec<_>>();
+    assert_eq!(totals.len(), 1, "{table}");
+    assert!(totals[0].starts_with("total: "), "{table}");
+    for term in ["cached: ", "major c/p: ", "paged in: ", "read from storage"] {
+        assert!(
+            table.lines().any(|l| l.contains(term)),
+            "no {term} in the footer:\n{table}"
+        );
+    }
+    assert!(table.lines().all(|l| l.chars().count() <= 100), "{table}");
+
+    let s = fixture("swin_tiny").display().to_string();
+    let (code, table, stderr) =
+        wstream(&["profile", "--model", &m, "--model", &s, &data("cat.jpg")]);
+    assert_eq!(code, 0, "{stderr}");
+    let totals = table
+        .lines()
+        .filter(|l| l.starts_with("total"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        totals,
+        [
+            "total vit_tiny_patch16_224: 0.3 MiB of weights",
+            "total swin_tiny_patch4_window7_224: 0.8 MiB of weights",
+            "total: 1.1 MiB of weights"
+        ],
+        "{table}"
+    );
+}
+
+#[test]
+fn svg_has_one_time_axis_a_legend_and_the_head_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("t.svg");
+    let m = fixture("convnext_tiny").display().to_string();
+    let [a, b, c] = three_images();
+    let (code, _, stderr) = wstream(&[
+        "profile",
+        "--batch",
+        "1",
+        "--svg",
+        svg.to_str().unwrap(),
+        "--model",
+        &m,
+        &a,
+        &b,
+        &c,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    for label in [
+        "convnext_tiny",
+        "head block",
+        "waiting for pages",
+        "major page faults",
+    ] {
+        assert!(drawing.contains(label), "no {label} in the legend");
+    }
+    // The head's colour (#FB8C00): one bar per batch, and its legend key.
+    assert_eq!(drawing.matches(r##"fill="#FB8C00""##).count(), 3 + 1);
+    // One lane chart and one memory chart, each with a single time axis.
+    assert_eq!(drawing.matches("time (s)").count(), 2);
 }
