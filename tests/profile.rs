@@ -343,3 +343,116 @@ fn svg_has_one_time_axis_a_legend_and_the_head_colour() {
     // One lane chart and one memory chart, each with a single time axis.
     assert_eq!(drawing.matches("time (s)").count(), 2);
 }
+
+/// A safetensors file holding one f32 per name, in the given order on disk.
+fn write_safetensors(path: &Path, names: &[&str]) {
+    let header: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let v = serde_json::json!({"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]});
+            (n.to_string(), v)
+        })
+        .collect();
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend(vec![0u8; 4 * names.len()]);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn inspect_summary_lists_blocks_in_execution_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.safetensors");
+    write_safetensors(
+        &file,
+        &[
+            "head.weight",
+            "blocks.10.mlp.fc1.weight",
+            "norm.weight",
+            "blocks.2.attn.qkv.weight",
+            "blocks.2.norm1.weight",
+            "patch_embed.proj.weight",
+            "blocks.10.norm1.weight",
+        ],
+    );
+    let (code, stdout, stderr) = wstream(&[
+        "inspect",
+        "--residency",
+        "--summary",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].contains(": 7 tensors in 1 file(s)"), "{stdout}");
+    let blocks: Vec<(&str, &str)> = lines[2..lines.len() - 1]
+        .iter()
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next().unwrap(), w.next().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        blocks,
+        [
+            ("patch_embed.", "1"),
+            ("blocks.2.", "2"),
+            ("blocks.10.", "2"),
+            ("norm.", "1"),
+            ("head.", "1")
+        ],
+        "{stdout}"
+    );
+    assert!(lines[lines.len() - 1].starts_with("resident: "), "{stdout}");
+    assert!(!stdout.contains("weight"), "no per-tensor lines:\n{stdout}");
+
+    let (code, stdout, stderr) = wstream(&[
+        "inspect",
+        "--residency",
+        "--summary",
+        "--json",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(v.get("tensors").is_none(), "{v}");
+    assert_eq!(v["groups"][1]["group"], "blocks.2.");
+
+    let (code, _, stderr) = wstream(&["inspect", "--summary", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--residency"), "{stderr}");
+}
+
+#[test]
+fn inspect_summary_groups_exec_layout_padding() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exec");
+    let m = fixture("vit_tiny").display().to_string();
+    let (code, _, stderr) = wstream(&["convert", &m, out.to_str().unwrap(), "--layout", "exec"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) =
+        wstream(&["inspect", "--residency", "--summary", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let names: Vec<&str> = stdout
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cls_token",
+            "patch_embed.",
+            "pos_embed",
+            "blocks.0.",
+            "blocks.1.",
+            "norm.",
+            "head.",
+            "padding",
+            "resident:"
+        ],
+        "{stdout}"
+    );
+    assert!(!stdout.contains("__pad__"), "{stdout}");
+}
