@@ -169,7 +169,22 @@ impl Profile {
         for m in &self.models {
             let _ = writeln!(s, "{}", m.model);
             let _ = writeln!(s, "{header}");
+            let batches = self.blocks.last().map_or(0, |r| r.batch + 1);
+            let mut batch = None;
             for r in self.blocks.iter().filter(|r| r.model == m.model) {
+                // Each batch runs every block again: a line says which inputs the next rows are for.
+                if batches > 1 && batch != Some(r.batch) {
+                    batch = Some(r.batch);
+                    let _ = writeln!(
+                        s,
+                        "batch {} of {batches}: {}",
+                        r.batch + 1,
+                        match r.inputs {
+                            1 => format!("input {}", r.first_input + 1),
+                            n => format!("inputs {}-{}", r.first_input + 1, r.first_input + n),
+                        }
+                    );
+                }
                 let cached = if r.weight_bytes > 0 {
                     100.0 * r.resident_before.min(r.weight_bytes) as f64 / r.weight_bytes as f64
                 } else {

@@ -311,6 +311,32 @@ fn table_prints_totals_once_for_one_model_and_explains_its_columns() {
 }
 
 #[test]
+fn table_says_which_inputs_each_batch_ran() {
+    let m = fixture("vit_tiny").display().to_string();
+    let [a, b, c] = three_images();
+    let (code, table, stderr) = wstream(&["profile", "--batch", "2", "--model", &m, &a, &b, &c]);
+    assert_eq!(code, 0, "{stderr}");
+    let batches: Vec<&str> = table.lines().filter(|l| l.starts_with("batch ")).collect();
+    assert_eq!(
+        batches,
+        ["batch 1 of 2: inputs 1-2", "batch 2 of 2: input 3"],
+        "{table}"
+    );
+    let after = |head: &str| {
+        table
+            .split(head)
+            .nth(1)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert!(after("batch 1 of 2").starts_with("patch_embed "), "{table}");
+    assert!(after("batch 2 of 2").starts_with("patch_embed "), "{table}");
+}
+
+#[test]
 fn svg_has_one_time_axis_a_legend_and_the_head_colour() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("t.svg");
