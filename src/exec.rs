@@ -82,26 +82,37 @@ pub fn default_budget(largest_block: u64) -> u64 {
 pub struct BlockRecord {
     pub model: String,
     pub block: String,
+    /// Which batch of the run this was (from 0), the index of its first input among the run's inputs, and
+    /// how many inputs it held. The executor runs one batch: the pipeline, which splits a run into
+    /// batches, fills in `batch` and `first_input`.
+    pub batch: usize,
+    pub first_input: usize,
+    pub inputs: usize,
     /// Page-rounded bytes of the block's weights.
     pub weight_bytes: u64,
     /// Of those, in the page cache when the block was scheduled for prefetch (mincore).
+    #[serde(rename = "resident_before_bytes")]
     pub resident_before: u64,
     pub compute_faults: Faults,
     pub prefetch_faults: Faults,
     /// Bytes read from storage for this block, by the prefetch thread and by the compute thread while it ran,
     /// where the kernel accounts them (/proc/thread-self/io).
+    #[serde(rename = "storage_read_bytes")]
     pub storage_read: Option<u64>,
     /// Time the compute thread waited for the block's prefetch.
-    #[serde(serialize_with = "as_ms")]
+    #[serde(rename = "wait_ms", serialize_with = "as_ms")]
     pub wait: Duration,
-    #[serde(serialize_with = "as_ms")]
+    #[serde(rename = "compute_ms", serialize_with = "as_ms")]
     pub compute: Duration,
-    /// When the block was due (it then waited, then computed) and when it was released, since the run began.
-    #[serde(serialize_with = "as_ms")]
+    /// When the block was due (it then waited, then computed) and when it was released, since the run began
+    /// (the pipeline's run: its first batch's executor run).
+    #[serde(rename = "start_ms", serialize_with = "as_ms")]
     pub start: Duration,
-    #[serde(serialize_with = "as_ms")]
+    #[serde(rename = "end_ms", serialize_with = "as_ms")]
     pub end: Duration,
+    #[serde(rename = "mem_after_bytes")]
     pub mem_after: MemReading,
+    #[serde(rename = "released_bytes")]
     pub released: Released,
     /// f32 scratch the block widened f16/bf16/int8 weights into (bounded chunks + small tensors; an upper
     /// bound on what it held at once). 0 for f32 weights, which are read in place.
@@ -365,6 +376,9 @@ impl<'m> Executor<'m> {
         let record = BlockRecord {
             model: model.name.clone(),
             block: block.name().to_string(),
+            batch: 0,
+            first_input: 0,
+            inputs: acts[step.model].as_ref().map_or(0, |a| a.shape[0]),
             weight_bytes: step.bytes,
             resident_before: prefetched.resident_before,
             compute_faults,

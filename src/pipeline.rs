@@ -315,6 +315,7 @@ impl Pipeline {
     ) -> std::result::Result<Vec<BlockRecord>, E> {
         let executor = Executor::new(&self.models, exec_options(&self.options))?;
         let mut records = Vec::new();
+        let mut run = RunClock::default();
         for batch in items.chunks(self.batch) {
             let start = Instant::now();
             let inputs = batch
@@ -322,7 +323,9 @@ impl Pipeline {
                 .map(|item| self.prepare(item))
                 .collect::<Result<Vec<_>>>()?;
             let names = batch.iter().map(|item| item.name.as_str());
-            for answer in self.answer(&executor, names.zip(inputs), start, &mut records)? {
+            let answers =
+                self.answer(&executor, names.zip(inputs), start, &mut run, &mut records)?;
+            for answer in answers {
                 emit(answer)?;
             }
         }
@@ -356,12 +359,13 @@ impl Pipeline {
                 good.len(),
             )?;
             let mut good = good.into_iter();
+            let mut run = RunClock::default();
             loop {
                 let part: Vec<_> = good.by_ref().take(fit).collect();
                 if part.is_empty() {
                     break;
                 }
-                answers.extend(self.answer(&executor, part, start, &mut records)?);
+                answers.extend(self.answer(&executor, part, start, &mut run, &mut records)?);
             }
         }
         let mut answers = answers.into_iter();
@@ -421,12 +425,14 @@ impl Pipeline {
             .collect())
     }
 
-    /// Runs prepared inputs as one batch and ranks the outputs; `start` is when the batch began.
+    /// Runs prepared inputs as one batch and ranks the outputs; `start` is when the batch began. Its block
+    /// records go to `records`, numbered and timed within the run by `run`.
     fn answer<'i>(
         &self,
         executor: &Executor,
         batch: impl IntoIterator<Item = (&'i str, Prepared<'i>)>,
         start: Instant,
+        run: &mut RunClock,
         records: &mut Vec<BlockRecord>,
     ) -> Result<Vec<Answer>> {
         let (names, inputs): (Vec<&str>, Vec<Prepared>) = batch.into_iter().unzip();
@@ -447,7 +453,9 @@ impl Pipeline {
             })
             .collect();
         drop(inputs);
-        let (outputs, recs) = executor.run_observed(acts, |event| match event {
+        // The executor times a batch from its own start; a run's batches share the first one's.
+        let began = run.began.get_or_insert_with(Instant::now).elapsed();
+        let (outputs, mut recs) = executor.run_observed(acts, |event| match event {
             Event::Warning(w) => {
                 if let Some(sink) = &self.on_warning {
                     sink(w);
@@ -460,6 +468,14 @@ impl Pipeline {
             }
             _ => {}
         })?;
+        for r in &mut recs {
+            r.batch = run.batches;
+            r.first_input = run.inputs;
+            r.start += began;
+            r.end += began;
+        }
+        run.batches += 1;
+        run.inputs += n;
         records.extend(recs);
         // The executor checked each file after each block read it; once more before anything is
         // answered, so no answer is printed from weights that are not the ones opened.
@@ -590,6 +606,14 @@ fn weight_dtype(m: &Model) -> String {
         .into_iter()
         .max_by_key(|&(_, b)| b)
         .map_or_else(|| "f32".into(), |(d, _)| d)
+}
+
+/// Where a run is: when its first batch began, how many batches and inputs have run.
+#[derive(Default)]
+struct RunClock {
+    began: Option<Instant>,
+    batches: usize,
+    inputs: usize,
 }
 
 /// The estimated peak RSS of running `n` inputs per batch, in bytes, and of it what cannot be paged out

@@ -21,22 +21,28 @@ pub struct Totals {
     /// Weight bytes that were not in the page cache when their block was scheduled for prefetch (mincore).
     /// Read-ahead of earlier blocks can bring pages in before that, so on a cold run `storage_read` is the
     /// fuller figure.
+    #[serde(rename = "paged_in_bytes")]
     pub paged_in: u64,
+    #[serde(rename = "storage_read_bytes")]
     pub storage_read: u64,
     pub compute_faults: Faults,
     pub prefetch_faults: Faults,
-    #[serde(serialize_with = "as_ms")]
+    #[serde(rename = "wait_ms", serialize_with = "as_ms")]
     pub wait: Duration,
-    #[serde(serialize_with = "as_ms")]
+    #[serde(rename = "compute_ms", serialize_with = "as_ms")]
     pub compute: Duration,
     /// From the first block's start to the last block's end.
-    #[serde(serialize_with = "as_ms")]
+    #[serde(rename = "wall_ms", serialize_with = "as_ms")]
     pub wall: Duration,
     /// Largest VmRSS / RssFile / RssAnon seen after a block.
+    #[serde(rename = "peak_rss_after_block_bytes")]
     pub peak_rss_after_block: u64,
+    #[serde(rename = "peak_rss_file_bytes")]
     pub peak_rss_file: u64,
+    #[serde(rename = "peak_rss_anon_bytes")]
     pub peak_rss_anon: u64,
     /// Largest f32 scratch one block widened its f16/bf16/int8 weights into.
+    #[serde(rename = "peak_scratch_bytes")]
     pub peak_scratch: u64,
 }
 
@@ -116,6 +122,7 @@ pub struct Profile {
     pub totals: Totals,
     /// The process's peak RSS: VmHWM at the end (which includes moments inside a block), or the largest
     /// VmRSS seen after a block if that is higher (the kernel updates VmHWM lazily).
+    #[serde(rename = "peak_rss_bytes")]
     pub peak_rss: u64,
 }
 
@@ -162,7 +169,22 @@ impl Profile {
         for m in &self.models {
             let _ = writeln!(s, "{}", m.model);
             let _ = writeln!(s, "{header}");
+            let batches = self.blocks.last().map_or(0, |r| r.batch + 1);
+            let mut batch = None;
             for r in self.blocks.iter().filter(|r| r.model == m.model) {
+                // Each batch runs every block again: a line says which inputs the next rows are for.
+                if batches > 1 && batch != Some(r.batch) {
+                    batch = Some(r.batch);
+                    let _ = writeln!(
+                        s,
+                        "batch {} of {batches}: {}",
+                        r.batch + 1,
+                        match r.inputs {
+                            1 => format!("input {}", r.first_input + 1),
+                            n => format!("inputs {}-{}", r.first_input + 1, r.first_input + n),
+                        }
+                    );
+                }
                 let cached = if r.weight_bytes > 0 {
                     100.0 * r.resident_before.min(r.weight_bytes) as f64 / r.weight_bytes as f64
                 } else {
@@ -182,11 +204,14 @@ impl Profile {
                     mib(r.mem_after.rss_file),
                 );
             }
-            let _ = writeln!(
-                s,
-                "{}",
-                totals_line(&format!("total {}", m.model), &m.totals)
-            );
+            // With one model its total is the overall total: printed once, below.
+            if self.models.len() > 1 {
+                let _ = writeln!(
+                    s,
+                    "{}",
+                    totals_line(&format!("total {}", m.model), &m.totals)
+                );
+            }
             let _ = writeln!(s);
         }
         let _ = writeln!(s, "{}", totals_line("total", &self.totals));
@@ -204,22 +229,27 @@ impl Profile {
                 mib(self.totals.peak_scratch)
             );
         }
+        s.push_str(TABLE_FOOTER);
         s
     }
 
-    /// One CSV row per block, with a header.
+    /// One CSV row per block and batch, with a header; times are since the run began.
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "model,block,weight_bytes,resident_before,compute_minor_faults,compute_major_faults,\
-             prefetch_minor_faults,prefetch_major_faults,storage_read,wait_ms,compute_ms,start_ms,end_ms,\
-             vm_rss,rss_file,rss_anon,released_unmapped,released_dropped_from_cache,scratch_bytes\n",
+            "model,block,batch,first_input,inputs,weight_bytes,resident_before_bytes,compute_minor_faults,\
+             compute_major_faults,prefetch_minor_faults,prefetch_major_faults,storage_read_bytes,wait_ms,\
+             compute_ms,start_ms,end_ms,vm_rss_bytes,rss_file_bytes,rss_anon_bytes,released_unmapped_bytes,\
+             released_dropped_from_cache_bytes,scratch_bytes\n",
         );
         for r in &self.blocks {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{}",
                 csv_field(&r.model),
                 csv_field(&r.block),
+                r.batch,
+                r.first_input,
+                r.inputs,
                 r.weight_bytes,
                 r.resident_before,
                 r.compute_faults.minor,
@@ -259,10 +289,13 @@ impl Profile {
     fn draw(&self, svg: &mut String) -> Result<(), String> {
         let err = |e: &dyn std::fmt::Display| e.to_string();
         let lanes = self.models.len().max(1);
-        let height = 200 + 60 * lanes as u32 + 260;
+        // Room above the lanes (60 px each) for the legend: a 22 px row per model, the head, the wait
+        // shading and the fault marker, so it covers no block.
+        let legend = 22 * (lanes as u32 + 3) + 10;
+        let height = 200 + 60 * lanes as u32 + legend + 260;
         let root = SVGBackend::with_string(svg, (1000, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
-        let (top, bottom) = root.split_vertically(120 + 60 * lanes as u32);
+        let (top, bottom) = root.split_vertically(120 + 60 * lanes as u32 + legend);
         let end = self
             .blocks
             .iter()
@@ -285,7 +318,7 @@ impl Profile {
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(230)
-            .build_cartesian_2d(0.0..end, 0.0..lanes as f64)
+            .build_cartesian_2d(0.0..end, 0.0..lanes as f64 + f64::from(legend) / 60.0)
             .map_err(|e| err(&e))?;
         lanes_chart
             .configure_mesh()
@@ -302,24 +335,36 @@ impl Profile {
             })
             .draw()
             .map_err(|e| err(&e))?;
+        // A colour per model, its blocks alternating with a lighter shade so neighbours stay apart; the
+        // head in its own colour, whichever block number it has.
         let palette = [
             RGBColor(66, 133, 244),
             RGBColor(52, 168, 83),
-            RGBColor(251, 188, 5),
+            RGBColor(142, 36, 170),
+            RGBColor(0, 137, 123),
         ];
+        let model_colour = |lane: usize| palette[lane % palette.len()];
+        let wait_colour = RGBColor(200, 200, 200);
         for (i, r) in self.blocks.iter().enumerate() {
-            let lane = names.iter().position(|m| *m == r.model).unwrap_or(0) as f64;
+            let lane = names.iter().position(|m| *m == r.model).unwrap_or(0);
             let (start, compute_start, stop) = (
                 r.start.as_secs_f64(),
                 (r.start + r.wait).as_secs_f64(),
                 r.end.as_secs_f64(),
             );
-            let colour = palette[i % 2 + usize::from(r.block == "head")];
+            let colour = if r.block == "head" {
+                HEAD_COLOUR
+            } else if i % 2 == 0 {
+                model_colour(lane)
+            } else {
+                lighter(model_colour(lane))
+            };
+            let lane = lane as f64;
             lanes_chart
                 .draw_series([
                     Rectangle::new(
                         [(start, lane + 0.15), (compute_start, lane + 0.85)],
-                        RGBColor(200, 200, 200).filled(),
+                        wait_colour.filled(),
                     ),
                     Rectangle::new(
                         [(compute_start, lane + 0.15), (stop, lane + 0.85)],
@@ -338,6 +383,35 @@ impl Profile {
                     .map_err(|e| err(&e))?;
             }
         }
+        // The legend: every entry, whether or not this run has it (a warm run has no major faults).
+        let mut keys: Vec<(String, RGBColor)> = names
+            .iter()
+            .enumerate()
+            .map(|(lane, m)| (m.clone(), model_colour(lane)))
+            .collect();
+        keys.push(("head block".into(), HEAD_COLOUR));
+        keys.push(("waiting for pages".into(), wait_colour));
+        for (label, colour) in keys {
+            lanes_chart
+                .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+                .map_err(|e| err(&e))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled())
+                });
+        }
+        lanes_chart
+            .draw_series(std::iter::empty::<TriangleMarker<(f64, f64), i32>>())
+            .map_err(|e| err(&e))?
+            .label("major page faults")
+            .legend(|(x, y)| TriangleMarker::new((x + 7, y), 5, RED.filled()));
+        lanes_chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| err(&e))?;
 
         let peak = self
             .blocks
@@ -386,6 +460,25 @@ impl Profile {
         root.present().map_err(|e| err(&e))?;
         Ok(())
     }
+}
+
+/// What the table's columns and totals mean; each line under 100 columns.
+const TABLE_FOOTER: &str = "\
+cached: share of the block's weights in the page cache when it was scheduled for prefetch (mincore)
+major c/p: major page faults (a page read from storage) on the compute / prefetch thread
+read MiB, read from storage: bytes the kernel read from storage for the block (/proc/thread-self/io)
+paged in: weights not in the page cache when their block was scheduled; read-ahead for earlier
+    blocks can bring them in first, so on a cold run \"read from storage\" is the fuller figure
+wait / comp ms: the compute thread waiting for the block's pages / computing; RSS, file: VmRSS and
+    RssFile (weights mapped) after the block
+";
+
+/// The head block's colour in the timeline, apart from every model's.
+const HEAD_COLOUR: RGBColor = RGBColor(251, 140, 0);
+
+fn lighter(c: RGBColor) -> RGBColor {
+    let half = |v: u8| ((u16::from(v) + 255) / 2) as u8;
+    RGBColor(half(c.0), half(c.1), half(c.2))
 }
 
 /// Picks one memory reading from a block record.
