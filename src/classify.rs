@@ -45,6 +45,26 @@ pub enum LabelType {
     Index,
 }
 
+/// The config's `label_names` (top level, else in `pretrained_cfg`), unless absent or null.
+fn config_label_names(model: &Model) -> Option<&Value> {
+    let cfg = &model.config;
+    cfg.label_names
+        .as_ref()
+        .or_else(|| cfg.pretrained_cfg.as_ref()?.label_names.as_ref())
+        .filter(|v| !v.is_null())
+}
+
+/// Where [`labels`] takes a model's class names from, in words: the config, ImageNet-1k's, or numbers.
+pub fn label_source(model: &Model) -> &'static str {
+    if config_label_names(model).is_some() {
+        "config.json label_names"
+    } else if model.num_classes == 1000 {
+        "imagenet-1k"
+    } else {
+        "class numbers"
+    }
+}
+
 /// Class labels for a model, as timm's inference.py makes them: from the config's `label_names` (a list
 /// of one name per class, or an object from class index to name; top level or in `pretrained_cfg`) and
 /// `label_descriptions` (name to description) when it has them, else timm's ImageNet-1k names for 1000
@@ -58,11 +78,7 @@ pub fn labels(model: &Model, label_type: LabelType) -> Result<Vec<String>> {
     }
     let cfg = &model.config;
     let pre = cfg.pretrained_cfg.as_ref();
-    let names = cfg
-        .label_names
-        .as_ref()
-        .or_else(|| pre.and_then(|p| p.label_names.as_ref()))
-        .filter(|v| !v.is_null());
+    let names = config_label_names(model);
     let descriptions = cfg
         .label_descriptions
         .as_ref()

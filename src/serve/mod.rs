@@ -448,19 +448,6 @@ fn models(pipeline: &Pipeline) -> Vec<ModelInfo> {
                 .max_by_key(|(_, b)| *b)
                 .map(|(d, _)| d)
                 .unwrap_or_default();
-            // As classify::labels chooses them.
-            let pre = m.config.pretrained_cfg.as_ref();
-            let named = m
-                .config
-                .label_names
-                .as_ref()
-                .or_else(|| pre.and_then(|p| p.label_names.as_ref()))
-                .is_some_and(|v| !v.is_null());
-            let labels = match () {
-                _ if named => "config.json label_names",
-                _ if m.num_classes == 1000 => "imagenet-1k",
-                _ => "class numbers",
-            };
             ModelInfo {
                 name: m.name.clone(),
                 family: m.family.name(),
@@ -469,7 +456,7 @@ fn models(pipeline: &Pipeline) -> Vec<ModelInfo> {
                 input_size: m.input_size(),
                 num_classes: m.num_classes,
                 preprocessing: t.clone(),
-                labels,
+                labels: crate::classify::label_source(m),
             }
         })
         .collect()
