@@ -36,9 +36,20 @@ enum Level {
     Avx512,
 }
 
+/// Whether `WSTREAM_KERNELS=portable` asks for the portable kernels only: the path a CPU without any of the
+/// instruction sets below takes, run on one that has them (CI tests it that way). Every dispatcher in `ops`
+/// asks this, directly or through [`level`], before choosing a vector kernel.
+pub(crate) fn portable_forced() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("WSTREAM_KERNELS").is_some_and(|v| v == "portable"))
+}
+
 fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {
+        if portable_forced() {
+            return Level::Baseline;
+        }
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx512f")
