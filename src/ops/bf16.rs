@@ -42,7 +42,9 @@ fn native(inp: usize) -> bool {
     inp > 0 && inp.is_multiple_of(2) && available()
 }
 
-fn available() -> bool {
+/// Whether this process multiplies bf16 weights natively: the CPU has a bf16 kernel and
+/// `WSTREAM_KERNELS=portable` does not ask for the widening path.
+pub fn available() -> bool {
     !simd::portable_forced() && present()
 }
 
