@@ -272,6 +272,7 @@ pub(super) fn linear(
     if rows == 0 || out == 0 || !native(inp) {
         return None;
     }
+    assert_eq!(x.len(), rows * inp, "input is not [rows, {inp}]");
     Some(linear_native(x, rows, w, out, bias))
 }
 
