@@ -122,7 +122,10 @@ fn transpose(src: &[u32], rows: usize, pairs: usize, dst: &mut [u32], ld: usize)
     #[cfg(target_arch = "x86_64")]
     kernel::transpose_pairs(src, rows, pairs, dst, ld);
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("no bf16 kernel on this architecture ({src:p} {rows} {pairs} {dst:p} {ld})");
+    {
+        let _ = (src, rows, pairs, dst, ld);
+        unreachable!("no bf16 kernel on this architecture");
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -138,7 +141,10 @@ fn slab(
     #[cfg(target_arch = "x86_64")]
     kernel::slab(w, k, n, p, &xp.data, xp.ld, xp.rows, c, accumulate);
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("no bf16 kernel on this architecture ({w:p} {k} {n:?} {p:?} {c:p} {accumulate})");
+    {
+        let _ = (w, k, n, p, xp, c, accumulate);
+        unreachable!("no bf16 kernel on this architecture");
+    }
 }
 
 /// Channels per rayon task: whole slabs, at least 8 tasks per thread (an even share at 2 threads), at most
