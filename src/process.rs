@@ -82,6 +82,14 @@ pub fn children_peak_rss() -> u64 {
     rusage(libc::RUSAGE_CHILDREN).ru_maxrss as u64 * 1024
 }
 
+/// CPU seconds (user + system) this process has used, all threads (getrusage): a benchmark's cost that,
+/// unlike wall time, does not stretch while other processes hold the cores.
+pub fn cpu_seconds() -> f64 {
+    let ru = rusage(libc::RUSAGE_SELF);
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
 #[allow(unsafe_code)]
 fn rusage(who: libc::c_int) -> libc::rusage {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::activation::{bias_gelu, bias_gelu_t};
+use super::bf16;
 use super::gemm::{matmul, matmul_t, MatRef};
 use super::{rows_per_task, simd};
 use crate::weight::{self, Weight};
@@ -74,7 +75,7 @@ fn weight_times(yt: &mut [f32], w: &[f32], xt: MatRef) {
 /// one would be zeroed every time, a pass over as much memory as the transpose writes. It holds at most
 /// [`TRANSPOSE_BELOW_ROWS`] rows of the widest layer (6 MiB for Swin-L's 6144 outputs). A nested call (a
 /// rayon task stolen while the buffer is in use) gets a fresh buffer.
-fn with_yt<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_yt<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     thread_local!(static YT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) });
     YT.with(|cell| match cell.try_borrow_mut() {
         Ok(mut yt) => {
@@ -88,7 +89,7 @@ fn with_yt<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 }
 
 /// `y = ytᵀ + bias` for `yt` `[out, rows]`.
-fn transpose_bias(yt: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
+pub(super) fn transpose_bias(yt: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let out = yt.len() / rows.max(1);
     match bias {
         Some(b) => simd::transposed(yt, rows, b),
@@ -113,6 +114,11 @@ pub fn linear_weight(
 ) -> Vec<f32> {
     if let Some(w) = w.as_f32() {
         return linear(x, rows, w, out, bias);
+    }
+    if let Weight::Bf16(wb) = w {
+        if let Some(y) = bf16::linear(x, rows, wb, out, bias) {
+            return y;
+        }
     }
     let inp = w.len() / out.max(1);
     assert_eq!(w.len(), out * inp, "weight is not [out, in]");
@@ -194,6 +200,11 @@ pub fn mlp(
     assert_eq!(w1.len(), hidden * inp, "fc1 weight is not [{hidden}, in]");
     assert_eq!(x.len(), rows * inp, "input is not [rows, {inp}]");
     assert_eq!(w2.len(), out * hidden, "fc2 weight is not [out, {hidden}]");
+    if let (Weight::Bf16(w1), Weight::Bf16(w2)) = (w1, w2) {
+        if let Some(y) = bf16::mlp(x, rows, (w1, b1), (w2, b2), out) {
+            return y;
+        }
+    }
     if rows == 0 || rows >= hidden.min(out).min(TRANSPOSE_BELOW_ROWS) {
         let mut h = linear_weight(x, rows, w1, hidden, None);
         bias_gelu(&mut h, b1);

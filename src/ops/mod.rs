@@ -9,6 +9,8 @@
 //! - `activation`: [`erf`] and the exact GELU, alone ([`gelu`]) or fused with a bias ([`bias_gelu`]);
 //! - `conv`: [`patch_conv`], [`depthwise_conv`] and the [`Layout`] of image-like activations;
 //! - `attention`: multi-head self-attention on small per-head matrices ([`attention`]);
+//! - `bf16`: a bf16 file's linear layers and MLPs multiplied in bf16 (`vdpbf16ps`), used by `linear` where
+//!   the CPU has it;
 //! - `gemm`: the one safe door to the `gemm` crate ([`matmul`], [`MatRef`]);
 //! - `simd`: run-time instruction-set dispatch (`simd::Kernel`, `simd::run`) and the hand-written vector
 //!   kernels, with the x86 ones in `simd/x86.rs`.
@@ -17,6 +19,7 @@
 
 mod activation;
 mod attention;
+mod bf16;
 mod conv;
 pub mod elementwise;
 mod gemm;
@@ -26,6 +29,7 @@ pub(crate) mod simd;
 
 pub use self::activation::{bias_gelu, erf, gelu};
 pub use self::attention::{attention, ScoreBias};
+pub use self::bf16::available as bf16_native;
 pub use self::conv::{depthwise_conv, patch_conv, Layout};
 pub use self::gemm::{matmul, matmul_t, MatRef};
 pub use self::linear::{linear, linear_weight, mlp, WIDEN_CHUNK_BYTES};

@@ -1,0 +1,259 @@
+//! The AVX512_BF16 half of `ops::bf16`: the `vdpbf16ps` product tiles and the transpose that packs an
+//! activation for them. The portable reference, the blocking and the dispatch live in `ops/bf16.rs`; the
+//! entry points here are safe (they check the CPU and every bound) so that module needs no `unsafe`.
+//!
+//! A tile multiplies `NR` weight rows (output channels, read in place from the file's `[out, in]` bf16
+//! rows, one pair of inputs broadcast at a time) with `MV` vectors of 16 tokens of the packed activation
+//! (`[in / 2, ld]` u32, each the bf16 pair of one token's inputs `2p, 2p + 1`). Each `vdpbf16ps` adds to an
+//! f32 accumulator the odd product, rounds, then the even one, rounds: the order the reference follows.
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+/// Output channels per tile: 12 x 2 vectors of accumulators leave registers for the two activation
+/// vectors and the broadcast weight pair.
+pub(crate) const NR: usize = 12;
+/// Token vectors (16 tokens each) per tile.
+const MV: usize = 2;
+
+/// Whether this CPU runs `vdpbf16ps` (AVX512_BF16) along with the AVX-512 the tiles use.
+pub(crate) fn detected() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512bf16")
+    })
+}
+
+/// `c[i * rows + m] (+)= Σ_p w[(n0 + i) * k + 2p..][..2] · xp[p * ld + m][..2]` for channels `i < nr`
+/// (`nr <= NR`), tokens `m < rows` and pairs `p` in `p0..p0 + pc`: one block of a product `yᵀ = w × xᵀ`
+/// over the slab of channels `n0..n0 + nr`, written to (or with `accumulate`, added to) `c`, the slab's
+/// rows `[nr, rows]`.
+///
+/// # Panics
+/// If the CPU lacks AVX512_BF16 or a bound does not hold.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn slab(
+    w: &[u16],
+    k: usize,
+    (n0, nr): (usize, usize),
+    (p0, pc): (usize, usize),
+    xp: &[u32],
+    ld: usize,
+    rows: usize,
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(detected(), "vdpbf16ps run on a CPU without AVX512_BF16");
+    assert!((1..=NR).contains(&nr), "slab of {nr} channels");
+    assert!(
+        k.is_multiple_of(2) && (p0 + pc) * 2 <= k,
+        "pairs {p0}+{pc} of {k} inputs"
+    );
+    assert!((n0 + nr) * k <= w.len(), "weight rows");
+    assert!(
+        ld >= rows.next_multiple_of(16),
+        "packed stride {ld} for {rows} tokens"
+    );
+    assert!((p0 + pc) * ld <= xp.len(), "packed activation");
+    assert!(c.len() >= nr * rows, "slab output");
+    let last = rows % 16;
+    let mask_last: __mmask16 = if last == 0 {
+        0xFFFF
+    } else {
+        (1u16 << last) - 1
+    };
+    let vectors = rows.div_ceil(16);
+    // SAFETY: the CPU has the features the tiles are compiled for (checked above). Tile (m0, mv) reads
+    // weight elements (n0 + i) * k + 2p + {0, 1} < (n0 + nr) * k, packed elements p * ld + m0 + 0..16 * mv
+    // < (p0 + pc) * ld (m0 + 16 * mv <= ld), and reads/writes c[i * rows + m] only for m < rows (the last
+    // vector of a tile reaching past `rows` is masked), all within the lengths asserted above.
+    unsafe {
+        let w = w.as_ptr().add(n0 * k + 2 * p0);
+        let x = xp.as_ptr().add(p0 * ld);
+        let mut v0 = 0;
+        while v0 < vectors {
+            let mv = MV.min(vectors - v0);
+            let mask = if v0 + mv == vectors {
+                mask_last
+            } else {
+                0xFFFF
+            };
+            let cp = c.as_mut_ptr().add(16 * v0);
+            let xv = x.add(16 * v0);
+            let args = (w, k, xv, ld, pc, cp, rows, mask, accumulate);
+            match (nr, mv) {
+                (12, 2) => tile::<12, 2>(args),
+                (12, _) => tile::<12, 1>(args),
+                (11, 2) => tile::<11, 2>(args),
+                (11, _) => tile::<11, 1>(args),
+                (10, 2) => tile::<10, 2>(args),
+                (10, _) => tile::<10, 1>(args),
+                (9, 2) => tile::<9, 2>(args),
+                (9, _) => tile::<9, 1>(args),
+                (8, 2) => tile::<8, 2>(args),
+                (8, _) => tile::<8, 1>(args),
+                (7, 2) => tile::<7, 2>(args),
+                (7, _) => tile::<7, 1>(args),
+                (6, 2) => tile::<6, 2>(args),
+                (6, _) => tile::<6, 1>(args),
+                (5, 2) => tile::<5, 2>(args),
+                (5, _) => tile::<5, 1>(args),
+                (4, 2) => tile::<4, 2>(args),
+                (4, _) => tile::<4, 1>(args),
+                (3, 2) => tile::<3, 2>(args),
+                (3, _) => tile::<3, 1>(args),
+                (2, 2) => tile::<2, 2>(args),
+                (2, _) => tile::<2, 1>(args),
+                (_, 2) => tile::<1, 2>(args),
+                (_, _) => tile::<1, 1>(args),
+            }
+            v0 += mv;
+        }
+    }
+}
+
+/// Weight rows, k, packed activation (at the tile's first token), ld, pairs, output, its row stride, the
+/// mask of the tile's last vector, accumulate.
+type TileArgs = (
+    *const u16,
+    usize,
+    *const u32,
+    usize,
+    usize,
+    *mut f32,
+    usize,
+    __mmask16,
+    bool,
+);
+
+/// `NR` channels x `MV` token vectors over `pc` pairs, accumulators in registers.
+///
+/// # Safety
+/// The CPU must have AVX-512F/BW and AVX512_BF16; row `i < R` of `w` holds `2 * pc` readable elements at
+/// `i * k`, `x` holds `MV * 16` readable u32 at `p * ld` for `p < pc`, and `c` holds `MV * 16` elements at
+/// `i * ldc` for `i < R`, the last vector's only where `mask` is set.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn tile<const R: usize, const V: usize>(
+    (w, k, x, ld, pc, c, ldc, mask, accumulate): TileArgs,
+) {
+    let lane_mask = |v: usize| if v + 1 == V { mask } else { 0xFFFF };
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    if accumulate {
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (v, a) in row.iter_mut().enumerate() {
+                // SAFETY: within c's rows, masked past the end (the caller's contract).
+                *a = unsafe { _mm512_maskz_loadu_ps(lane_mask(v), c.add(i * ldc + 16 * v)) };
+            }
+        }
+    }
+    for p in 0..pc {
+        let mut xs = [_mm512_setzero_si512(); V];
+        for (v, xv) in xs.iter_mut().enumerate() {
+            // SAFETY: pair p's 16 * V tokens lie in x (the caller's contract).
+            *xv = unsafe { _mm512_loadu_si512(x.add(p * ld + 16 * v) as *const _) };
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: elements 2p, 2p + 1 of weight row i lie in w; unaligned 4-byte read.
+            let pair = unsafe { (w.add(i * k + 2 * p) as *const i32).read_unaligned() };
+            // SAFETY (transmutes): __m512i and __m512bh are both 64 bytes of plain bits.
+            let b: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(pair)) };
+            for (a, xv) in row.iter_mut().zip(&xs) {
+                *a = _mm512_dpbf16_ps(*a, b, unsafe {
+                    std::mem::transmute::<__m512i, __m512bh>(*xv)
+                });
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (v, a) in row.iter().enumerate() {
+            // SAFETY: as for the loads above.
+            unsafe { _mm512_mask_storeu_ps(c.add(i * ldc + 16 * v), lane_mask(v), *a) };
+        }
+    }
+}
+
+/// `dst[p * ld + m] = src[m * pairs + p]` for `m < rows`, `p < pairs`: a `[rows, pairs]` u32 matrix (an
+/// activation's bf16 rows, two inputs per u32) transposed into the packed `[pairs, ld]` form, in 16x16
+/// register tiles. Lanes `rows..ld` of `dst` are left as they are.
+///
+/// # Panics
+/// If the CPU lacks AVX-512F or a bound does not hold.
+pub(crate) fn transpose_pairs(src: &[u32], rows: usize, pairs: usize, dst: &mut [u32], ld: usize) {
+    assert!(detected(), "AVX-512 transpose run on a CPU without it");
+    assert!(src.len() >= rows * pairs, "transpose source");
+    assert!(
+        ld >= rows && dst.len() >= pairs * ld,
+        "transpose destination"
+    );
+    // SAFETY: the CPU has AVX-512F; every access below is masked to rows m < rows and pairs p < pairs,
+    // inside the lengths asserted above.
+    unsafe { transpose_pairs_avx512(src, rows, pairs, dst, ld) }
+}
+
+/// # Safety
+/// See [`transpose_pairs`]: AVX-512F, and the asserted lengths.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_pairs_avx512(
+    src: &[u32],
+    rows: usize,
+    pairs: usize,
+    dst: &mut [u32],
+    ld: usize,
+) {
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mask = |n: usize| -> __mmask16 { (1u32 << n.min(16)).wrapping_sub(1) as u16 };
+    for m0 in (0..rows).step_by(16) {
+        let h = 16.min(rows - m0);
+        for p0 in (0..pairs).step_by(16) {
+            let wd = 16.min(pairs - p0);
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (i, ri) in r.iter_mut().enumerate().take(h) {
+                // SAFETY: row m0 + i < rows, pairs p0..p0 + wd <= pairs.
+                *ri = unsafe {
+                    _mm512_maskz_loadu_epi32(mask(wd), s.add((m0 + i) * pairs + p0) as *const _)
+                };
+            }
+            // The shuffle network of `transpose_add_avx512`, on 32-bit integers.
+            let mut t = [_mm512_setzero_si512(); 16];
+            for q in 0..8 {
+                t[2 * q] = _mm512_unpacklo_epi32(r[2 * q], r[2 * q + 1]);
+                t[2 * q + 1] = _mm512_unpackhi_epi32(r[2 * q], r[2 * q + 1]);
+            }
+            let mut u = [_mm512_setzero_si512(); 16];
+            for g in 0..4 {
+                let (lo, hi) = (t[4 * g], t[4 * g + 2]);
+                let (lo2, hi2) = (t[4 * g + 1], t[4 * g + 3]);
+                u[4 * g] = _mm512_unpacklo_epi64(lo, hi);
+                u[4 * g + 1] = _mm512_unpackhi_epi64(lo, hi);
+                u[4 * g + 2] = _mm512_unpacklo_epi64(lo2, hi2);
+                u[4 * g + 3] = _mm512_unpackhi_epi64(lo2, hi2);
+            }
+            for c in 0..4 {
+                let v = _mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]);
+                let vp = _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]);
+                let x = _mm512_shuffle_i32x4::<0xDD>(u[c], u[4 + c]);
+                let xp = _mm512_shuffle_i32x4::<0xDD>(u[8 + c], u[12 + c]);
+                let cols4 = [
+                    (c, _mm512_shuffle_i32x4::<0x88>(v, vp)),
+                    (4 + c, _mm512_shuffle_i32x4::<0x88>(x, xp)),
+                    (8 + c, _mm512_shuffle_i32x4::<0xDD>(v, vp)),
+                    (12 + c, _mm512_shuffle_i32x4::<0xDD>(x, xp)),
+                ];
+                for (j, col) in cols4 {
+                    if j < wd {
+                        // SAFETY: pair p0 + j < pairs, tokens m0..m0 + h <= rows <= ld.
+                        unsafe {
+                            _mm512_mask_storeu_epi32(
+                                d.add((p0 + j) * ld + m0) as *mut _,
+                                mask(h),
+                                col,
+                            )
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
