@@ -9,6 +9,7 @@
 //! - `activation`: [`erf`] and the exact GELU, alone ([`gelu`]) or fused with a bias ([`bias_gelu`]);
 //! - `conv`: [`patch_conv`], [`depthwise_conv`] and the [`Layout`] of image-like activations;
 //! - `attention`: multi-head self-attention on small per-head matrices ([`attention`]);
+//! - `int8`: int8 weights computed in int8 (W8A8: per-token u8 activations, VNNI);
 //! - `gemm`: the one safe door to the `gemm` crate ([`matmul`], [`MatRef`]);
 //! - `simd`: run-time instruction-set dispatch (`simd::Kernel`, `simd::run`) and the hand-written vector
 //!   kernels, with the x86 ones in `simd/x86.rs`.
@@ -20,6 +21,7 @@ mod attention;
 mod conv;
 pub mod elementwise;
 mod gemm;
+pub mod int8;
 mod linear;
 mod norm;
 pub(crate) mod simd;
