@@ -356,7 +356,7 @@ impl<'m> Executor<'m> {
         let x = acts[step.model]
             .take()
             .expect("activation of a running model");
-        acts[step.model] = Some(block.forward(&model.store, x)?);
+        acts[step.model] = Some(block.forward_int8(&model.store, x, model.int8_activations)?);
         let compute = compute_start.elapsed();
         // A file written while the block read it gave it other weights (a same-size overwrite in place
         // gives NaN answers, not a fault): its times changed before its bytes did, so checking after the

@@ -12,7 +12,9 @@ use std::borrow::Cow;
 
 use crate::error::Result;
 use crate::models::{BuildCtx, Param, Weights};
+use crate::ops::int8::{self, Int8Weight};
 use crate::ops::{self, Layout};
+use crate::weight::Weight;
 
 /// Whether a layer has a bias tensor (`<prefix>.bias`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,9 @@ pub struct Linear {
     pub bias: Option<Param>,
     pub in_dim: usize,
     pub out_dim: usize,
+    /// Whether an int8 weight may be multiplied in int8 (W8A8); `false` keeps a layer too sensitive to
+    /// activation quantization on the weight-only path (the model decides, see [`Linear::weight_only`]).
+    pub w8a8: bool,
 }
 
 impl Linear {
@@ -60,19 +65,49 @@ impl Linear {
             bias: bias.declare(ctx, prefix, out_dim)?,
             in_dim,
             out_dim,
+            w8a8: true,
         })
+    }
+
+    /// This layer with an int8 weight always widened to f32 (its input never quantized).
+    pub fn weight_only(self) -> Linear {
+        Linear {
+            w8a8: false,
+            ..self
+        }
     }
 
     /// `[rows, in_dim]` -> `[rows, out_dim]`.
     pub fn forward(&self, w: &Weights, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let bias = w.maybe_floats(self.bias)?;
+        let weight = w.weight(self.weight)?;
+        if let Some(q) = int8_weight(w, self.weight, &weight, self.w8a8, self.in_dim)? {
+            return Ok(int8::linear(x, rows, &q, bias.as_deref()));
+        }
         Ok(ops::linear_weight(
             x,
             rows,
-            &w.weight(self.weight)?,
+            &weight,
             self.out_dim,
             bias.as_deref(),
         ))
+    }
+}
+
+/// `weight` (of parameter `p`, `inp` inputs) for the W8A8 product, when it is int8, `allowed` for its layer,
+/// asked for by the pipeline and possible on this CPU; `None` sends it down the widening path.
+fn int8_weight<'a>(
+    w: &Weights<'a>,
+    p: Param,
+    weight: &'a Weight<'a>,
+    allowed: bool,
+    inp: usize,
+) -> Result<Option<Int8Weight<'a>>> {
+    match weight {
+        Weight::I8 { q, scale } if allowed && w.int8_activations() && int8::available(inp) => {
+            Ok(Some(Int8Weight::new(q, scale, w.colsum(p)?)))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -134,6 +169,8 @@ pub struct Mlp {
     dim: usize,
     /// fc1's outputs: the width of the hidden activation.
     pub hidden: usize,
+    /// Whether fc1's and fc2's int8 weights may be multiplied in int8 (see [`Linear::w8a8`]).
+    pub w8a8: [bool; 2],
 }
 
 impl Mlp {
@@ -163,7 +200,17 @@ impl Mlp {
             fc2_bias: ctx.param(&format!("{prefix}.fc2.bias"), &[dim])?,
             dim,
             hidden,
+            w8a8: [true; 2],
         })
+    }
+
+    /// This MLP with fc2's int8 weight always widened to f32: its input, the GELU output, is the
+    /// activation that quantizes worst (see notes on int8 accuracy).
+    pub fn fc2_weight_only(self) -> Mlp {
+        Mlp {
+            w8a8: [self.w8a8[0], false],
+            ..self
+        }
     }
 
     /// `[rows, dim]` -> `[rows, dim]`.
@@ -183,15 +230,27 @@ impl Mlp {
 
     fn run(&self, w: &Weights, x: &[f32], rows: usize, b2: Option<Param>) -> Result<Vec<f32>> {
         let b2 = w.maybe_floats(b2)?;
-        Ok(ops::mlp(
-            x,
-            rows,
-            &w.weight(self.fc1)?,
-            &w.floats(self.fc1_bias)?,
-            &w.weight(self.fc2)?,
-            b2.as_deref(),
-            self.dim,
-        ))
+        let (w1, b1, w2) = (
+            w.weight(self.fc1)?,
+            w.floats(self.fc1_bias)?,
+            w.weight(self.fc2)?,
+        );
+        let q1 = int8_weight(w, self.fc1, &w1, self.w8a8[0], self.dim)?;
+        let q2 = int8_weight(w, self.fc2, &w2, self.w8a8[1], self.hidden)?;
+        Ok(match (q1, q2) {
+            (Some(q1), Some(q2)) => int8::mlp(x, rows, &q1, &b1, &q2, b2.as_deref()),
+            (Some(q1), None) => {
+                let mut h = int8::linear(x, rows, &q1, None);
+                ops::bias_gelu(&mut h, &b1);
+                ops::linear_weight(&h, rows, &w2, self.dim, b2.as_deref())
+            }
+            (None, Some(q2)) => {
+                let mut h = ops::linear_weight(x, rows, &w1, self.hidden, None);
+                ops::bias_gelu(&mut h, &b1);
+                int8::linear(&h, rows, &q2, b2.as_deref())
+            }
+            (None, None) => ops::mlp(x, rows, &w1, &b1, &w2, b2.as_deref(), self.dim),
+        })
     }
 }
 
