@@ -184,6 +184,11 @@ impl<'a> Weights<'a> {
             .map(Some)
     }
 
+    /// The name of the tensor `p` declares.
+    pub fn tensor_name(&self, p: Param) -> &'a str {
+        self.name(p)
+    }
+
     /// An error about what reached this block (input shape, size), naming the block and the weights.
     pub fn input_error(&self, msg: impl std::fmt::Display) -> Error {
         Error::InputShape {
