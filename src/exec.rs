@@ -114,8 +114,8 @@ pub struct BlockRecord {
     pub mem_after: MemReading,
     #[serde(rename = "released_bytes")]
     pub released: Released,
-    /// f32 scratch the block widened f16/bf16/int8 weights into (bounded chunks + small tensors; an upper
-    /// bound on what it held at once). 0 for f32 weights, which are read in place.
+    /// Scratch the block widened f16/bf16/int8 weights into, or quantized int8 activations into (bounded
+    /// chunks + small tensors; an upper bound on what it held at once). 0 for f32 weights, read in place.
     pub scratch_bytes: u64,
 }
 

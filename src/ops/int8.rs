@@ -100,6 +100,8 @@ impl Quantized {
             "int8 activations need inputs in groups of 4, not {inp}"
         );
         let (kq, rb) = (inp / 4, rows.div_ceil(LANES));
+        // Reported with the widening scratch: the W8A8 path's buffer besides the activations.
+        crate::weight::note_chunk(rb * kq * 64);
         Quantized {
             data: vec![0; rb * kq * 64],
             zero: vec![0; rb * LANES],
