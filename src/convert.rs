@@ -10,7 +10,8 @@
 //! - int8: every weight matrix (a float tensor named `*.weight` with two or more dimensions: linear, conv,
 //!   depthwise conv, head) becomes symmetric per-output-channel int8: `<name>` I8 of the same shape, then
 //!   `<name>_scale` F32 `[out]`, `scale[o] = max_i |w[o, i]| / 127`, `q = round(w / scale)` in [-127, 127],
-//!   `w ≈ q * scale`. Everything else stays F32.
+//!   `w ≈ q * scale`, then `<name>_colsum` I32 `[out]`, `colsum[o] = Σ_i q[o, i]` (the zero-point correction
+//!   of the int8-activation product, `ops::int8`). Everything else stays F32.
 //! - exec layout: tensors in the order the blocks read them, every tensor 64-byte aligned in the file and
 //!   every block starting on a 4096-byte boundary, gaps filled by zero `__pad__.N` U8 tensors.
 
@@ -24,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::models::{Model, CONFIG_KEY, PAD_PREFIX};
 use crate::output::{self, Existing};
 use crate::store::{Store, TensorInfo};
-use crate::weight::{scale_name, SCALE_SUFFIX};
+use crate::weight::{colsum_name, scale_name, SCALE_SUFFIX};
 use crate::writer::{self, HeaderEntry, PartialDir, PartialFile};
 
 /// Every tensor of an exec-layout file starts on a multiple of this (absolute file offset).
@@ -34,7 +35,8 @@ pub const TENSOR_ALIGN: usize = 64;
 pub const BLOCK_ALIGN: usize = 4096;
 /// `wstream.int8` in the file's `__metadata__`: how to read the int8 weights back.
 pub const INT8_FORMAT: &str =
-    "symmetric per-output-channel; <name> I8 + <name>_scale F32 [out]; w = q * scale";
+    "symmetric per-output-channel; <name> I8 + <name>_scale F32 [out]; w = q * scale; \
+     <name>_colsum I32 [out] = sum of q over each output channel";
 /// Elements converted per chunk.
 const CHUNK: usize = 1 << 16;
 
@@ -117,6 +119,8 @@ enum Op<'s> {
     Quantize(&'s TensorInfo),
     /// The scales computed by the preceding [`Op::Quantize`].
     Scales,
+    /// The column sums computed by the preceding [`Op::Quantize`].
+    Colsums,
     /// Zeros.
     Pad,
 }
@@ -232,12 +236,13 @@ pub fn convert(
         .iter()
         .map(|it| match it.op {
             Op::Copy(t) | Op::Cast(t) | Op::Quantize(t) => t.nbytes() as u64,
-            Op::Scales | Op::Pad => 0,
+            Op::Scales | Op::Colsums | Op::Pad => 0,
         })
         .sum();
     let data_start = w.written();
     let mut done = 0u64;
     let mut scales: Option<Vec<f32>> = None;
+    let mut colsums: Option<Vec<i32>> = None;
     progress(0, total);
     for it in &items {
         if w.written() - data_start != it.offsets.0 as u64 {
@@ -256,10 +261,17 @@ pub fn convert(
                 }
             }
             Op::Cast(t) => cast(store, t, it.dtype, &mut w)?,
-            Op::Quantize(t) => scales = Some(quantize(store, t, &mut w)?),
+            Op::Quantize(t) => {
+                let (s, c) = quantize(store, t, &mut w)?;
+                (scales, colsums) = (Some(s), Some(c));
+            }
             Op::Scales => {
                 let s = scales.take().expect("scales follow their weight");
                 w.write_all(bytemuck::cast_slice(&s))?;
+            }
+            Op::Colsums => {
+                let c = colsums.take().expect("column sums follow their weight");
+                w.write_all(bytemuck::cast_slice(&c))?;
             }
             Op::Pad => w.write_all(&vec![0u8; it.offsets.1 - it.offsets.0])?,
         }
@@ -419,11 +431,14 @@ fn convert_one<'s>(store: &Store, t: &'s TensorInfo, dtype: Dtype) -> Result<Vec
         Dtype::F16 | Dtype::Bf16 => keep(),
         Dtype::Int8 if is_matrix(t) => {
             let scale = scale_name(&t.name);
-            if store.contains(&scale) {
+            if let Some(taken) = [scale.clone(), colsum_name(&t.name)]
+                .into_iter()
+                .find(|n| store.contains(n))
+            {
                 return Err(Error::BadTensor {
                     path: store.files()[t.file].path.clone(),
                     name: t.name.clone(),
-                    msg: format!("cannot quantize: a tensor `{scale}` exists already"),
+                    msg: format!("cannot quantize: a tensor `{taken}` exists already"),
                 });
             }
             vec![
@@ -434,6 +449,12 @@ fn convert_one<'s>(store: &Store, t: &'s TensorInfo, dtype: Dtype) -> Result<Vec
                     Op::Quantize(t),
                 ),
                 (scale, StDtype::F32, vec![t.shape[0]], Op::Scales),
+                (
+                    colsum_name(&t.name),
+                    StDtype::I32,
+                    vec![t.shape[0]],
+                    Op::Colsums,
+                ),
             ]
         }
         Dtype::Int8 => to(StDtype::F32),
@@ -586,13 +607,15 @@ fn cast(store: &Store, t: &TensorInfo, to: StDtype, w: &mut PartialFile) -> Resu
     Ok(())
 }
 
-/// Writes weight matrix `t` as int8, output channel by output channel, and returns the scales.
-fn quantize(store: &Store, t: &TensorInfo, w: &mut PartialFile) -> Result<Vec<f32>> {
+/// Writes weight matrix `t` as int8, output channel by output channel, and returns the scales and the column
+/// sums.
+fn quantize(store: &Store, t: &TensorInfo, w: &mut PartialFile) -> Result<(Vec<f32>, Vec<i32>)> {
     let rows = t.shape[0];
     let row_len = t.numel().checked_div(rows).unwrap_or(0);
     let elem = t.dtype.bitsize() / 8;
     let bytes = store.bytes(t);
     let mut scales = Vec::with_capacity(rows);
+    let mut colsums = Vec::with_capacity(rows);
     let mut vals = Vec::new();
     let mut q = Vec::with_capacity(row_len);
     for o in 0..rows {
@@ -626,6 +649,7 @@ fn quantize(store: &Store, t: &TensorInfo, w: &mut PartialFile) -> Result<Vec<f3
         }
         w.write_all(bytemuck::cast_slice(&q))?;
         scales.push(scale);
+        colsums.push(q.iter().map(|&v| v as i32).sum());
     }
-    Ok(scales)
+    Ok((scales, colsums))
 }

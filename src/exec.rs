@@ -114,8 +114,8 @@ pub struct BlockRecord {
     pub mem_after: MemReading,
     #[serde(rename = "released_bytes")]
     pub released: Released,
-    /// f32 scratch the block widened f16/bf16/int8 weights into (bounded chunks + small tensors; an upper
-    /// bound on what it held at once). 0 for f32 weights, which are read in place.
+    /// Scratch the block widened f16/bf16/int8 weights into, or quantized int8 activations into (bounded
+    /// chunks + small tensors; an upper bound on what it held at once). 0 for f32 weights, read in place.
     pub scratch_bytes: u64,
 }
 
@@ -356,7 +356,7 @@ impl<'m> Executor<'m> {
         let x = acts[step.model]
             .take()
             .expect("activation of a running model");
-        acts[step.model] = Some(block.forward(&model.store, x)?);
+        acts[step.model] = Some(block.forward_int8(&model.store, x, model.int8_activations)?);
         let compute = compute_start.elapsed();
         // A file written while the block read it gave it other weights (a same-size overwrite in place
         // gives NaN answers, not a fault): its times changed before its bytes did, so checking after the

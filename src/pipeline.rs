@@ -118,6 +118,10 @@ pub struct Options {
     pub transform: Overrides,
     /// What the answers' labels say.
     pub label_type: LabelType,
+    /// Whether int8 weights are multiplied in int8 with per-token quantized activations (W8A8, where the
+    /// CPU has AVX512-VNNI; the layers a model keeps wider excepted) rather than widened to f32 (the
+    /// weight-only path, `false`). No effect on other dtypes.
+    pub int8_activations: bool,
 }
 
 /// The memory limit without [`Options::memory`] and without a cgroup limit.
@@ -159,6 +163,7 @@ impl Default for Options {
             output: Output::Prob,
             transform: Overrides::default(),
             label_type: LabelType::default(),
+            int8_activations: true,
         }
     }
 }
@@ -210,6 +215,9 @@ impl Pipeline {
             models
         };
         distinct_names(&mut models);
+        for m in &mut models {
+            m.int8_activations = options.int8_activations;
+        }
         if models.is_empty() {
             return Err(Error::Options("a pipeline needs at least one model".into()));
         }

@@ -15,6 +15,15 @@ use crate::ops::simd::{self, Kernel};
 /// Suffix of the per-output-channel scales of an int8 weight: `<name>_scale` sits beside `<name>`.
 pub const SCALE_SUFFIX: &str = "_scale";
 
+/// Suffix of the column sums of an int8 weight (`Σ_k q[o, k]`, I32 `[out]`), which `convert` stores for the
+/// W8A8 product's zero-point correction: `<name>_colsum` sits beside `<name>`.
+pub const COLSUM_SUFFIX: &str = "_colsum";
+
+/// The name of the column-sum tensor beside an int8 weight.
+pub fn colsum_name(weight: &str) -> String {
+    format!("{weight}{COLSUM_SUFFIX}")
+}
+
 /// The name of the scale tensor beside an int8 weight.
 pub fn scale_name(weight: &str) -> String {
     format!("{weight}{SCALE_SUFFIX}")

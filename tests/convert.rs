@@ -119,7 +119,8 @@ fn int8_is_symmetric_per_output_channel() {
         assert!(matrices > 5, "{fx}: {matrices} matrices");
         assert_eq!(s.quantized, matrices);
         assert_eq!(s.tensors, src.tensors().len());
-        assert_eq!(conv.tensors().len(), src.tensors().len() + matrices);
+        // Each matrix gains its scales and its column sums.
+        assert_eq!(conv.tensors().len(), src.tensors().len() + 2 * matrices);
         for t in src.tensors() {
             let w = f32s(&src, &t.name);
             let c = conv.info(&t.name).unwrap();
@@ -147,8 +148,21 @@ fn int8_is_symmetric_per_output_channel() {
             );
             let q = conv.view::<i8>(&t.name).unwrap();
             let scales = f32s(&conv, &scale_name);
+            let colsum_name = format!("{}_colsum", t.name);
+            let cs = conv.info(&colsum_name).unwrap();
+            assert_eq!(
+                (cs.dtype, cs.shape.clone()),
+                (StDtype::I32, vec![t.shape[0]])
+            );
+            assert_eq!(
+                cs.range.start, sc.range.end,
+                "{colsum_name} right after the scales"
+            );
+            let colsums = conv.view::<i32>(&colsum_name).unwrap();
             let row = t.numel() / t.shape[0];
             for (o, &scale) in scales.iter().enumerate() {
+                let qs = &q[o * row..(o + 1) * row];
+                assert_eq!(colsums[o], qs.iter().map(|&v| v as i32).sum::<i32>());
                 let ws = &w[o * row..(o + 1) * row];
                 let max = ws.iter().fold(0f32, |m, v| m.max(v.abs()));
                 assert_eq!(scale, max / 127.0, "{fx} {} row {o}", t.name);
@@ -200,6 +214,7 @@ fn exec_order(model: &Model, int8: bool) -> Vec<Vec<String>> {
                     let t = model.store.info(&n).unwrap();
                     if int8 && is_matrix(t) {
                         g.push(format!("{n}_scale"));
+                        g.push(format!("{n}_colsum"));
                     }
                 }
             }
@@ -219,7 +234,7 @@ fn exec_layout_aligns_blocks_and_tensors() {
             let file = out.join("model.safetensors");
             let bytes = std::fs::read(&file).unwrap();
             let st = SafeTensors::deserialize(&bytes).expect("the safetensors crate reads it");
-            assert_eq!(st.len(), s.tensors + s.quantized + s.pads);
+            assert_eq!(st.len(), s.tensors + 2 * s.quantized + s.pads);
             let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
             assert_eq!((8 + header_len) % 4096, 0, "data section page-aligned");
 

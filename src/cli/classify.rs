@@ -156,6 +156,10 @@ pub struct RunArgs {
     /// "tabby, tabby cat"), or its `index`.
     #[arg(long, value_enum, default_value_t = LabelType::Description)]
     pub label_type: LabelType,
+    /// `on`: int8 weights are multiplied in int8, each activation row quantized on the fly (W8A8, where the
+    /// CPU has AVX512-VNNI); `off`: they are widened to f32 (weight-only, the path before W8A8).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub int8_activations: OnOff,
     /// Print each model's resolved eval transform (size, crop_pct, crop mode, interpolation, mean, std and
     /// where each came from) to stderr before running.
     #[arg(long)]
@@ -286,6 +290,13 @@ pub enum Ensemble {
     MeanLogit,
 }
 
+/// A switch, as a flag's value.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 /// What happens to a block's pages after it ran, as the flag spells it.
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Evict {
@@ -395,6 +406,7 @@ impl RunArgs {
                 LabelType::Description => classify::LabelType::Description,
                 LabelType::Index => classify::LabelType::Index,
             },
+            int8_activations: self.int8_activations == OnOff::On,
         }
     }
 }

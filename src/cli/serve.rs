@@ -9,7 +9,7 @@ use wstream::pipeline::{default_memory, Pipeline};
 use wstream::serve::{self, Config, Server};
 
 use super::classify::{
-    default_model_paths, locate_models, Ensemble, Evict, LabelType, TransformArgs,
+    default_model_paths, locate_models, Ensemble, Evict, LabelType, OnOff, TransformArgs,
 };
 use super::{human_bytes, out, parse_bytes, printable};
 
@@ -41,6 +41,10 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on every route but /healthz.
     #[arg(long)]
     api_key: Option<String>,
+    /// `on`: int8 weights are multiplied in int8 (W8A8, where the CPU has AVX512-VNNI); `off`: widened to
+    /// f32 (weight-only).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    int8_activations: OnOff,
     /// Compute threads (default: all cores).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
     threads: Option<u64>,
@@ -98,6 +102,7 @@ pub fn run(args: Args) -> Result<()> {
         label_type: args.label_type,
         verbose: false,
         transform: args.transform,
+        int8_activations: args.int8_activations,
     };
     let pipeline = Pipeline::load(&paths, serve::pipeline_options(run.options(5, true)))?
         .with_warnings(|w| eprintln!("warning: {}", printable(&w.to_string())));

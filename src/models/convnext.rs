@@ -227,7 +227,7 @@ fn build_head(ctx: &mut BuildCtx, dim: usize, eps: f32) -> Result<Block> {
     let head = Head {
         norm,
         pre_logits,
-        fc: Linear::new(ctx, "head.fc", feat, classes, Bias::Yes)?,
+        fc: Linear::new(ctx, "head.fc", feat, classes, Bias::Yes)?.weight_only(),
         dim,
         logits: true,
     };

@@ -9,10 +9,13 @@
 //! add a layer here when a second family needs it.
 
 use std::borrow::Cow;
+use std::sync::Mutex;
 
 use crate::error::Result;
 use crate::models::{BuildCtx, Param, Weights};
+use crate::ops::int8::{self, Int8Weight};
 use crate::ops::{self, Layout};
+use crate::weight::Weight;
 
 /// Whether a layer has a bias tensor (`<prefix>.bias`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,9 @@ pub struct Linear {
     pub bias: Option<Param>,
     pub in_dim: usize,
     pub out_dim: usize,
+    /// Whether an int8 weight may be multiplied in int8 (W8A8); `false` keeps the layer on the weight-only
+    /// path (see [`Linear::weight_only`]).
+    pub w8a8: bool,
 }
 
 impl Linear {
@@ -60,19 +66,104 @@ impl Linear {
             bias: bias.declare(ctx, prefix, out_dim)?,
             in_dim,
             out_dim,
+            w8a8: true,
         })
+    }
+
+    /// This layer with an int8 weight always widened to f32 (its input never quantized). The models use it
+    /// for the classifier: it runs on one row per image, so its product is bound by reading the weight and
+    /// int8 activations would save nothing, while its error would go straight into the logits.
+    pub fn weight_only(self) -> Linear {
+        Linear {
+            w8a8: false,
+            ..self
+        }
     }
 
     /// `[rows, in_dim]` -> `[rows, out_dim]`.
     pub fn forward(&self, w: &Weights, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let bias = w.maybe_floats(self.bias)?;
+        let weight = w.weight(self.weight)?;
+        if let Some(q) = int8_weight(w, self.weight, &weight, self.w8a8, self.in_dim)? {
+            return Ok(int8_linear(
+                w,
+                self.weight,
+                x,
+                rows,
+                &q,
+                &weight,
+                bias.as_deref(),
+            ));
+        }
         Ok(ops::linear_weight(
             x,
             rows,
-            &w.weight(self.weight)?,
+            &weight,
             self.out_dim,
             bias.as_deref(),
         ))
+    }
+}
+
+/// Per-layer W8A8 errors, when [`record_int8_errors`] switched recording on.
+static INT8_ERRORS: Mutex<Option<Vec<(String, f64)>>> = Mutex::new(None);
+
+/// Starts (or stops) recording, for each linear layer run in W8A8, the relative L2 distance of its output
+/// from the weight-only (widened f32) product on the same input: the error activation quantization adds.
+/// Each recorded layer then runs both ways, so this is for measurement (`tools/int8_layers.rs`), not runs.
+pub fn record_int8_errors(on: bool) {
+    *INT8_ERRORS.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+}
+
+/// The errors recorded since the last call, as (weight name, relative L2), in the order the layers ran.
+pub fn take_int8_errors() -> Vec<(String, f64)> {
+    INT8_ERRORS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+        .map(std::mem::take)
+        .unwrap_or_default()
+}
+
+/// A W8A8 product, recorded against the weight-only one when recording is on.
+fn int8_linear(
+    w: &Weights,
+    p: Param,
+    x: &[f32],
+    rows: usize,
+    q: &Int8Weight,
+    weight: &Weight,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let y = int8::linear(x, rows, q, bias);
+    let mut rec = INT8_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(errors) = rec.as_mut() {
+        let want = ops::linear_weight(x, rows, weight, q.scale.len(), bias);
+        let num: f64 = y
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+        errors.push((w.tensor_name(p).to_string(), (num / den).sqrt()));
+    }
+    y
+}
+
+/// `weight` (of parameter `p`, `inp` inputs) for the W8A8 product, when it is int8, `allowed` for its layer,
+/// asked for by the pipeline and possible on this CPU; `None` sends it down the widening path.
+fn int8_weight<'a>(
+    w: &Weights<'a>,
+    p: Param,
+    weight: &'a Weight<'a>,
+    allowed: bool,
+    inp: usize,
+) -> Result<Option<Int8Weight<'a>>> {
+    match weight {
+        Weight::I8 { q, scale } if allowed && w.int8_activations() && int8::available(inp) => {
+            Ok(Some(Int8Weight::new(q, scale, w.colsum(p)?)))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -183,15 +274,37 @@ impl Mlp {
 
     fn run(&self, w: &Weights, x: &[f32], rows: usize, b2: Option<Param>) -> Result<Vec<f32>> {
         let b2 = w.maybe_floats(b2)?;
-        Ok(ops::mlp(
-            x,
-            rows,
-            &w.weight(self.fc1)?,
-            &w.floats(self.fc1_bias)?,
-            &w.weight(self.fc2)?,
-            b2.as_deref(),
-            self.dim,
-        ))
+        let (w1, b1, w2) = (
+            w.weight(self.fc1)?,
+            w.floats(self.fc1_bias)?,
+            w.weight(self.fc2)?,
+        );
+        let q1 = int8_weight(w, self.fc1, &w1, true, self.dim)?;
+        let q2 = int8_weight(w, self.fc2, &w2, true, self.hidden)?;
+        let recording = INT8_ERRORS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        Ok(match (q1, q2) {
+            (Some(q1), Some(q2)) if !recording => int8::mlp(x, rows, &q1, &b1, &q2, b2.as_deref()),
+            (Some(q1), Some(q2)) => {
+                // The layers one by one: the same values as the fused MLP (ops::int8's tests).
+                let mut h = int8_linear(w, self.fc1, x, rows, &q1, &w1, None);
+                ops::bias_gelu(&mut h, &b1);
+                int8_linear(w, self.fc2, &h, rows, &q2, &w2, b2.as_deref())
+            }
+            (Some(q1), None) => {
+                let mut h = int8_linear(w, self.fc1, x, rows, &q1, &w1, None);
+                ops::bias_gelu(&mut h, &b1);
+                ops::linear_weight(&h, rows, &w2, self.dim, b2.as_deref())
+            }
+            (None, Some(q2)) => {
+                let mut h = ops::linear_weight(x, rows, &w1, self.hidden, None);
+                ops::bias_gelu(&mut h, &b1);
+                int8_linear(w, self.fc2, &h, rows, &q2, &w2, b2.as_deref())
+            }
+            (None, None) => ops::mlp(x, rows, &w1, &b1, &w2, b2.as_deref(), self.dim),
+        })
     }
 }
 

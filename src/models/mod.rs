@@ -54,12 +54,14 @@ impl Act {
     }
 }
 
-/// A tensor a block declared: its index in [`Store::tensors`] and, for an int8 weight, its scale's. Only
-/// [`BuildCtx`] makes one, so a `Param` always names a tensor of the model's store.
+/// A tensor a block declared: its index in [`Store::tensors`] and, for an int8 weight, its scale's and its
+/// column sums' (absent in files written before `convert` stored them). Only [`BuildCtx`] makes one, so a
+/// `Param` always names a tensor of the model's store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Param {
     index: usize,
     scale: Option<usize>,
+    colsum: Option<usize>,
 }
 
 /// What the executor knows of a block: its name and every tensor its forward reads.
@@ -113,10 +115,17 @@ impl Block {
 
     /// Runs the block on `x`, reading its weights from `store` (the store it was built from).
     pub fn forward(&self, store: &Store, x: Act) -> Result<Act> {
+        self.forward_int8(store, x, true)
+    }
+
+    /// [`Block::forward`], with int8 weights multiplied in int8 (`int8_activations`, where the CPU can) or
+    /// widened to f32 (the weight-only path).
+    pub fn forward_int8(&self, store: &Store, x: Act, int8_activations: bool) -> Result<Act> {
         self.forward.forward(
             &Weights {
                 store,
                 meta: &self.meta,
+                int8_activations,
             },
             x,
         )
@@ -128,6 +137,7 @@ impl Block {
             &Weights {
                 store,
                 meta: &self.meta,
+                int8_activations: true,
             },
             input,
         )
@@ -138,6 +148,7 @@ impl Block {
 pub struct Weights<'a> {
     store: &'a Store,
     meta: &'a BlockMeta,
+    int8_activations: bool,
 }
 
 impl<'a> Weights<'a> {
@@ -156,6 +167,28 @@ impl<'a> Weights<'a> {
         self.store.weight(self.name(p))
     }
 
+    /// Whether int8 weights are to be multiplied in int8 (W8A8) where the CPU can: the pipeline's
+    /// `int8_activations` option; `false` keeps the weight-only (widening) path.
+    pub fn int8_activations(&self) -> bool {
+        self.int8_activations
+    }
+
+    /// The stored column sums of int8 weight `p` (`<name>_colsum`, I32 `[out]`), `None` for a file
+    /// written before `convert` stored them or a weight that is not int8.
+    pub fn colsum(&self, p: Param) -> Result<Option<Cow<'a, [i32]>>> {
+        let Some(i) = p.colsum else { return Ok(None) };
+        let name = self.name(p);
+        let t = &self.store.tensors()[i];
+        self.store
+            .view_shaped(&t.name, &[self.store.info(name)?.shape[0]])
+            .map(Some)
+    }
+
+    /// The name of the tensor `p` declares.
+    pub fn tensor_name(&self, p: Param) -> &'a str {
+        self.name(p)
+    }
+
     /// An error about what reached this block (input shape, size), naming the block and the weights.
     pub fn input_error(&self, msg: impl std::fmt::Display) -> Error {
         Error::InputShape {
@@ -166,7 +199,7 @@ impl<'a> Weights<'a> {
 
     fn name(&self, p: Param) -> &'a str {
         #[cfg(any(debug_assertions, test))]
-        for i in std::iter::once(p.index).chain(p.scale) {
+        for i in std::iter::once(p.index).chain(p.scale).chain(p.colsum) {
             assert!(
                 self.meta.tensors.contains(&i),
                 "block `{}` read `{}`, which it did not declare",
@@ -270,6 +303,9 @@ pub struct Model {
     pub synthetic: bool,
     /// The last block without its classifier, for [`Model::into_features`].
     features_head: Option<Block>,
+    /// Whether int8 weights are multiplied in int8 (W8A8, where the CPU has AVX512-VNNI) rather than widened
+    /// to f32: `true` unless the pipeline's [`int8_activations`](crate::pipeline::Options) option says off.
+    pub int8_activations: bool,
 }
 
 impl Model {
@@ -364,6 +400,7 @@ impl Model {
             num_classes,
             synthetic,
             features_head,
+            int8_activations: true,
         })
     }
 
@@ -389,7 +426,7 @@ impl Model {
     /// [`Model::forward`], calling `visit(block_index, output)` after each block.
     pub fn forward_with(&self, mut x: Act, mut visit: impl FnMut(usize, &Act)) -> Result<Act> {
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&self.store, x)?;
+            x = block.forward_int8(&self.store, x, self.int8_activations)?;
             visit(i, &x);
         }
         Ok(x)
@@ -549,12 +586,19 @@ impl<'a> BuildCtx<'a> {
         }
         let t = self.store.info(name)?;
         let matrix = name.ends_with(".weight") && shape.len() >= 2;
-        let scale = match t.dtype {
-            Dtype::F32 | Dtype::F16 | Dtype::BF16 => None,
+        let (scale, colsum) = match t.dtype {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => (None, None),
             Dtype::I8 if matrix => {
                 let scale = weight::scale_name(name);
                 self.store.int8_scale(t, &scale)?;
-                Some(self.index[scale.as_str()])
+                let colsum = weight::colsum_name(name);
+                let colsum = if self.store.contains(&colsum) {
+                    self.int8_colsum(&colsum, t.shape[0])?;
+                    Some(self.index[colsum.as_str()])
+                } else {
+                    None
+                };
+                (Some(self.index[scale.as_str()]), colsum)
             }
             other => {
                 return Err(Error::WrongDtype {
@@ -573,16 +617,40 @@ impl<'a> BuildCtx<'a> {
         let p = Param {
             index: self.index[name],
             scale,
+            colsum,
         };
         let block = self
             .open
             .as_mut()
             .expect("param declared outside begin_block / end_block");
-        for i in std::iter::once(p.index).chain(p.scale) {
+        for i in std::iter::once(p.index).chain(p.scale).chain(p.colsum) {
             block.tensors.push(i);
             self.used[i] = true;
         }
         Ok(p)
+    }
+
+    /// Checks an int8 weight's column sums are I32 `[out]` (their values are checked where they are used:
+    /// any i32 is a valid sum).
+    fn int8_colsum(&self, name: &str, out: usize) -> Result<()> {
+        let t = self.store.info(name)?;
+        if t.dtype != safetensors::Dtype::I32 {
+            return Err(Error::WrongDtype {
+                path: self.path.to_path_buf(),
+                name: name.into(),
+                expected: "I32".into(),
+                actual: t.dtype.to_string(),
+            });
+        }
+        if t.shape != [out] {
+            return Err(Error::WrongShape {
+                path: self.path.to_path_buf(),
+                name: name.into(),
+                expected: vec![out],
+                actual: t.shape.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Declares a tensor present in some variants only: `None` when absent, an error when present with the
@@ -732,6 +800,7 @@ mod tests {
         Param {
             index: model.blocks[block].meta().tensors[nth],
             scale: None,
+            colsum: None,
         }
     }
 

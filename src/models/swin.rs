@@ -304,7 +304,7 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
     let features_meta = ctx.open_meta();
     let head = Head {
         norm,
-        fc: Linear::new(ctx, fc, dim, classes, Bias::Yes)?,
+        fc: Linear::new(ctx, fc, dim, classes, Bias::Yes)?.weight_only(),
         logits: true,
     };
     ctx.features_head(Block::new(

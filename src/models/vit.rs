@@ -106,7 +106,7 @@ pub fn build(ctx: &mut BuildCtx) -> Result<Vec<Block>> {
     let head = Head {
         norm,
         fc_norm,
-        fc: Linear::new(ctx, "head", dim, classes, Bias::Yes)?,
+        fc: Linear::new(ctx, "head", dim, classes, Bias::Yes)?.weight_only(),
         pool,
         logits: true,
     };

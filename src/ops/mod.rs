@@ -11,6 +11,7 @@
 //! - `attention`: multi-head self-attention on small per-head matrices ([`attention`]);
 //! - `bf16`: a bf16 file's linear layers and MLPs multiplied in bf16 (`vdpbf16ps`), used by `linear` where
 //!   the CPU has it;
+//! - `int8`: int8 weights computed in int8 (W8A8: per-token u8 activations, VNNI);
 //! - `gemm`: the one safe door to the `gemm` crate ([`matmul`], [`MatRef`]);
 //! - `simd`: run-time instruction-set dispatch (`simd::Kernel`, `simd::run`) and the hand-written vector
 //!   kernels, with the x86 ones in `simd/x86.rs`.
@@ -23,6 +24,7 @@ mod bf16;
 mod conv;
 pub mod elementwise;
 mod gemm;
+pub mod int8;
 mod linear;
 mod norm;
 pub(crate) mod simd;

@@ -181,6 +181,9 @@ impl Element for half::bf16 {
 impl Element for i8 {
     const DTYPE: Dtype = Dtype::I8;
 }
+impl Element for i32 {
+    const DTYPE: Dtype = Dtype::I32;
+}
 impl Element for u8 {
     const DTYPE: Dtype = Dtype::U8;
 }

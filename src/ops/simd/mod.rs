@@ -16,6 +16,8 @@
 mod x86;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_bf16;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_int8;
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
