@@ -22,6 +22,8 @@
 
 #![deny(unsafe_code)]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod classify;
 pub mod convert;
 pub mod error;

@@ -387,6 +387,85 @@ impl Pipeline {
         Ok((results, records))
     }
 
+    /// Runs `n` preprocessed inputs laid out as one `[n, 3, h, w]` array (row-major, every model's input
+    /// size) and returns each model's raw output in model order: `[n, classes]` logits, or `[n, features]`
+    /// with [`Output::Features`]; nothing is ranked or combined. For programs that work on the numbers
+    /// themselves ([`crate::candle`]). Runs in batches of [`Pipeline::batch`] inputs, as
+    /// [`Pipeline::run`] does; the executor owns the activations it runs on, so each batch of `x` is copied
+    /// once per model, and the outputs of a single batch are returned without a copy.
+    pub fn run_array(&self, x: &[f32], n: usize) -> Result<Vec<Act>> {
+        let sizes = self.sizes();
+        let input_err = |msg: String| Error::Input {
+            path: "input array".into(),
+            msg,
+        };
+        if let Some((i, s)) = sizes.iter().enumerate().find(|(_, s)| **s != sizes[0]) {
+            return Err(input_err(format!(
+                "{} takes {:?} inputs but {} takes {s:?}: one array cannot feed both; run them apart",
+                self.models[0].name, sizes[0], self.models[i].name
+            )));
+        }
+        let [c, h, w] = sizes[0];
+        let per = c * h * w;
+        if n == 0 || x.len() != n * per {
+            return Err(input_err(format!(
+                "{} values for {n} inputs of {:?}: expected {} (n * {per}), and at least one input",
+                x.len(),
+                sizes[0],
+                n * per
+            )));
+        }
+        let executor = Executor::new(&self.models, exec_options(&self.options))?;
+        let mut outs: Vec<Act> = Vec::new();
+        for (bi, part) in x.chunks(self.batch * per).enumerate() {
+            let b = part.len() / per;
+            let acts = self
+                .models
+                .iter()
+                .map(|_| Act::new(part.to_vec(), vec![b, c, h, w]))
+                .collect();
+            let (outputs, _) = executor.run_observed(acts, |event| match event {
+                Event::Warning(w) => {
+                    if let Some(sink) = &self.on_warning {
+                        sink(w);
+                    }
+                }
+                Event::BlockEnd(_) => {
+                    if let Some(sink) = &self.on_block {
+                        sink();
+                    }
+                }
+                _ => {}
+            })?;
+            for (m, o) in self.models.iter().zip(&outputs) {
+                m.store.check_unchanged()?;
+                if let Some(at) = o.data.iter().position(|v| !v.is_finite()) {
+                    let width = o.shape[1];
+                    return Err(Error::Model {
+                        path: m.store.path().to_path_buf(),
+                        msg: format!(
+                            "{} computed {} at index {} of input {}: its weights hold non-finite \
+                             values or overflow; no output is given",
+                            m.name,
+                            o.data[at],
+                            at % width,
+                            bi * self.batch + at / width
+                        ),
+                    });
+                }
+            }
+            if outs.is_empty() {
+                outs = outputs;
+            } else {
+                for (all, o) in outs.iter_mut().zip(outputs) {
+                    all.shape[0] += o.shape[0];
+                    all.data.extend_from_slice(&o.data);
+                }
+            }
+        }
+        Ok(outs)
+    }
+
     /// One input as each model's `[3, h, w]` input: an image decoded once and preprocessed per model, a
     /// tensor checked against the size each model expects.
     fn prepare<'i>(&self, item: &'i Item) -> Result<Prepared<'i>> {

@@ -17,7 +17,7 @@ subcommands are:
           the ensemble's answer. Timed from outside by the driver.
   bench   ...
           The driver: every measurement, the raw results in target/bench_vs_torch/, then the
-          markdown section of BENCHMARKS.md.
+          markdown section of BENCHMARKS.md. --peers adds the peer rows (benchvt/peers.py).
   render  RESULTS.json [--out FILE]
           The markdown section again from saved raw results.
   folios  FILES...
@@ -92,6 +92,11 @@ def parser():
     sp.add_argument('--rustc', default='?')
     sp.add_argument('--dirty-files', default='')
     sp.add_argument('--storage', default='?')
+    sp.add_argument('--peers', default='', help='comma-separated peer rows: wstream variants by name '
+                    '(bf16, int8, int8-wo, packed, or --variant ones), ort-int8, candle; empty for none')
+    sp.add_argument('--variant', action='append', metavar='NAME:CONVERT ARGS:CLASSIFY ARGS',
+                    help='a wstream variant row (adds to or replaces the defaults of benchvt/peers.py)')
+    sp.add_argument('--candle', help='the candle_convnext example binary (the candle row)')
     sp = sub.add_parser('render', help='re-render a results JSON into markdown')
     sp.add_argument('results')
     sp.add_argument('--out')

@@ -10,7 +10,7 @@ usage() {
   cat <<EOF
 usage: tools/bench_vs_torch.sh [--repeats N] [--quick] [--no-build] [--wstream BIN] [--threads N]
                                [--batch N] [--models LIST] [--fullsize DIR] [--onnx-dir DIR]
-                               [--out FILE|-] [--only PHASES]
+                               [--out FILE|-] [--only PHASES] [--peers LIST] [--variant SPEC]...
 
 Measures, for wstream, timm and ONNX Runtime (medians; the engines take turns, order rotated each round):
   1. per-image latency, warm, batch 1: each Large model alone on its own preprocessed input
@@ -28,6 +28,9 @@ Measures, for wstream, timm and ONNX Runtime (medians; the engines take turns, o
   6. process start to first answer cold (weight files dropped first), and 'cat' of the three
      safetensors files cold as the storage bound.
   and checks wstream's and ORT's logits against timm's in the same run.
+  Peer rows (issue #19), in the same rounds for 1 (and 2 and 6 for the wstream variants): wstream on
+  converted copies of the weights, ONNX Runtime's own int8, candle-transformers' ConvNeXt-L; each row's
+  logits checked against timm f32 (cosine, max |diff|, top-1 with margins); ratios vs ORT f32 and int8.
 
 Options:
   --repeats N     rounds for 1 and 2 (default 5); 3 uses max(2, ceil(N/2)), 6 uses min(N, 3)
@@ -43,6 +46,16 @@ Options:
   --onnx-dir DIR  where the ONNX exports live (default \$WSTREAM_BENCH_ONNX_DIR or DIR/onnx); made once
   --out FILE      the markdown file whose marked section is replaced (default BENCHMARKS.md; - for none)
   --only PHASES   comma-separated subset of warm,start,cold,membox (for debugging)
+  --peers LIST    peer rows (default bf16,int8,int8-wo,packed,ort-int8,candle; "none" for the old report):
+                    bf16, int8, packed  wstream on 'convert --dtype bf16' / '--dtype int8' /
+                                        '--layout packed' copies, made once under target/bench_vs_torch/weights/
+                    int8-wo             the int8 copies run with 'classify --int8-activations off'
+                    ort-int8            onnxruntime.quantization.quantize_dynamic (MatMul, per-channel s8
+                                        weights) of the ONNX exports, made once under target/bench_vs_torch/ort-int8/
+                    candle              candle-transformers' ConvNeXt-L (tools/candle_convnext.rs), ConvNeXt-L only
+                  a variant whose 'convert' or 'classify' refuses its flags is skipped with a note
+  --variant SPEC  a wstream variant NAME:CONVERT ARGS:CLASSIFY ARGS, e.g.
+                  'int8-wo:--dtype int8:--int8-activations off' (replaces that name's default); name it in --peers
 
 Needs the reference venv (tools/setup_reference.sh, with onnx + onnxruntime; VENV_REF=DIR to use another),
 the Rust toolchain, and root for the cgroup bisection. A full run takes about 15-20 minutes on 2 cores.
@@ -50,6 +63,7 @@ EOF
 }
 
 repeats=5; quick=0; build=1; threads=2; batch=8; only=""; wstream=""
+peers=bf16,int8,int8-wo,packed,ort-int8,candle; variants=()
 models=(vit_large_patch16_224 convnext_large swin_large_patch4_window7_224)
 fullsize=${WSTREAM_FULLSIZE:-/work/fullsize}
 onnx_dir=${WSTREAM_BENCH_ONNX_DIR:-}
@@ -68,6 +82,8 @@ while [ $# -gt 0 ]; do
     --onnx-dir) onnx_dir=${2:?--onnx-dir needs a folder}; shift 2 ;;
     --out) out=${2:?--out needs a file or -}; shift 2 ;;
     --only) only=${2:?--only needs phases}; shift 2 ;;
+    --peers) peers=${2:?--peers needs a list or none}; shift 2 ;;
+    --variant) variants+=(--variant "${2:?--variant needs NAME:CONVERT ARGS:CLASSIFY ARGS}"); shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench_vs_torch: unknown argument \`$1\` (see --help)" >&2; exit 2 ;;
   esac
@@ -80,6 +96,7 @@ done
 onnx_dir=${onnx_dir:-$fullsize/onnx}
 [ -n "$wstream" ] && wstream=$(realpath "$wstream")  # the script runs from $root
 [ "$out" = "-" ] && out=""
+[ "$peers" = "none" ] && peers=""
 
 die() { echo "bench_vs_torch: $*" >&2; exit 1; }
 
@@ -118,6 +135,11 @@ if [ $build = 1 ]; then
   cargo build --release --quiet || die "cargo build --release failed"
 fi
 wstream=${wstream:-$root/target/release/wstream}
+candle=$root/target/release/examples/candle_convnext
+if [[ ",$peers," == *,candle,* ]] && { [ $build = 1 ] || [ ! -x "$candle" ]; }; then
+  echo "bench_vs_torch: cargo build --release --example candle_convnext" >&2
+  cargo build --release --quiet --example candle_convnext || die "cargo build --example candle_convnext failed"
+fi
 [ -x "$wstream" ] || die "no $wstream; run cargo build --release (or drop --no-build)"
 checkout=$(dirname "$wstream")
 version=$(git -C "$checkout" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -135,7 +157,8 @@ echo "bench_vs_torch: wstream $version ($wstream); models ${models[*]}; fullsize
 args=(bench --fullsize "$fullsize" --onnx-dir "$onnx_dir" --threads "$threads" --wstream "$wstream"
       --models "$(IFS=,; echo "${models[*]}")"
       --image "$image" --repeats "$repeats" --batch "$batch" --command "$cmdline"
-      --wstream-version "$version" --rustc "$rustc_v" --dirty-files "$dirty_files" --storage "${storage:-?}")
+      --wstream-version "$version" --rustc "$rustc_v" --dirty-files "$dirty_files" --storage "${storage:-?}"
+      --peers "$peers" --candle "$candle" "${variants[@]}")
 [ $quick = 1 ] && args+=(--quick)
 [ -n "$only" ] && args+=(--only "$only")
 [ -n "$out" ] && args+=(--out "$out")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ENGINES, log
+from . import peers as P
 from .preprocess import decode, load_cfg, preprocess
 from .report import render, write_section
 from .system import (CLI, drop_cache, huge_folio_fraction, machine_info, median, parse_json_lines,
@@ -29,9 +30,10 @@ OUT_DIR = ROOT / 'target' / 'bench_vs_torch'
 class Worker:
     """A `worker` process (timm or ORT) with its models loaded, driven one JSON line at a time."""
 
-    def __init__(self, engine, args):
+    def __init__(self, engine, args, onnx_dir=None):
         cmd = [sys.executable, str(CLI), 'worker', '--engine', engine, '--fullsize', args.fullsize,
-               '--onnx-dir', args.onnx_dir, '--threads', str(args.threads), '--models', ','.join(args.models)]
+               '--onnx-dir', str(onnx_dir or args.onnx_dir), '--threads', str(args.threads),
+               '--models', ','.join(args.models)]
         self.engine = engine
         self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.ready = self._read()
@@ -83,21 +85,83 @@ class Bench:
         decode(args.image).save(self.image)
         self.res = dict(samples={})
         self.t0 = time.perf_counter()
+        self.setup_peers()
+
+    # -- the peer rows: converted copies, ORT's int8, candle (tools/benchvt/peers.py)
+    def setup_peers(self):
+        a = self.a
+        wanted = [p for p in (a.peers or '').split(',') if p]
+        self.variants = P.variants(P.DEFAULT_VARIANTS + (a.variant or []), wanted)
+        self.variant_dirs = {}
+        notes = {}
+        for v in self.variants:
+            dirs = {}
+            for m in self.models:
+                d = P.convert_cached(Path(a.wstream), v, self.fs / m, OUT_DIR / 'weights')
+                if d is None:
+                    break
+                dirs[m] = d
+            if v.skipped is None:
+                probe = subprocess.run(self.wstream_cmd([self.models[0]], [self.fs / self.models[0] / 'reference'
+                                                                           / 'cat.input.npy'], variant=v,
+                                                        dirs=dirs), capture_output=True, text=True)
+                if probe.returncode != 0:
+                    v.skipped = f'`wstream classify {" ".join(v.classify)}` refused: {P.last_line(probe.stderr)}'
+            if v.skipped is not None:
+                notes[v.engine] = v.skipped
+                continue
+            self.variant_dirs[v.engine] = dirs
+            self.weight_files += [dirs[m] / f for m in self.models for f in os.listdir(dirs[m])
+                                  if f.endswith('.safetensors')]
+        self.variants = [v for v in self.variants if v.skipped is None]
+        self.ort_int8_dir = None
+        if 'ort-int8' in wanted:
+            root = OUT_DIR / 'ort-int8'
+            for m in self.models:
+                P.quantize_cached(a.onnx_dir, root, m)
+            self.ort_int8_dir = root
+            self.weight_files += [root / m / 'model.onnx' for m in self.models]
+        self.candle = None
+        if 'candle' in wanted:
+            if 'convnext_large' not in self.models:
+                notes['candle'] = 'candle-transformers has ConvNeXt only, and convnext_large is not benchmarked'
+            elif not a.candle or not os.access(a.candle, os.X_OK):
+                notes['candle'] = f'no candle_convnext binary at {a.candle}'
+            else:
+                self.candle = a.candle
+        self.res['peers'] = dict(variants={v.engine: dict(convert=v.convert, classify=v.classify)
+                                           for v in self.variants},
+                                 skipped=notes, ort_int8=self.ort_int8_dir is not None,
+                                 candle=self.candle is not None)
+
+    def peer_engines(self):
+        return ([v.engine for v in self.variants] + (['ort-int8'] if self.ort_int8_dir else [])
+                + (['candle'] if self.candle else []))
+
+    def variant(self, engine):
+        return next((v for v in self.variants if v.engine == engine), None)
 
     # -- commands
-    def wstream_cmd(self, models, inputs, batch=1, logits=False):
-        cmd = [self.a.wstream, 'classify', '--json', '--threads', str(self.a.threads)]
+    def wstream_cmd(self, models, inputs, batch=1, logits=False, variant=None, dirs=None):
+        # timm and ORT run at the train size (input_size, as the reference inputs were made); wstream would
+        # take a config's test_input_size by default, as timm's inference.py does
+        cmd = [self.a.wstream, 'classify', '--json', '--threads', str(self.a.threads), '--use-train-size']
         if logits:
             cmd.append('--logits')
         if batch > 1:
             cmd += ['--batch', str(batch)]
+        if variant is not None:
+            cmd += variant.classify
+            dirs = dirs or self.variant_dirs[variant.engine]
         for m in models:
-            cmd += ['--model', str(self.fs / m)]
+            cmd += ['--model', str(dirs[m] if dirs else self.fs / m)]
         return cmd + [str(i) for i in inputs]
 
     def once_cmd(self, engine):
         if engine == 'wstream':
             return self.wstream_cmd(self.models, [self.image])
+        if self.variant(engine):
+            return self.wstream_cmd(self.models, [self.image], variant=self.variant(engine))
         return [sys.executable, str(CLI), 'once', '--engine', engine, '--fullsize', str(self.fs),
                 '--onnx-dir', self.a.onnx_dir, '--threads', str(self.a.threads),
                 '--models', ','.join(self.models), '--image', self.image]
@@ -105,8 +169,8 @@ class Bench:
     def sample(self, key, engine, value):
         self.res['samples'].setdefault(key, {}).setdefault(engine, []).append(value)
 
-    def wstream_run(self, cmd):
-        r = subprocess.run(cmd, capture_output=True, text=True)
+    def wstream_run(self, cmd, env=None):
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode != 0:
             raise SystemExit(f'wstream failed ({r.returncode}): {shlex.join(cmd)}\n{r.stderr}')
         return parse_json_lines(r.stdout)
@@ -125,6 +189,12 @@ class Bench:
             workers['timm'] = Worker('timm', a)
             workers['ort'] = Worker('ort', a)
             self.res['worker_load'] = {e: w.ready for e, w in workers.items()}
+            # ORT's int8 sessions: a worker like ORT's, on the quantized exports; kept apart from
+            # `workers`, which the throughput figure (f32 only) walks
+            peer_workers = {}
+            if self.ort_int8_dir:
+                peer_workers['ort-int8'] = Worker('ort', a, onnx_dir=self.ort_int8_dir)
+                self.res['worker_load']['ort-int8'] = peer_workers['ort-int8'].ready
             refs = {m: np.load(self.fs / m / 'reference' / 'cat.input.npy') for m in self.models}
             ref_logits = {m: np.load(self.fs / m / 'reference' / 'cat.logits.npy') for m in self.models}
             # sanity: the benchmark's PIL+numpy preprocessing == timm's transform (reference inputs)
@@ -134,7 +204,7 @@ class Bench:
             targets = [([m], 'npy') for m in self.models] + [(self.models, self.image)]
             last_logits = {}
             # warm-up once per worker and target (first call, allocations)
-            for e, w in workers.items():
+            for e, w in list(workers.items()) + list(peer_workers.items()):
                 for models, src in targets:
                     w.run(models=models, source=src, batch=1, warmup=1, n=0)
             k = a.per_round
@@ -142,9 +212,26 @@ class Bench:
                 log(f'warm latency: round {r + 1}/{a.repeats}')
                 for models, src in targets:
                     key = 'latency:' + (models[0] if src == 'npy' else 'ensemble')
-                    for e in rotated(ENGINES, r):
+                    for e in rotated(ENGINES + self.peer_engines(), r):
+                        if e == 'candle' and (src != 'npy' or models != ['convnext_large']):  # ConvNeXt-L alone only
+                            continue
                         self.settle()
-                        if e == 'wstream':
+                        if e == 'candle' or self.variant(e):
+                            npy = self.fs / models[0] / 'reference' / 'cat.input.npy'
+                            inputs = ([self.image] if src == self.image else [npy]) * (1 + k)
+                            if e == 'candle':
+                                cmd = [self.candle, str(self.fs / models[0])] + [str(i) for i in inputs]
+                                lines = self.wstream_run(cmd, env=dict(os.environ, RAYON_NUM_THREADS=str(a.threads)))
+                            else:
+                                lines = self.wstream_run(self.wstream_cmd(models, inputs, logits=True,
+                                                                          variant=self.variant(e)))
+                            vals = [l['elapsed_ms'] for l in lines[1:]]
+                            last_logits[(key, e)] = {m: x['logits'] for m, x in zip(models, lines[-1]['models'])}
+                        elif e == 'ort-int8':
+                            rep = peer_workers[e].run(models=models, source=src, batch=1, n=k, logits=True)
+                            vals = rep['ms_per_image']
+                            last_logits[(key, e)] = rep['logits']
+                        elif e == 'wstream':
                             inputs = ([self.image] if src == self.image
                                       else [self.fs / models[0] / 'reference' / 'cat.input.npy']) * (1 + k)
                             lines = self.wstream_run(self.wstream_cmd(models, inputs, logits=True))
@@ -169,6 +256,11 @@ class Bench:
                         top1_agree=len({int(np.argmax(last_logits[(key, e)][m])) for e in ENGINES}) == 1,
                         logits_std=float(t.std()))
             self.res['logits_check'] = chk
+            # every row, peers included, against timm f32
+            self.res['peer_checks'] = {
+                key: {m: {e: P.logit_check(last_logits[(key, e)][m], last_logits[(key, 'timm')][m])
+                          for (k2, e) in last_logits if k2 == key and e != 'timm'} for m in models}
+                for models, src in targets for key in ['latency:' + (models[0] if src == 'npy' else 'ensemble')]}
             # the same ensemble from the JPEG itself: wstream decodes it with its own JPEG decoder
             lines = self.wstream_run(self.wstream_cmd(self.models, [self.jpeg], logits=True))
             self.res['jpeg_decoder_diff'] = {
@@ -192,20 +284,22 @@ class Bench:
         finally:
             for w in workers.values():
                 w.close()
+            for w in peer_workers.values():
+                w.close()
 
     # -- phase B: process start to first answer, warm page cache; peak RSS from the same runs
     def phase_start(self):
         warm_cache(self.weight_files)
         for r in range(self.a.repeats):
             log(f'start to answer (warm): round {r + 1}/{self.a.repeats}')
-            for e in rotated(ENGINES, r):
+            for e in rotated(ENGINES + [v.engine for v in self.variants], r):
                 self.settle()
                 out = run_timed(self.once_cmd(e))
                 if out['status'] != 0:
                     raise SystemExit(f'{e}: start-to-answer run failed ({out["status"]}):\n{out["stderr"][-3000:]}')
                 self.sample('start_warm', e, out['wall_s'])
                 self.sample('peak_rss', e, out['maxrss_kib'] / 1024)
-                if e != 'wstream':
+                if e in ('timm', 'ort'):
                     self.sample('start_inside', e, parse_json_lines(out['stdout'])[-1]['inside_s'])
 
     # -- phase C: cold start (weight files dropped first), and the time to just read them
@@ -214,7 +308,8 @@ class Bench:
         for r in range(n):
             log(f'start to answer (cold): round {r + 1}/{n}')
             # the read bound is cheap and noisy (shared storage): two samples per round
-            for e in rotated(['read'] + ENGINES, r) + ['read']:
+            peers = [v.engine for v in self.variants]
+            for e in rotated(['read'] + ENGINES + peers, r) + ['read'] + [f'read:{p}' for p in peers]:
                 self.settle()
                 drop_cache(self.weight_files)
                 resid = resident_bytes(self.weight_files)
@@ -222,6 +317,11 @@ class Bench:
                     self.sample('cold_residual_bytes', e, resid)
                 if e == 'read':
                     out = run_timed(['cat'] + [str(p) for p in self.st_files], discard_stdout=True)
+                elif e.startswith('read:'):
+                    dirs = self.variant_dirs[e[len('read:'):]]
+                    files = [str(dirs[m] / f) for m in self.models for f in sorted(os.listdir(dirs[m]))
+                             if f.endswith('.safetensors')]
+                    out = run_timed(['cat'] + files, discard_stdout=True)
                 else:
                     out = run_timed(self.once_cmd(e))
                 if out['status'] != 0:
@@ -319,6 +419,7 @@ def cmd_bench(args):
         storage=args.storage,
         env={k: v for k, v in os.environ.items()
              if re.match(r'(OPENBLAS|OMP_|MKL_|GOMP|KMP_|NVPL|RAYON|ORT_|TORCH_)', k)},
+        peers=args.peers,
         versions=dict(wstream=args.wstream_version, rustc=args.rustc, torch=torch.__version__, timm=timm.__version__,
                       onnxruntime=onnxruntime.__version__, onnx=onnx.__version__, numpy=np.__version__,
                       python=platform.python_version(),

@@ -80,6 +80,8 @@ def render(res, meta):
     sanity(add, res, models)
     targets(add, res, models, get)
     footnotes(add, res)
+    if res.get('peers') is not None:
+        peers(add, res, meta, models, get)
     return '\n'.join(L)
 
 
@@ -285,3 +287,126 @@ def cmd_render(args):
     if args.out:
         write_section(args.out, body)
     print(body)
+
+
+def peer_name(e):
+    return {'wstream': 'wstream f32', 'ort': 'ONNX Runtime f32', 'ort-int8': 'ONNX Runtime int8 (quantize_dynamic)',
+            'timm': 'timm f32', 'candle': 'candle-transformers'}.get(e, e)
+
+
+def peers(add, res, meta, models, get):
+    """Issue #19's rows: every engine and wstream variant per model and for the ensemble, with ratios to
+    ORT f32 and ORT int8, each row's logits against timm f32, the variants' start, RSS and cold figures,
+    and the issue's targets."""
+    pr = res['peers']
+    keys = [f'latency:{m}' for m in models] + ['latency:ensemble']
+    engines = ['wstream'] + list(pr['variants']) + ['ort', 'ort-int8', 'timm', 'candle']
+    engines = [e for e in engines if any(get(k, e) is not None for k in keys)]
+    add('')
+    def described(e, v):
+        run = f' run with `{" ".join(v["classify"])}`' if v['classify'] else ''
+        return f'`{e}` = `convert {" ".join(v["convert"])}`{run}'
+    add(P('peers', n=len(models),
+          variants=', '.join(described(e, v) for e, v in pr['variants'].items()) or 'none'))
+    if pr['skipped']:
+        add('')
+        add(P('peers_skipped', notes='; '.join(f'{e}: {why}' for e, why in pr['skipped'].items())))
+    add('')
+    add('| row | ' + ' | '.join([SHORT[m] for m in models] + [f'ensemble of the {len(models)}']) + ' |')
+    add('| --- |' + ' ---: |' * len(keys))
+
+    def cell(k, e):
+        v = get(k, e)
+        if v is None:
+            return ''
+        return (f'{fmt(v, " ms")} ({fmt_ratio(ratio(v, get(k, "ort")))} / '
+                f'{fmt_ratio(ratio(v, get(k, "ort-int8")))})')
+    for e in engines:
+        add(f'| {peer_name(e)} | ' + ' | '.join(cell(k, e) for k in keys) + ' |')
+    chk = res.get('peer_checks', {})
+    add('')
+    add(P('peer_checks'))
+    add('')
+    add('| row | ' + ' | '.join(SHORT[m] for m in models) + ' |')
+    add('| --- |' + ' --- |' * len(models))
+    for e in engines:
+        if e == 'timm':
+            continue
+        cells = []
+        for m in models:
+            # the model's check in its own run, then in the ensemble's (candle has no ensemble run)
+            c = chk.get(f'latency:{m}', {}).get(m, {}).get(e)
+            ce = chk.get('latency:ensemble', {}).get(m, {}).get(e)
+            ens = '' if ce is None else P('peer_check_ens', ens=check_cell(ce))
+            cells.append('' if c is None else check_cell(c) + ens)
+        add(f'| {peer_name(e)} | ' + ' | '.join(cells) + ' |')
+    variants = [e for e in pr['variants'] if get('start_warm', e) is not None]
+    if variants:
+        add('')
+        add(P('peer_process'))
+        for e in ['wstream'] + variants:
+            cold, rd = get('start_cold', e), get('start_cold', 'read' if e == 'wstream' else f'read:{e}')
+            ens = get('latency:ensemble', e)
+            bound = max(rd, ens / 1000) if rd is not None and ens is not None else None
+            add(f'| {peer_name(e)} | {fmt(get("start_warm", e), " s")} | {fmt(get("peak_rss", e), " MiB")} | '
+                f'{fmt(cold, " s")} | {fmt(rd, " s")} | {fmt_ratio(ratio(cold, bound))} |')
+    peer_targets(add, res, models, get, pr, chk)
+
+
+def check_cell(c):
+    return P('peer_check', cos=f'{c["cosine"]:.6f}', max_abs=f'{c["max_abs"]:.1e}',
+             top1='yes' if c['top1_agree'] else '**no**', margin_ref=f'{c["margin_ref"]:.2f}',
+             margin=f'{c["margin"]:.2f}')
+
+
+def peer_targets(add, res, models, get, pr, chk):
+    """Issue #19's latency and agreement targets, each row judged where it was measured."""
+    add('')
+    add(P('peer_targets'))
+
+    def target(label, value, limit, shown=None):
+        if value is None:
+            add(P('target_unmeasured', label=label))
+        else:
+            add(P('target', label=label, shown=shown or fmt_ratio(value), verdict=verdict(value, limit)))
+
+    ens = 'latency:ensemble'
+    f32 = [e for e in ['wstream'] + [e for e in pr['variants'] if 'packed' in e] if get(ens, e) is not None]
+    for e in f32:
+        target(P('t19_f32', engine=peer_name(e), limit=0.85), ratio(get(ens, e), get(ens, 'ort')), 0.85)
+        for m in models:
+            target(P('t19_alone', engine=peer_name(e), model=SHORT[m], limit=0.95),
+                   ratio(get(f'latency:{m}', e), get(f'latency:{m}', 'ort')), 0.95)
+
+    def worst_cos(e):
+        cs = [c[e]['cosine'] for d in chk.values() for c in d.values() if e in c]
+        return min(cs) if cs else None
+
+    def top1(e, min_margin):
+        cs = [c[e] for d in chk.values() for c in d.values() if e in c]
+        return all(c['top1_agree'] or c['margin_ref'] <= min_margin for c in cs) if cs else None
+
+    for e in [e for e in pr['variants'] if 'bf16' in e]:
+        target(P('t19_ratio', engine=peer_name(e), limit=0.6, base='ORT f32'), ratio(get(ens, e), get(ens, 'ort')), 0.6)
+        agree_cos(add, e, worst_cos(e), 0.9995, top1(e, 0.1))
+    for e in [e for e in pr['variants'] if 'int8' in e]:
+        target(P('t19_ratio', engine=peer_name(e), limit=0.5, base='ORT f32'), ratio(get(ens, e), get(ens, 'ort')), 0.5)
+        target(P('t19_ratio', engine=peer_name(e), limit=0.8, base='ORT int8'),
+               ratio(get(ens, e), get(ens, 'ort-int8')), 0.8)
+        agree_cos(add, e, worst_cos(e), 0.995, top1(e, 0.1))
+        cold = get('start_cold', e)
+        rd, warm = get('start_cold', f'read:{e}'), get(ens, e)
+        bound = max(rd, warm / 1000) if rd is not None and warm is not None else None
+        target(P('t19_cold', engine=peer_name(e), limit=1.1), ratio(cold, bound), 1.1)
+        rss = get('peak_rss', e)
+        target(P('t19_rss', engine=peer_name(e), limit=128), rss, 128, fmt(rss, ' MiB'))
+
+
+def agree_cos(add, e, cos, limit, top1):
+    if cos is None:
+        add(P('target_unmeasured', label=P('t19_cos', engine=peer_name(e), limit=limit)))
+        return
+    met = cos >= limit and top1
+    add(P('target', label=P('t19_cos', engine=peer_name(e), limit=limit),
+          shown=f'worst cosine {cos:.6f}, top-1 {"agrees" if top1 else "DISAGREES"}',
+          verdict='yes' if met else '**no**'))
