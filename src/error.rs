@@ -154,6 +154,9 @@ pub enum Error {
     /// Options a library caller gave that cannot work (no model, an empty batch).
     #[error("{0}")]
     Options(String),
+    /// A run its caller asked to stop ([`crate::exec::Executor::run_until`]).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl Error {

@@ -282,6 +282,18 @@ impl<'m> Executor<'m> {
     pub fn run_observed(
         &self,
         inputs: Vec<Act>,
+        observe: impl FnMut(Event) + Send,
+    ) -> Result<(Vec<Act>, Vec<BlockRecord>)> {
+        self.run_until(inputs, &|| false, observe)
+    }
+
+    /// [`Executor::run_observed`], asking `stop` before each block and ending the run with
+    /// [`Error::Interrupted`] once it says yes: how a caller that cannot take a signal itself (a Python
+    /// call with the interpreter's lock released) ends a long run within one block.
+    pub fn run_until(
+        &self,
+        inputs: Vec<Act>,
+        stop: &(dyn Fn() -> bool + Sync),
         mut observe: impl FnMut(Event) + Send,
     ) -> Result<(Vec<Act>, Vec<BlockRecord>)> {
         assert_eq!(inputs.len(), self.models.len(), "one input per model");
@@ -307,6 +319,9 @@ impl<'m> Executor<'m> {
                     hinted: 0,
                 };
                 for i in 0..self.steps.len() {
+                    if stop() {
+                        return Err(Error::Interrupted);
+                    }
                     prefetcher.request_ahead(&mut ahead, i, &mut observe);
                     records.push(self.step(i, prefetcher, &mut acts, &mut observe)?);
                 }

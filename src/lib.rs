@@ -40,6 +40,8 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod process;
 pub mod profile;
+#[cfg(feature = "python")]
+mod python;
 pub mod records;
 pub mod residency;
 #[cfg(feature = "serve")]

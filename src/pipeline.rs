@@ -331,8 +331,14 @@ impl Pipeline {
                 .map(|item| self.prepare(item))
                 .collect::<Result<Vec<_>>>()?;
             let names = batch.iter().map(|item| item.name.as_str());
-            let answers =
-                self.answer(&executor, names.zip(inputs), start, &mut run, &mut records)?;
+            let answers = self.answer(
+                &executor,
+                names.zip(inputs),
+                start,
+                &mut run,
+                &mut records,
+                &|| false,
+            )?;
             for answer in answers {
                 emit(answer)?;
             }
@@ -345,6 +351,16 @@ impl Pipeline {
     /// its place and the others still run; an error of the run itself (a weight file changed on disk)
     /// fails them all. Returns the answers in `items`' order and the executor's records.
     pub fn run_batch(&self, items: &[Item]) -> Result<(Vec<Result<Answer>>, Vec<BlockRecord>)> {
+        self.run_batch_until(items, &|| false)
+    }
+
+    /// [`Pipeline::run_batch`], asking `stop` before each block ([`Executor::run_until`]): once it says
+    /// yes the run ends with [`Error::Interrupted`].
+    pub fn run_batch_until(
+        &self,
+        items: &[Item],
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(Vec<Result<Answer>>, Vec<BlockRecord>)> {
         let start = Instant::now();
         let mut prepared: Vec<Result<Prepared>> =
             items.iter().map(|item| self.prepare(item)).collect();
@@ -373,7 +389,14 @@ impl Pipeline {
                 if part.is_empty() {
                     break;
                 }
-                answers.extend(self.answer(&executor, part, start, &mut run, &mut records)?);
+                answers.extend(self.answer(
+                    &executor,
+                    part,
+                    start,
+                    &mut run,
+                    &mut records,
+                    stop,
+                )?);
             }
         }
         let mut answers = answers.into_iter();
@@ -521,6 +544,7 @@ impl Pipeline {
         start: Instant,
         run: &mut RunClock,
         records: &mut Vec<BlockRecord>,
+        stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<Answer>> {
         let (names, inputs): (Vec<&str>, Vec<Prepared>) = batch.into_iter().unzip();
         let n = names.len();
@@ -542,7 +566,7 @@ impl Pipeline {
         drop(inputs);
         // The executor times a batch from its own start; a run's batches share the first one's.
         let began = run.began.get_or_insert_with(Instant::now).elapsed();
-        let (outputs, mut recs) = executor.run_observed(acts, |event| match event {
+        let (outputs, mut recs) = executor.run_until(acts, stop, |event| match event {
             Event::Warning(w) => {
                 if let Some(sink) = &self.on_warning {
                     sink(w);
