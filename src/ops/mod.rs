@@ -22,6 +22,7 @@ pub mod elementwise;
 mod gemm;
 mod linear;
 mod norm;
+pub mod packed;
 pub(crate) mod simd;
 
 pub use self::activation::{bias_gelu, erf, gelu};
