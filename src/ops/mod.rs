@@ -9,6 +9,8 @@
 //! - `activation`: [`erf`] and the exact GELU, alone ([`gelu`]) or fused with a bias ([`bias_gelu`]);
 //! - `conv`: [`patch_conv`], [`depthwise_conv`] and the [`Layout`] of image-like activations;
 //! - `attention`: multi-head self-attention on small per-head matrices ([`attention`]);
+//! - `packed`: linear layers over weights stored in the micro-kernel's panel order, with fused epilogues
+//!   ([`packed::linear_packed`]; [`linear_add`] and [`mlp_add`] fold a residual add in);
 //! - `gemm`: the one safe door to the `gemm` crate ([`matmul`], [`MatRef`]);
 //! - `simd`: run-time instruction-set dispatch (`simd::Kernel`, `simd::run`) and the hand-written vector
 //!   kernels, with the x86 ones in `simd/x86.rs`.
@@ -29,7 +31,7 @@ pub use self::activation::{bias_gelu, erf, gelu};
 pub use self::attention::{attention, ScoreBias};
 pub use self::conv::{depthwise_conv, patch_conv, Layout};
 pub use self::gemm::{matmul, matmul_t, MatRef};
-pub use self::linear::{linear, linear_weight, mlp, WIDEN_CHUNK_BYTES};
+pub use self::linear::{linear, linear_add, linear_weight, mlp, mlp_add, WIDEN_CHUNK_BYTES};
 pub use self::norm::layer_norm;
 
 /// Values (64 KiB of f32) one rayon task of an element-wise or row-wise kernel handles: enough work to
