@@ -93,7 +93,8 @@ pub fn linear_packed(
         return;
     }
     let parts = rayon::current_num_threads().min(rows.div_ceil(MR)).max(1);
-    let per = rows.div_ceil(parts).div_ceil(MR) * MR;
+    // Even shares, not whole tiles: 49 rows split 25 + 24 (each ending in a short tile), not 36 + 13.
+    let per = rows.div_ceil(parts);
     y.par_chunks_mut(per * out)
         .zip(x.par_chunks(per * inp))
         .for_each(|(yp, xp)| part(xp, xp.len() / inp, inp, panels, out, yp, ep));
