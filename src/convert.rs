@@ -14,6 +14,11 @@
 //!   of the int8-activation product, `ops::int8`). Everything else stays F32.
 //! - exec layout: tensors in the order the blocks read them, every tensor 64-byte aligned in the file and
 //!   every block starting on a 4096-byte boundary, gaps filled by zero `__pad__.N` U8 tensors.
+//! - packed layout (f32 only): the exec layout with every F32 linear weight (`*.weight`, `[out, in]` or a
+//!   1x1 conv's `[out, in, 1, 1]`, `out` a multiple of 32) in the packed kernel's panel order
+//!   (`ops::packed`): F32 `[out / 32, in, 32]` in the header, the source shapes and the panel geometry in
+//!   the `wstream.packed` metadata ([`crate::store::PACKED_KEY`]). Converting a packed file to any other
+//!   layout restores the source layout's bytes.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,8 +28,9 @@ use safetensors::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::models::{Model, CONFIG_KEY, PAD_PREFIX};
+use crate::ops::packed;
 use crate::output::{self, Existing};
-use crate::store::{Store, TensorInfo};
+use crate::store::{Store, TensorInfo, PACKED_KEY};
 use crate::weight::{colsum_name, scale_name, SCALE_SUFFIX};
 use crate::writer::{self, HeaderEntry, PartialDir, PartialFile};
 
@@ -73,6 +79,8 @@ pub enum Layout {
     Source,
     /// The blocks' order, each block page-aligned, each tensor 64-byte aligned.
     Exec,
+    /// [`Layout::Exec`] with the linear weights in the packed kernel's panel order.
+    Packed,
 }
 
 impl Layout {
@@ -80,6 +88,7 @@ impl Layout {
         match self {
             Layout::Source => "source",
             Layout::Exec => "exec",
+            Layout::Packed => "packed",
         }
     }
 }
@@ -123,6 +132,10 @@ enum Op<'s> {
     Colsums,
     /// Zeros.
     Pad,
+    /// An F32 weight matrix into the packed kernel's panel order.
+    Pack(&'s TensorInfo),
+    /// A packed weight back into its source layout.
+    Unpack(&'s TensorInfo),
 }
 
 struct Item<'s> {
@@ -157,6 +170,18 @@ pub fn convert(
 
     let model = Model::load(input)?;
     let store = &model.store;
+    if opts.layout == Layout::Packed && opts.dtype != Dtype::F32 {
+        return Err(refuse(format!(
+            "--layout packed stores f32 weights (the packed kernel is f32), not {}",
+            opts.dtype.name()
+        )));
+    }
+    if opts.dtype != Dtype::F32 && store.tensors().iter().any(|t| store.is_packed(&t.name)) {
+        return Err(refuse(format!(
+            "the input's weights are packed; convert it to f32 --layout source first, then to {}",
+            opts.dtype.name()
+        )));
+    }
     // The input's own name (its folder or file, not `model.safetensors`) says where the output came from.
     let source = input
         .canonicalize()
@@ -206,9 +231,22 @@ pub fn convert(
     if opts.dtype == Dtype::Int8 {
         metadata.insert("wstream.int8".into(), INT8_FORMAT.into());
     }
+    metadata.remove(PACKED_KEY);
+    if opts.layout == Layout::Packed {
+        let shapes: BTreeMap<&str, &[usize]> = items
+            .iter()
+            .filter_map(|it| match it.op {
+                Op::Pack(t) => Some((t.name.as_str(), &t.shape[..])),
+                Op::Copy(t) if store.is_packed(&t.name) => Some((t.name.as_str(), &t.shape[..])),
+                _ => None,
+            })
+            .collect();
+        let record = serde_json::json!({ "geometry": packed::GEOMETRY, "tensors": shapes });
+        metadata.insert(PACKED_KEY.into(), record.to_string());
+    }
     let align = match opts.layout {
         Layout::Source => 8,
-        Layout::Exec => BLOCK_ALIGN,
+        Layout::Exec | Layout::Packed => BLOCK_ALIGN,
     };
     let header = writer::header(
         &metadata,
@@ -235,7 +273,9 @@ pub fn convert(
     let total: u64 = items
         .iter()
         .map(|it| match it.op {
-            Op::Copy(t) | Op::Cast(t) | Op::Quantize(t) => t.nbytes() as u64,
+            Op::Copy(t) | Op::Cast(t) | Op::Quantize(t) | Op::Pack(t) | Op::Unpack(t) => {
+                t.nbytes() as u64
+            }
             Op::Scales | Op::Colsums | Op::Pad => 0,
         })
         .sum();
@@ -274,6 +314,8 @@ pub fn convert(
                 w.write_all(bytemuck::cast_slice(&c))?;
             }
             Op::Pad => w.write_all(&vec![0u8; it.offsets.1 - it.offsets.0])?,
+            Op::Pack(t) => permute(store, t, packed::pack_range, &mut w)?,
+            Op::Unpack(t) => permute(store, t, packed::unpack_range, &mut w)?,
         }
         if w.written() - data_start != it.offsets.1 as u64 {
             return Err(internal(
@@ -284,7 +326,7 @@ pub fn convert(
                 w.written() - data_start,
             ));
         }
-        if let Op::Copy(t) | Op::Cast(t) | Op::Quantize(t) = it.op {
+        if let Op::Copy(t) | Op::Cast(t) | Op::Quantize(t) | Op::Pack(t) | Op::Unpack(t) = it.op {
             // Done with these input pages: unmap them so the process holds one tensor at a time.
             let f = &store.files()[t.file];
             crate::residency::release(f.bytes(), t.range.clone(), None)
@@ -303,7 +345,12 @@ pub fn convert(
         config: None,
         tensors: items
             .iter()
-            .filter(|it| matches!(it.op, Op::Copy(_) | Op::Cast(_) | Op::Quantize(_)))
+            .filter(|it| {
+                matches!(
+                    it.op,
+                    Op::Copy(_) | Op::Cast(_) | Op::Quantize(_) | Op::Pack(_) | Op::Unpack(_)
+                )
+            })
             .count(),
         quantized: items
             .iter()
@@ -404,11 +451,64 @@ fn is_matrix(t: &TensorInfo) -> bool {
     t.name.ends_with(".weight") && t.shape.len() >= 2 && is_float(t.dtype)
 }
 
+/// Whether the packed layout stores `t` in panels: an F32 linear weight, `[out, in]` or `[out, in, 1, 1]`,
+/// with whole panels of outputs.
+fn is_packable(t: &TensorInfo) -> bool {
+    let linear = matches!(t.shape.as_slice(), [_, _] | [_, _, 1, 1]);
+    linear
+        && t.name.ends_with(".weight")
+        && t.dtype == StDtype::F32
+        && packed::packable(t.shape[0], t.shape[1])
+}
+
+/// Writes F32 matrix `t` with its elements permuted by `f` (`ops::packed::pack_range` or `unpack_range`),
+/// chunk by chunk.
+fn permute(
+    store: &Store,
+    t: &TensorInfo,
+    f: fn(&[f32], usize, usize, &mut [f32]),
+    w: &mut PartialFile,
+) -> Result<()> {
+    let src = store.view::<f32>(&t.name)?;
+    let inp = t.shape.iter().skip(1).product::<usize>();
+    let mut buf = vec![0.0f32; CHUNK];
+    for start in (0..src.len()).step_by(CHUNK) {
+        let out = &mut buf[..CHUNK.min(src.len() - start)];
+        f(&src, inp, start, out);
+        w.write_all(bytemuck::cast_slice(out))?;
+    }
+    Ok(())
+}
+
 /// One output tensor: name, dtype, shape, and how its bytes are made.
 type Planned<'s> = (String, StDtype, Vec<usize>, Op<'s>);
 
 /// The output tensors one input tensor becomes.
-fn convert_one<'s>(store: &Store, t: &'s TensorInfo, dtype: Dtype) -> Result<Vec<Planned<'s>>> {
+fn convert_one<'s>(
+    store: &Store,
+    t: &'s TensorInfo,
+    dtype: Dtype,
+    layout: Layout,
+) -> Result<Vec<Planned<'s>>> {
+    let panels = |t: &TensorInfo| {
+        let [p, k, j] = packed::packed_shape(t.shape[0], t.shape[1..].iter().product());
+        vec![p, k, j]
+    };
+    match (store.is_packed(&t.name), layout == Layout::Packed) {
+        (true, true) => return Ok(vec![(t.name.clone(), t.dtype, panels(t), Op::Copy(t))]),
+        (true, false) => {
+            return Ok(vec![(
+                t.name.clone(),
+                t.dtype,
+                t.shape.clone(),
+                Op::Unpack(t),
+            )])
+        }
+        (false, true) if is_packable(t) => {
+            return Ok(vec![(t.name.clone(), t.dtype, panels(t), Op::Pack(t))])
+        }
+        _ => {}
+    }
     let keep = || vec![(t.name.clone(), t.dtype, t.shape.clone(), Op::Copy(t))];
     let to = |d: StDtype| {
         if t.dtype == d {
@@ -472,7 +572,7 @@ fn plan<'s>(model: &'s Model, opts: &Options) -> Result<Vec<Item<'s>>> {
         .collect();
     let groups: Vec<Vec<&TensorInfo>> = match opts.layout {
         Layout::Source => vec![inputs],
-        Layout::Exec => {
+        Layout::Exec | Layout::Packed => {
             let mut seen = HashSet::new();
             let mut groups = Vec::new();
             for i in 0..model.blocks.len() {
@@ -496,14 +596,15 @@ fn plan<'s>(model: &'s Model, opts: &Options) -> Result<Vec<Item<'s>>> {
             groups
         }
     };
-    let exec = opts.layout == Layout::Exec;
+    let exec = opts.layout != Layout::Source;
     let mut items = Vec::new();
     let mut offset = 0usize;
     let mut pads = 0usize;
     for g in groups {
         for (i, t) in g.into_iter().enumerate() {
-            for (j, (name, dtype, shape, op)) in
-                convert_one(store, t, opts.dtype)?.into_iter().enumerate()
+            for (j, (name, dtype, shape, op)) in convert_one(store, t, opts.dtype, opts.layout)?
+                .into_iter()
+                .enumerate()
             {
                 if exec {
                     let align = if i == 0 && j == 0 {

@@ -62,6 +62,9 @@ pub enum Weight<'a> {
         q: Cow<'a, [i8]>,
         scale: Cow<'a, [f32]>,
     },
+    /// f32 in the packed kernel's panel order (`ops::packed`), as `wstream convert --layout packed` stores
+    /// it: `[out / NR, in, NR]`, read by the packed kernel in place.
+    PackedF32(Cow<'a, [f32]>),
 }
 
 impl Weight<'_> {
@@ -72,6 +75,7 @@ impl Weight<'_> {
             Weight::F16(w) => w.len(),
             Weight::Bf16(w) => w.len(),
             Weight::I8 { q, .. } => q.len(),
+            Weight::PackedF32(w) => w.len(),
         }
     }
 
@@ -96,6 +100,9 @@ impl Weight<'_> {
         let chunk = per_row * ops::rows_per_task(per_row);
         match self {
             Weight::F32(w) => dst.copy_from_slice(&w[span]),
+            Weight::PackedF32(w) => dst.par_chunks_mut(chunk).enumerate().for_each(|(c, d)| {
+                ops::packed::unpack_range(w, per_row, span.start + c * chunk, d)
+            }),
             Weight::F16(w) => dst
                 .par_chunks_mut(chunk)
                 .zip(w[span].par_chunks(chunk))

@@ -304,3 +304,10 @@ fn wrong_input_shape_is_an_error_not_a_panic() {
 fn convnext_large_fullsize() {
     parity::fullsize("convnext_large");
 }
+
+/// A packed copy (`convert --layout packed`: panel-order weights, packed kernel, fused epilogues) matches
+/// timm block by block too.
+#[test]
+fn convnext_tiny_packed_matches_timm_block_by_block() {
+    parity::check_packed("convnext_tiny", to_timm, 1e-4, 1e-4);
+}

@@ -222,3 +222,10 @@ fn original_layout_checkpoint_is_remapped() {
 fn swin_large_fullsize() {
     parity::fullsize("swin_large_patch4_window7_224");
 }
+
+/// A packed copy (`convert --layout packed`: panel-order weights, packed kernel, fused epilogues) matches
+/// timm block by block too.
+#[test]
+fn swin_tiny_packed_matches_timm_block_by_block() {
+    parity::check_packed("swin_tiny", |_, a| a.clone(), 1e-4, 1e-4);
+}

@@ -16,3 +16,10 @@ fn vit_tiny_matches_timm_block_by_block() {
 fn vit_large_fullsize() {
     parity::fullsize("vit_large_patch16_224");
 }
+
+/// A packed copy (`convert --layout packed`: panel-order weights, packed kernel, fused epilogues) matches
+/// timm block by block too.
+#[test]
+fn vit_tiny_packed_matches_timm_block_by_block() {
+    parity::check_packed("vit_tiny", |_, act| act.clone(), 1e-4, 1e-4);
+}

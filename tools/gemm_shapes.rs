@@ -2,11 +2,14 @@
 //! `cargo run --release --example gemm_shapes -- [threads] [reps] [filter] [yt|y|linear]`: one line per shape,
 //! name, MxKxN, best GFLOP/s and ms. A linear layer's shape is `out x in x rows`; the last argument picks what
 //! is timed: `yt` (default) the product `w × xᵀ` into a dense `yᵀ`, `y` the same product written straight into
-//! `y` (`matmul_t`), `linear` the whole `ops::linear` (product, transpose, bias) as the models call it. Run it several times (interleaved with the build it is compared to) and keep the best.
+//! `y` (`matmul_t`), `linear` the whole `ops::linear` (product, transpose, bias) as the models call it, `packed` the same
+//! layer over kernel-ready panels (`ops::packed::linear_packed` with its bias epilogue), `peak` the FMA
+//! throughput probe instead of the shapes (independent AVX-512 FMA chains on every thread). Run it several times (interleaved with the build it is compared to) and keep the best.
 #[path = "../benches/common/mod.rs"]
 mod common;
 
 use std::time::Instant;
+use wstream::ops::packed::{linear_packed, pack_range, Epilogue};
 use wstream::ops::{linear, matmul, matmul_t, MatRef};
 
 fn main() {
@@ -20,20 +23,34 @@ fn main() {
         .num_threads(threads)
         .build_global()
         .unwrap();
+    if mode == "peak" {
+        return peak(threads, reps);
+    }
     for (name, m, k, n) in common::GEMM_SHAPES {
-        if !name.contains(&filter) {
+        if !name.contains(&filter) || (mode == "packed" && m % 32 != 0) {
             continue;
         }
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
         let bias: Vec<f32> = (0..m).map(|i| (i as f32 * 0.21).cos()).collect();
         let mut dst = vec![0.0f32; m * n];
+        let mut panels = Vec::new();
+        if mode == "packed" {
+            panels = vec![0.0f32; m * k];
+            pack_range(&a, k, 0, &mut panels);
+        }
         let inner = if m * n * k < 1 << 22 { 200 } else { 1 };
         let mut best = f64::MAX;
         for _ in 0..reps {
             let t = Instant::now();
             for _ in 0..inner {
-                if mode == "linear" {
+                if mode == "packed" {
+                    let ep = Epilogue {
+                        bias: Some(&bias),
+                        ..Epilogue::default()
+                    };
+                    linear_packed(&b, n, &panels, m, &mut dst, ep);
+                } else if mode == "linear" {
                     std::hint::black_box(linear(&b, n, &a, m, Some(&bias)));
                 } else {
                     let gemm = if mode == "y" { matmul_t } else { matmul };
@@ -53,4 +70,43 @@ fn main() {
             best * 1e3
         );
     }
+}
+
+/// GFLOP/s of `threads` threads each running 12 independent chains of AVX-512 FMAs (enough to cover the
+/// FMA latency on current x86 cores), best of `reps`: what the box sustains, the kernels' ceiling.
+fn peak(threads: usize, reps: usize) {
+    use rayon::prelude::*;
+    const STEPS: usize = 50_000_000;
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn chains() -> f32 {
+        use std::arch::x86_64::*;
+        let mut acc = [_mm512_set1_ps(1.0); 12];
+        let a = _mm512_set1_ps(std::hint::black_box(0.999_999));
+        let b = _mm512_set1_ps(std::hint::black_box(1e-7));
+        for _ in 0..STEPS / 12 {
+            for c in acc.iter_mut() {
+                *c = _mm512_fmadd_ps(*c, a, b);
+            }
+        }
+        acc.iter().map(|&c| _mm512_reduce_add_ps(c)).sum()
+    }
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        println!("fma peak: no AVX-512 here");
+        return;
+    }
+    let mut best = f64::MAX;
+    for _ in 0..reps.min(5) {
+        let t = Instant::now();
+        // SAFETY: AVX-512F was detected above.
+        (0..threads).into_par_iter().for_each(|_| {
+            std::hint::black_box(unsafe { chains() });
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let flops = 2.0 * 16.0 * (threads * STEPS / 12 * 12) as f64;
+    println!(
+        "fma peak, {threads} thread(s): {:8.1} GFLOP/s",
+        flops / best / 1e9
+    );
 }

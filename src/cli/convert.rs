@@ -20,6 +20,7 @@ enum DtypeArg {
 enum LayoutArg {
     Source,
     Exec,
+    Packed,
 }
 
 /// Run by tests/help.rs, from the repository's root (with /tmp/ replaced by a temporary folder).
@@ -39,6 +40,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DtypeArg,
     /// source: the input's tensor order, packed. exec: the order blocks run, each block page-aligned.
+    /// packed: exec, with the f32 linear weights in the GEMM kernel's panel order (read without repacking;
+    /// `--layout source` restores them).
     #[arg(long, value_enum, default_value = "source")]
     layout: LayoutArg,
 }
@@ -54,6 +57,7 @@ pub fn run(args: Args) -> Result<()> {
         layout: match args.layout {
             LayoutArg::Source => Layout::Source,
             LayoutArg::Exec => Layout::Exec,
+            LayoutArg::Packed => Layout::Packed,
         },
     };
     // Hidden when stderr is not a terminal.

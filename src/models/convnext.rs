@@ -474,6 +474,13 @@ impl Forward for ConvBlock {
         let (b, h, wd) = nhwc(w, &x.shape, x.data.len(), self.conv_dw.dim)?;
         let mut y = self.conv_dw.forward(w, &x.data, (b, h, wd))?;
         self.norm.apply(w, &mut y)?;
+        let gamma = w.maybe_floats(self.gamma)?;
+        if self
+            .mlp
+            .add_to(w, &y, b * h * wd, &mut x.data, gamma.as_deref())?
+        {
+            return Ok(x);
+        }
         // fc2's bias goes in with the layer scale and the residual.
         let out = self.mlp.forward_without_fc2_bias(w, &y, b * h * wd)?;
         drop(y);
@@ -481,7 +488,7 @@ impl Forward for ConvBlock {
             &mut x.data,
             &out,
             &w.floats(self.mlp.fc2_bias)?,
-            w.maybe_floats(self.gamma)?.as_deref(),
+            gamma.as_deref(),
         );
         Ok(x)
     }

@@ -80,6 +80,27 @@ impl Linear {
         }
     }
 
+    /// `residual += scale * forward(x)` in the kernel's epilogue when the weight is stored packed;
+    /// `Ok(false)` (nothing done) otherwise, and the caller adds the residual itself.
+    pub fn add_to(
+        &self,
+        w: &Weights,
+        x: &[f32],
+        rows: usize,
+        residual: &mut [f32],
+        scale: Option<&[f32]>,
+    ) -> Result<bool> {
+        let bias = w.maybe_floats(self.bias)?;
+        Ok(ops::linear_add(
+            x,
+            rows,
+            &w.weight(self.weight)?,
+            bias.as_deref(),
+            scale,
+            residual,
+        ))
+    }
+
     /// `[rows, in_dim]` -> `[rows, out_dim]`.
     pub fn forward(&self, w: &Weights, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let bias = w.maybe_floats(self.bias)?;
@@ -260,6 +281,29 @@ impl Mlp {
     /// `[rows, dim]` -> `[rows, dim]`.
     pub fn forward(&self, w: &Weights, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         self.run(w, x, rows, Some(self.fc2_bias))
+    }
+
+    /// `residual += scale * forward(x)` with fc1's bias and GELU and fc2's bias, the scale and the residual
+    /// add in the kernels' epilogues when both weights are stored packed; `Ok(false)` (nothing done)
+    /// otherwise, and the caller adds the residual itself.
+    pub fn add_to(
+        &self,
+        w: &Weights,
+        x: &[f32],
+        rows: usize,
+        residual: &mut [f32],
+        scale: Option<&[f32]>,
+    ) -> Result<bool> {
+        Ok(ops::mlp_add(
+            x,
+            rows,
+            &w.weight(self.fc1)?,
+            &w.floats(self.fc1_bias)?,
+            &w.weight(self.fc2)?,
+            &w.floats(self.fc2_bias)?,
+            scale,
+            residual,
+        ))
     }
 
     /// [`Mlp::forward`] leaving out fc2's bias, for a caller that fuses it into the residual add.

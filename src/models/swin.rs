@@ -610,8 +610,10 @@ impl Forward for SwinBlock {
         // MLP.
         let mut normed = x.data.clone();
         self.norm2.apply(w, &mut normed)?;
-        let out = self.mlp.forward(w, &normed, b * h * wd)?;
-        elementwise::add_assign(&mut x.data, &out);
+        if !self.mlp.add_to(w, &normed, b * h * wd, &mut x.data, None)? {
+            let out = self.mlp.forward(w, &normed, b * h * wd)?;
+            elementwise::add_assign(&mut x.data, &out);
+        }
         Ok(x)
     }
 }

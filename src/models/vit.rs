@@ -237,13 +237,22 @@ impl Forward for EncoderBlock {
         self.norm1.apply(w, &mut h)?;
         let qkv = self.qkv.forward(w, &h, rows)?;
         let attn = ops::attention(&qkv, b, t, self.heads, dim / self.heads, None);
-        let proj = self.proj.forward(w, &attn, rows)?;
-        elementwise::add_scaled(&mut x.data, &proj, w.maybe_floats(self.ls1)?.as_deref());
+        let ls1 = w.maybe_floats(self.ls1)?;
+        if !self
+            .proj
+            .add_to(w, &attn, rows, &mut x.data, ls1.as_deref())?
+        {
+            let proj = self.proj.forward(w, &attn, rows)?;
+            elementwise::add_scaled(&mut x.data, &proj, ls1.as_deref());
+        }
 
         let mut h = x.data.clone();
         self.norm2.apply(w, &mut h)?;
-        let out = self.mlp.forward(w, &h, rows)?;
-        elementwise::add_scaled(&mut x.data, &out, w.maybe_floats(self.ls2)?.as_deref());
+        let ls2 = w.maybe_floats(self.ls2)?;
+        if !self.mlp.add_to(w, &h, rows, &mut x.data, ls2.as_deref())? {
+            let out = self.mlp.forward(w, &h, rows)?;
+            elementwise::add_scaled(&mut x.data, &out, ls2.as_deref());
+        }
         Ok(x)
     }
 }

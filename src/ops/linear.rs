@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use super::activation::{bias_gelu, bias_gelu_t};
 use super::bf16;
 use super::gemm::{matmul, matmul_t, MatRef};
+use super::packed::{linear_packed, Epilogue};
 use super::{rows_per_task, simd};
 use crate::weight::{self, Weight};
 
@@ -120,6 +121,21 @@ pub fn linear_weight(
             return y;
         }
     }
+    if let Weight::PackedF32(p) = w {
+        let mut y = vec![0.0f32; rows * out];
+        linear_packed(
+            x,
+            rows,
+            p,
+            out,
+            &mut y,
+            Epilogue {
+                bias,
+                ..Epilogue::default()
+            },
+        );
+        return y;
+    }
     let inp = w.len() / out.max(1);
     assert_eq!(w.len(), out * inp, "weight is not [out, in]");
     let (chunk, mut buf) = widen_buffer(inp, out);
@@ -205,6 +221,16 @@ pub fn mlp(
             return y;
         }
     }
+    if let Weight::PackedF32(p1) = w1 {
+        let mut h = vec![0.0f32; rows * hidden];
+        let ep = Epilogue {
+            bias: Some(b1),
+            gelu: true,
+            ..Epilogue::default()
+        };
+        linear_packed(x, rows, p1, hidden, &mut h, ep);
+        return linear_weight(&h, rows, w2, out, b2);
+    }
     if rows == 0 || rows >= hidden.min(out).min(TRANSPOSE_BELOW_ROWS) {
         let mut h = linear_weight(x, rows, w1, hidden, None);
         bias_gelu(&mut h, b1);
@@ -217,6 +243,58 @@ pub fn mlp(
         product_t(yt, w2, MatRef::rows(&ht, hidden, rows));
         transpose_bias(yt, rows, b2)
     })
+}
+
+/// `residual += scale * (x wᵀ + bias)` (`scale` absent: 1) for `w` `[out, in]` stored packed, the sum
+/// added as each output tile leaves the kernel; `false` (nothing done) for a weight in another layout.
+pub fn linear_add(
+    x: &[f32],
+    rows: usize,
+    w: &Weight,
+    bias: Option<&[f32]>,
+    scale: Option<&[f32]>,
+    residual: &mut [f32],
+) -> bool {
+    let Weight::PackedF32(p) = w else {
+        return false;
+    };
+    let out = residual.len() / rows.max(1);
+    let ep = Epilogue {
+        bias,
+        scale,
+        accumulate: true,
+        ..Epilogue::default()
+    };
+    linear_packed(x, rows, p, out, residual, ep);
+    true
+}
+
+/// `residual += scale * (fc2(gelu(fc1(x) + b1)) + b2)` with both layers' epilogues fused (bias and GELU
+/// after fc1; bias, scale and the residual add after fc2) when both weights are stored packed; `false`
+/// (nothing done) otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn mlp_add(
+    x: &[f32],
+    rows: usize,
+    w1: &Weight,
+    b1: &[f32],
+    w2: &Weight,
+    b2: &[f32],
+    scale: Option<&[f32]>,
+    residual: &mut [f32],
+) -> bool {
+    let (Weight::PackedF32(p1), Weight::PackedF32(_)) = (w1, w2) else {
+        return false;
+    };
+    let hidden = b1.len();
+    let mut h = vec![0.0f32; rows * hidden];
+    let ep = Epilogue {
+        bias: Some(b1),
+        gelu: true,
+        ..Epilogue::default()
+    };
+    linear_packed(x, rows, p1, hidden, &mut h, ep);
+    linear_add(&h, rows, w2, Some(b2), scale, residual)
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 //! - `bf16`: a bf16 file's linear layers and MLPs multiplied in bf16 (`vdpbf16ps`), used by `linear` where
 //!   the CPU has it;
 //! - `int8`: int8 weights computed in int8 (W8A8: per-token u8 activations, VNNI);
+//! - `packed`: linear layers over weights stored in the micro-kernel's panel order, with fused epilogues
+//!   ([`packed::linear_packed`]; [`linear_add`] and [`mlp_add`] fold a residual add in);
 //! - `gemm`: the one safe door to the `gemm` crate ([`matmul`], [`MatRef`]);
 //! - `simd`: run-time instruction-set dispatch (`simd::Kernel`, `simd::run`) and the hand-written vector
 //!   kernels, with the x86 ones in `simd/x86.rs`.
@@ -27,6 +29,7 @@ mod gemm;
 pub mod int8;
 mod linear;
 mod norm;
+pub mod packed;
 pub(crate) mod simd;
 
 pub use self::activation::{bias_gelu, erf, gelu};
@@ -34,7 +37,7 @@ pub use self::attention::{attention, ScoreBias};
 pub use self::bf16::available as bf16_native;
 pub use self::conv::{depthwise_conv, patch_conv, Layout};
 pub use self::gemm::{matmul, matmul_t, MatRef};
-pub use self::linear::{linear, linear_weight, mlp, WIDEN_CHUNK_BYTES};
+pub use self::linear::{linear, linear_add, linear_weight, mlp, mlp_add, WIDEN_CHUNK_BYTES};
 pub use self::norm::layer_norm;
 
 /// Values (64 KiB of f32) one rayon task of an element-wise or row-wise kernel handles: enough work to

@@ -33,6 +33,84 @@ pub use header::{MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS};
 /// so each starts aligned; they hold zeros and no model reads them.
 pub const PAD_PREFIX: &str = "__pad__.";
 
+/// The `__metadata__` key of a file written by `wstream convert --layout packed`: a JSON object with the
+/// panel `geometry` (`ops::packed::GEOMETRY`) and, under `tensors`, each packed tensor's source shape. Such
+/// a tensor is stored F32 `[out / 32, in, 32]` in the header (so Python tools load it as an opaque array
+/// and timm refuses it by shape); [`Store`] reports it under its source shape and reads it as
+/// [`Weight::PackedF32`].
+pub const PACKED_KEY: &str = "wstream.packed";
+
+/// Marks the tensors each file's [`PACKED_KEY`] metadata lists as packed, giving them their source shapes;
+/// refuses a geometry this build's kernel does not read, and a listed tensor whose stored dtype or shape is
+/// not that geometry's.
+fn packed_tensors(files: &[MappedFile], tensors: &mut [TensorInfo]) -> Result<Vec<bool>> {
+    use crate::ops::packed;
+    let mut marked = vec![false; tensors.len()];
+    for (fi, f) in files.iter().enumerate() {
+        let bad = |msg: String| Error::HeaderJson {
+            path: f.path.clone(),
+            msg,
+        };
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(f.bytes()).map_err(|e| bad(e.to_string()))?;
+        let Some(text) = meta.metadata().as_ref().and_then(|m| m.get(PACKED_KEY)) else {
+            continue;
+        };
+        #[derive(serde::Deserialize)]
+        struct Packed {
+            geometry: String,
+            tensors: HashMap<String, Vec<usize>>,
+        }
+        let p: Packed = serde_json::from_str(text)
+            .map_err(|e| bad(format!("`{PACKED_KEY}` metadata is not valid: {e}")))?;
+        if p.geometry != packed::GEOMETRY {
+            return Err(Error::Model {
+                path: f.path.clone(),
+                msg: format!(
+                    "its weights are packed for another kernel (geometry `{}`); this build's kernel reads \
+                     `{}`: convert the source checkpoint again with this build (`wstream convert SRC OUT \
+                     --layout packed`)",
+                    p.geometry,
+                    packed::GEOMETRY
+                ),
+            });
+        }
+        for (name, shape) in &p.tensors {
+            let Some(t) = tensors
+                .iter_mut()
+                .enumerate()
+                .find(|(_, t)| t.file == fi && &t.name == name)
+            else {
+                return Err(bad(format!(
+                    "`{PACKED_KEY}` lists `{name}`, which the file lacks"
+                )));
+            };
+            let (i, t) = t;
+            let out = shape.first().copied().unwrap_or(0);
+            let inp = shape.iter().skip(1).product::<usize>();
+            if t.dtype != Dtype::F32
+                || shape.len() < 2
+                || !packed::packable(out, inp)
+                || t.shape != packed::packed_shape(out, inp)
+            {
+                return Err(Error::BadTensor {
+                    path: f.path.clone(),
+                    name: name.clone(),
+                    msg: format!(
+                        "packed tensor stored as {} {:?}, but source shape {shape:?} packs to F32 {:?}",
+                        t.dtype,
+                        t.shape,
+                        packed::packed_shape(out, inp)
+                    ),
+                });
+            }
+            t.shape = shape.clone();
+            marked[i] = true;
+        }
+    }
+    Ok(marked)
+}
+
 /// One mapped file of a checkpoint.
 pub struct MappedFile {
     pub path: PathBuf,
@@ -195,6 +273,8 @@ pub struct Store {
     /// Sorted by (file, offset): the order the bytes lie on disk.
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
+    /// Per tensor: stored in the packed kernel's panel order (see [`PACKED_KEY`]).
+    packed: Vec<bool>,
     unaligned_copies: AtomicU64,
     unaligned_bytes: AtomicU64,
 }
@@ -212,13 +292,14 @@ impl Store {
         let is_index = target
             .file_name()
             .is_some_and(|n| n.to_string_lossy().ends_with(".index.json"));
-        let (files, tensors) = if is_index {
+        let (files, mut tensors) = if is_index {
             shards::open_sharded(&target)?
         } else {
             let file = MappedFile::open(&target)?;
             let tensors = header::parse(&file.path, file.bytes(), 0)?;
             (vec![file], tensors)
         };
+        let packed = packed_tensors(&files, &mut tensors)?;
         // Parsing touched the header pages; unmap them so an opened store holds nothing resident and a later
         // page-cache drop is not blocked by a mapped (possibly large) folio.
         for f in &files {
@@ -239,6 +320,7 @@ impl Store {
             files,
             tensors,
             by_name,
+            packed,
             unaligned_copies: AtomicU64::new(0),
             unaligned_bytes: AtomicU64::new(0),
         })
@@ -323,6 +405,9 @@ impl Store {
     /// `<name>_scale` (F32 `[out]`, every value finite and >= 0, else an error naming the scale tensor).
     pub fn weight(&self, name: &str) -> Result<Weight<'_>> {
         let t = self.info(name)?;
+        if self.is_packed(name) {
+            return Ok(Weight::PackedF32(self.view(name)?));
+        }
         Ok(match t.dtype {
             Dtype::F32 => Weight::F32(self.view(name)?),
             Dtype::F16 => Weight::F16(self.view(name)?),
@@ -380,6 +465,12 @@ impl Store {
             Weight::F32(w) => w,
             w => Cow::Owned(w.to_f32(per_row).into_owned()),
         })
+    }
+
+    /// Whether `name` is stored in the packed kernel's panel order (its [`TensorInfo::shape`] is then the
+    /// source layout's shape, from the file's [`PACKED_KEY`] metadata).
+    pub fn is_packed(&self, name: &str) -> bool {
+        self.by_name.get(name).is_some_and(|&i| self.packed[i])
     }
 
     pub fn copy_stats(&self) -> CopyStats {

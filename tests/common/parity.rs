@@ -21,8 +21,51 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Runs `model` on each reference image and compares every block's output with timm's (after `to_timm`
 /// converts wstream's layout to timm's), then the logits. A mismatch names the first block that differs.
 pub fn check(model_dir: &str, to_timm: impl Fn(&str, &Act) -> Act, block_tol: f32, logit_tol: f32) {
+    check_model(
+        model_dir,
+        &fixture(model_dir),
+        to_timm,
+        block_tol,
+        logit_tol,
+    )
+}
+
+/// [`check`] on a copy of the fixture converted with `wstream convert --layout packed` (the linear weights
+/// in the packed kernel's panel order), against the same references.
+pub fn check_packed(
+    model_dir: &str,
+    to_timm: impl Fn(&str, &Act) -> Act,
+    block_tol: f32,
+    logit_tol: f32,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let packed = tmp.path().join(model_dir);
+    let opts = wstream::convert::Options {
+        layout: wstream::convert::Layout::Packed,
+        ..Default::default()
+    };
+    wstream::convert::convert(&fixture(model_dir), &packed, &opts, |_, _| {}).unwrap();
+    let model = Model::load(&packed).unwrap();
+    assert!(
+        model
+            .store
+            .tensors()
+            .iter()
+            .any(|t| model.store.is_packed(&t.name)),
+        "{model_dir}: nothing was packed"
+    );
+    check_model(model_dir, &packed, to_timm, block_tol, logit_tol)
+}
+
+fn check_model(
+    model_dir: &str,
+    weights: &Path,
+    to_timm: impl Fn(&str, &Act) -> Act,
+    block_tol: f32,
+    logit_tol: f32,
+) {
     let dir = fixture(model_dir);
-    let model = Model::load(&dir).unwrap();
+    let model = Model::load(weights).unwrap();
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference/blocks.json")).unwrap())
             .unwrap();

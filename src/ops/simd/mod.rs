@@ -18,6 +18,8 @@ mod x86;
 pub(crate) mod x86_bf16;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_int8;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_packed;
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -71,6 +73,18 @@ fn level() -> Level {
         }
         Level::Baseline
     })
+}
+
+/// Whether the AVX-512 kernels run here (detected, and not `WSTREAM_KERNELS=portable`).
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        level() == Level::Avx512
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Runs `k` compiled for the best instruction set this CPU has.

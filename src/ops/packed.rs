@@ -1,0 +1,351 @@
+//! Linear layers over kernel-ready weights: the `[out, in]` matrix stored (by `wstream convert --layout
+//! packed`) as panels of [`NR`] output channels, `panels[p][k][j] = w[p * NR + j][k]`, so the micro-kernel
+//! reads each panel from the mapping front to back: no copy, no repacking per call.
+//!
+//! A product `y = x wᵀ` runs as tiles of [`MR`] rows of `x` by one panel: the rows of `x` are interleaved
+//! once per call (`xp[k][i]`, a copy of the small operand), then every tile accumulates over the whole depth
+//! in registers and leaves through the [`Epilogue`] (bias, GELU, layer scale, residual add) straight into
+//! `y`, while it is still in L1: no extra pass over the activation. The rows are split between the pool's
+//! threads; each thread walks every panel, so a panel comes from memory once and is reused from its L2
+//! by every tile of that thread's rows.
+//!
+//! The AVX-512 kernel is in `simd/x86_packed.rs`; [`tile_portable`] is the reference beside it, run on any
+//! other CPU (and under `WSTREAM_KERNELS=portable`), compiled for AVX2 where present.
+
+use rayon::prelude::*;
+
+use super::activation::gelu1;
+use super::simd::{self, Kernel};
+
+/// Output channels per panel: two AVX-512 registers of f32. Part of the file format (a packed file records
+/// it and is refused by a build whose kernel uses another).
+pub const NR: usize = 32;
+/// Rows of `x` per tile: 2 x 12 accumulators, two weight registers and a broadcast fit AVX-512's 32
+/// registers. A choice of this build only, not recorded in files.
+pub const MR: usize = 12;
+/// The `geometry` a packed file's `wstream.packed` metadata records, checked when it is opened.
+pub const GEOMETRY: &str =
+    "f32 panels of 32 output channels: [out / 32, in, 32], w[32 p + j][k] at [p][k][j]";
+
+/// Whether an `[out, inp]` matrix can be stored packed: whole panels only (the file then holds the same
+/// bytes as the source, permuted; a remainder would need padding).
+pub fn packable(out: usize, inp: usize) -> bool {
+    out > 0 && inp > 0 && out.is_multiple_of(NR)
+}
+
+/// The shape a packed `[out, inp]` matrix has in the file's header: `[out / NR, inp, NR]`.
+pub fn packed_shape(out: usize, inp: usize) -> [usize; 3] {
+    [out / NR, inp, NR]
+}
+
+/// Packed elements `start..start + dst.len()` of the `[out, inp]` row-major matrix `src`.
+pub fn pack_range(src: &[f32], inp: usize, start: usize, dst: &mut [f32]) {
+    for (e, d) in (start..).zip(dst) {
+        let (p, rem) = (e / (inp * NR), e % (inp * NR));
+        *d = src[(p * NR + rem % NR) * inp + rem / NR];
+    }
+}
+
+/// Row-major elements `start..start + dst.len()` of the `[out, inp]` matrix whose panels are `panels`: the
+/// inverse of [`pack_range`].
+pub fn unpack_range(panels: &[f32], inp: usize, start: usize, dst: &mut [f32]) {
+    for (e, d) in (start..).zip(dst) {
+        let (o, k) = (e / inp, e % inp);
+        *d = panels[(o / NR) * inp * NR + k * NR + o % NR];
+    }
+}
+
+/// What happens to each product value on its way out of the kernel, in this order: `+ bias[o]`, GELU,
+/// `* scale[o]`, then stored, or added to what `y` holds (a residual).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub gelu: bool,
+    pub scale: Option<&'a [f32]>,
+    pub accumulate: bool,
+}
+
+/// `y = epilogue(x × wᵀ)` for `x` `[rows, inp]`, `y` `[rows, out]` and `w` the packed `[out, inp]` matrix.
+pub fn linear_packed(
+    x: &[f32],
+    rows: usize,
+    panels: &[f32],
+    out: usize,
+    y: &mut [f32],
+    ep: Epilogue,
+) {
+    assert!(
+        out.is_multiple_of(NR) && out > 0,
+        "{out} outputs are not whole panels"
+    );
+    let inp = panels.len() / out;
+    assert_eq!(
+        panels.len(),
+        out * inp,
+        "panels are not [out / {NR}, in, {NR}]"
+    );
+    assert_eq!(x.len(), rows * inp, "input is not [rows, {inp}]");
+    assert_eq!(y.len(), rows * out, "output is not [rows, {out}]");
+    for v in [ep.bias, ep.scale].into_iter().flatten() {
+        assert_eq!(v.len(), out, "epilogue vector length");
+    }
+    if rows == 0 {
+        return;
+    }
+    let parts = rayon::current_num_threads().min(rows.div_ceil(MR)).max(1);
+    // Even shares, not whole tiles: 49 rows split 25 + 24 (each ending in a short tile), not 36 + 13.
+    let per = rows.div_ceil(parts);
+    y.par_chunks_mut(per * out)
+        .zip(x.par_chunks(per * inp))
+        .for_each(|(yp, xp)| part(xp, xp.len() / inp, inp, panels, out, yp, ep));
+}
+
+/// One thread's rows: interleave them into tiles, then every panel times every tile.
+fn part(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    panels: &[f32],
+    out: usize,
+    y: &mut [f32],
+    ep: Epilogue,
+) {
+    let tiles = rows.div_ceil(MR);
+    let mut xp = vec![0.0f32; rows * inp];
+    for t in 0..tiles {
+        let (r0, m) = (t * MR, MR.min(rows - t * MR));
+        let dst = &mut xp[r0 * inp..(r0 + m) * inp];
+        for i in 0..m {
+            for (k, &v) in x[(r0 + i) * inp..(r0 + i + 1) * inp].iter().enumerate() {
+                dst[k * m + i] = v;
+            }
+        }
+    }
+    // The panel's columns of every row of this part, accumulated slice of depth by slice of depth.
+    let mut acc = vec![0.0f32; rows * NR];
+    for (p, w) in panels.chunks_exact(inp * NR).enumerate() {
+        for k0 in (0..inp).step_by(KC) {
+            let kc = KC.min(inp - k0);
+            let wk = &w[k0 * NR..(k0 + kc) * NR];
+            for t in 0..tiles {
+                let (r0, m) = (t * MR, MR.min(rows - t * MR));
+                let xk = &xp[r0 * inp + k0 * m..r0 * inp + (k0 + kc) * m];
+                tile(m, xk, wk, kc, &mut acc[r0 * NR..(r0 + m) * NR], k0 > 0);
+            }
+        }
+        for t in 0..tiles {
+            let (r0, m) = (t * MR, MR.min(rows - t * MR));
+            simd::run(Finish {
+                acc: &acc[r0 * NR..(r0 + m) * NR],
+                y: &mut y[r0 * out..],
+                out,
+                col: p * NR,
+                ep,
+            });
+        }
+    }
+}
+
+/// Depth per pass over a panel: its slice (16 KiB) and a tile's rows of `x` (6 KiB) stay in L1 while every
+/// tile of the part is multiplied by it.
+const KC: usize = 128;
+
+/// `acc[i][j] = Σ_k xp[k][i] w[k][j]` for `m` rows (`xp` `[inp, m]`, `w` a panel's slice `[inp, NR]`); with
+/// `add`, `acc +=` that.
+fn tile(m: usize, xp: &[f32], w: &[f32], inp: usize, acc: &mut [f32], add: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::has_avx512() {
+        return simd::x86_packed::tile(m, xp, w, inp, acc, add);
+    }
+    tile_portable(xp, w, inp, acc, add)
+}
+
+/// The portable tile: separate multiplies and adds, `k` in order, for each of the `m` rows.
+pub fn tile_portable(xp: &[f32], w: &[f32], inp: usize, acc: &mut [f32], add: bool) {
+    simd::run(Tile {
+        xp,
+        w,
+        inp,
+        acc,
+        add,
+    })
+}
+
+struct Tile<'a> {
+    xp: &'a [f32],
+    w: &'a [f32],
+    inp: usize,
+    acc: &'a mut [f32],
+    add: bool,
+}
+
+impl Kernel for Tile<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let m = self.acc.len() / NR;
+        for (i, row) in self.acc.chunks_exact_mut(NR).enumerate() {
+            let mut a = [0.0f32; NR];
+            if self.add {
+                a.copy_from_slice(row);
+            }
+            for k in 0..self.inp {
+                let xv = self.xp[k * m + i];
+                let wk = &self.w[k * NR..(k + 1) * NR];
+                for j in 0..NR {
+                    a[j] += xv * wk[j];
+                }
+            }
+            row.copy_from_slice(&a);
+        }
+    }
+}
+
+/// The epilogue of one tile: `acc` `[m, NR]` into columns `col..col + NR` of `y`'s first `m` rows.
+struct Finish<'a> {
+    acc: &'a [f32],
+    y: &'a mut [f32],
+    out: usize,
+    col: usize,
+    ep: Epilogue<'a>,
+}
+
+impl Kernel for Finish<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let Finish {
+            acc,
+            y,
+            out,
+            col,
+            ep,
+        } = self;
+        let cols = col..col + NR;
+        for (i, a) in acc.chunks_exact(NR).enumerate() {
+            let mut v = [0.0f32; NR];
+            v.copy_from_slice(a);
+            if let Some(b) = ep.bias {
+                v.iter_mut()
+                    .zip(&b[cols.clone()])
+                    .for_each(|(v, b)| *v += b);
+            }
+            if ep.gelu {
+                v.iter_mut().for_each(|v| *v = gelu1(*v));
+            }
+            if let Some(s) = ep.scale {
+                v.iter_mut()
+                    .zip(&s[cols.clone()])
+                    .for_each(|(v, s)| *v *= s);
+            }
+            let dst = &mut y[i * out + col..i * out + col + NR];
+            if ep.accumulate {
+                dst.iter_mut().zip(&v).for_each(|(d, v)| *d += v);
+            } else {
+                dst.copy_from_slice(&v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| ((i as f32 + 1.0) * seed).sin()).collect()
+    }
+
+    fn packed(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+        let mut p = vec![0.0; out * inp];
+        pack_range(w, inp, 0, &mut p);
+        p
+    }
+
+    #[test]
+    fn pack_and_unpack_are_inverse_in_any_range() {
+        let (out, inp) = (64, 7);
+        let w = values(out * inp, 0.3);
+        let p = packed(&w, out, inp);
+        assert_eq!(p[NR * inp + 2 * NR + 5], w[(NR + 5) * inp + 2]);
+        let mut back = vec![0.0; out * inp];
+        for (c, chunk) in back.chunks_mut(100).enumerate() {
+            unpack_range(&p, inp, c * 100, chunk);
+        }
+        assert_eq!(back, w);
+        let mut p2 = vec![0.0; out * inp];
+        for (c, chunk) in p2.chunks_mut(33).enumerate() {
+            pack_range(&w, inp, c * 33, chunk);
+        }
+        assert_eq!(p2, p);
+    }
+
+    /// Every epilogue, at row counts that leave partial tiles and split between threads, against f64; the
+    /// kernel this CPU runs and the portable tile agree to rounding.
+    #[test]
+    fn linear_packed_matches_naive_with_every_epilogue() {
+        for (rows, inp, out) in [(1, 5, 32), (13, 17, 64), (25, 300, 96), (197, 64, 32)] {
+            let x = values(rows * inp, 0.37);
+            let w = values(out * inp, 0.11);
+            let p = packed(&w, out, inp);
+            let bias = values(out, 0.7);
+            let scale = values(out, 0.9);
+            let y0 = values(rows * out, 0.53);
+            for (gelu, with_bias, with_scale, accumulate) in [
+                (false, false, false, false),
+                (false, true, false, false),
+                (true, true, false, false),
+                (false, true, true, true),
+                (false, false, false, true),
+            ] {
+                let ep = Epilogue {
+                    bias: with_bias.then_some(&bias[..]),
+                    gelu,
+                    scale: with_scale.then_some(&scale[..]),
+                    accumulate,
+                };
+                let mut y = y0.clone();
+                linear_packed(&x, rows, &p, out, &mut y, ep);
+                for r in 0..rows {
+                    for o in 0..out {
+                        let mut v: f64 = (0..inp)
+                            .map(|k| x[r * inp + k] as f64 * w[o * inp + k] as f64)
+                            .sum();
+                        if with_bias {
+                            v += bias[o] as f64;
+                        }
+                        if gelu {
+                            v = v * 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+                        }
+                        if with_scale {
+                            v *= scale[o] as f64;
+                        }
+                        if accumulate {
+                            v += y0[r * out + o] as f64;
+                        }
+                        let g = y[r * out + o] as f64;
+                        assert!(
+                            (g - v).abs() < 1e-5 * (inp as f64).sqrt() * (1.0 + v.abs()),
+                            "{rows}x{inp}x{out} {ep:?} at ({r},{o}): {g} vs {v}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn this_cpus_tile_matches_the_portable_one() {
+        let inp = 129;
+        for m in 1..=MR {
+            let xp = values(inp * m, 0.37);
+            let w = values(inp * NR, 0.11);
+            let (mut a, mut b) = (vec![0.0; m * NR], vec![0.0; m * NR]);
+            tile(m, &xp, &w, inp, &mut a, false);
+            tile_portable(&xp, &w, inp, &mut b, false);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-4, "m {m}: {x} vs {y}");
+            }
+        }
+    }
+}
