@@ -39,26 +39,26 @@ pub(super) unsafe fn transpose_add_neon(
             let t1 = vreinterpretq_f64_f32(vtrn2q_f32(r[0], r[1]));
             let t2 = vreinterpretq_f64_f32(vtrn1q_f32(r[2], r[3]));
             let t3 = vreinterpretq_f64_f32(vtrn2q_f32(r[2], r[3]));
-            let cols = [
+            let columns = [
                 vtrn1q_f64(t0, t2),
                 vtrn1q_f64(t1, t3),
                 vtrn2q_f64(t0, t2),
                 vtrn2q_f64(t1, t3),
             ];
-            for (j, col) in cols.into_iter().enumerate() {
+            for (j, col) in columns.into_iter().enumerate() {
                 let v = vaddq_f32(vreinterpretq_f32_f64(col), b);
                 unsafe { vst1q_f32(d.add((j0 + j) * ld_dst + i0), v) };
             }
         }
         for j in cols4..cols {
-            for i in i0..i0 + NL {
-                dst[j * ld_dst + i].write(src[i * ld_src + j] + bias[i]);
+            for (i, b) in bias.iter().enumerate().skip(i0).take(NL) {
+                dst[j * ld_dst + i].write(src[i * ld_src + j] + b);
             }
         }
     }
     for j in 0..cols {
-        for i in rows4..rows {
-            dst[j * ld_dst + i].write(src[i * ld_src + j] + bias[i]);
+        for (i, b) in bias.iter().enumerate().skip(rows4) {
+            dst[j * ld_dst + i].write(src[i * ld_src + j] + b);
         }
     }
 }
@@ -104,8 +104,8 @@ unsafe fn depthwise7_row_blocks<const V: usize, const OB: usize>(
         std::array::from_fn(|v| unsafe { vld1q_f32(p.add(v * NL)) })
     };
     let add_product = |a: &mut [float32x4_t; V], x: &[float32x4_t; V], t: &[float32x4_t; V]| {
-        for v in 0..V {
-            a[v] = vaddq_f32(a[v], vmulq_f32(x[v], t[v]));
+        for ((a, x), t) in a.iter_mut().zip(x).zip(t) {
+            *a = vaddq_f32(*a, vmulq_f32(*x, *t));
         }
     };
     // SAFETY (every pointer below): channel offsets are c0 + 0..4 * V <= c; pixel indices are < w, checked
