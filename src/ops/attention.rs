@@ -179,8 +179,8 @@ fn exp(x: f32) -> f32 {
 const EXP_ZERO_BELOW: f32 = -64.0;
 
 /// `c[m, n] = a[m, k] b[k, n]`, each matrix given as (data, row stride), each sum over k in order. Tiles of up
-/// to [`ROWS`] rows by 2 x [`LANES`] or [`LANES`] columns keep their sums in vector registers; columns past
-/// the last whole tile go one at a time.
+/// to [`ROWS`] rows by [`WIDE`] or [`LANES`] columns keep their sums in vector registers; columns past the
+/// last whole tile go one at a time.
 #[inline(always)]
 fn matmul_small(
     c: (&mut [f32], usize),
@@ -215,6 +215,14 @@ fn matmul_small(
 
 const ROWS: usize = 4;
 
+/// Columns of the widest tile: two AVX-512 registers. On aarch64 [`LANES`], four NEON registers: 4 x 32 sums
+/// would take all 32 of them, and the compiler spills them to the stack inside the loop over k.
+const WIDE: usize = if cfg!(target_arch = "aarch64") {
+    LANES
+} else {
+    2 * LANES
+};
+
 /// The first `R` rows of [`matmul_small`]'s `c`.
 #[inline(always)]
 fn tile_rows<const R: usize>(
@@ -228,9 +236,9 @@ fn tile_rows<const R: usize>(
     let (a, lda) = a;
     let (b, ldb) = b;
     let mut j = 0;
-    while j + 2 * LANES <= n {
-        tile::<R, { 2 * LANES }>((&mut c[j..], ldc), (a, lda), (&b[j..], ldb), k);
-        j += 2 * LANES;
+    while j + WIDE <= n {
+        tile::<R, WIDE>((&mut c[j..], ldc), (a, lda), (&b[j..], ldb), k);
+        j += WIDE;
     }
     if j + LANES <= n {
         tile::<R, LANES>((&mut c[j..], ldc), (a, lda), (&b[j..], ldb), k);

@@ -63,8 +63,8 @@ pub fn patch_conv(
 
 /// Depthwise `k x k` convolution, stride 1, zero padding `k / 2`, on NHWC input `[b, h, w, c]` with the
 /// weight `[c, 1, k, k]`. Channels are innermost so the loops vectorise over them; rayon splits rows. For
-/// k = 7 and whole vectors of channels on an AVX-512 CPU, each output row goes to `simd::depthwise7_row`,
-/// which keeps more of the block in registers than the compiler does. Otherwise, for k = 3, 5, 7, in register
+/// k = 7 and whole vectors of channels on an AVX-512 or NEON CPU, each output row goes to
+/// `simd::depthwise7_row`, which keeps more of the block in registers than the compiler does. Otherwise, for k = 3, 5, 7, in register
 /// blocks of `DW_OUT` pixels (`dw_block`), half the time of one-tap-at-a-time accumulation. The sums run
 /// in the same order either way.
 pub fn depthwise_conv(
@@ -323,6 +323,53 @@ mod tests {
             eprintln!(
                 "skipped: this CPU has no AVX-512 7x7 row kernel, so only the portable row runs"
             );
+        }
+    }
+
+    /// The NEON 7x7 row against the register-blocked [`dw_row`], bitwise, called directly (every aarch64 CPU
+    /// has NEON, so this runs whatever `WSTREAM_KERNELS` says): both of its block shapes (16 channels x 4
+    /// pixels, 4 x 8), rows at each border, widths below, at and past the blocks and their padding-free
+    /// interior.
+    #[test]
+    #[cfg(target_arch = "aarch64")]
+    fn depthwise7_row_neon_matches_portable_row() {
+        for (h, w, c) in [
+            (7, 7, 16),
+            (9, 11, 32),
+            (3, 1, 16),
+            (5, 13, 48),
+            (4, 29, 32),
+            (7, 7, 4),
+            (5, 19, 8),
+            (3, 2, 24),
+            (8, 23, 12),
+        ] {
+            let x: Vec<f32> = (0..h * w * c).map(|i| (i as f32 * 0.37).sin()).collect();
+            let taps: Vec<f32> = (0..49 * c).map(|i| (i as f32 * 0.11).cos()).collect();
+            let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.01).collect();
+            let zeros = vec![0.0f32; c];
+            for oy in 0..h {
+                let line = |ky: usize| {
+                    (oy + ky)
+                        .checked_sub(3)
+                        .filter(|&iy| iy < h)
+                        .map(|iy| &x[iy * w * c..][..w * c])
+                };
+                let lines: [Option<&[f32]>; 7] = std::array::from_fn(line);
+                let mut got = vec![f32::NAN; w * c];
+                simd::depthwise7_row_neon(&lines, w, c, &taps, &bias, &mut got);
+                let rows = DwRows {
+                    line: &line,
+                    zeros: &zeros,
+                    w,
+                    c,
+                    pad: 3,
+                };
+                let mut want = vec![f32::NAN; w * c];
+                dw_row::<7>(&rows, &taps, &bias, &mut want);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "[{h}, {w}, {c}] row {oy}");
+            }
         }
     }
 

@@ -16,7 +16,8 @@
 //!   ([`packed::linear_packed`]; [`linear_add`] and [`mlp_add`] fold a residual add in);
 //! - `gemm`: the one safe door to the `gemm` crate ([`matmul`], [`MatRef`]);
 //! - `simd`: run-time instruction-set dispatch (`simd::Kernel`, `simd::run`) and the hand-written vector
-//!   kernels, with the x86 ones in `simd/x86.rs`.
+//!   kernels, with the x86 ones in `simd/x86.rs` and the aarch64 ones in `simd/neon.rs`; [`instruction_sets`]
+//!   names the ones in use.
 //!
 //! `unsafe` lives only in `gemm` and `simd`.
 
@@ -39,6 +40,7 @@ pub use self::conv::{depthwise_conv, patch_conv, Layout};
 pub use self::gemm::{matmul, matmul_t, MatRef};
 pub use self::linear::{linear, linear_add, linear_weight, mlp, mlp_add, WIDEN_CHUNK_BYTES};
 pub use self::norm::layer_norm;
+pub use self::simd::instruction_sets;
 
 /// Values (64 KiB of f32) one rayon task of an element-wise or row-wise kernel handles: enough work to
 /// amortise the task, and still a dozen or more tasks over one image's activations.
