@@ -203,9 +203,11 @@ impl Pipeline {
     /// ([`labels`]). Refuses, before any work, models that disagree on their classes, a config.json whose
     /// preprocessing or labels cannot work, an input size (the config's, its test size or
     /// [`Overrides::img_size`]) a model cannot take, a budget below what the largest block needs,
-    /// a memory limit below what one input needs, no model and a batch of 0 inputs. Plans the batches:
+    /// a memory limit below what one input needs, no model, a batch of 0 inputs and a `WSTREAM_KERNELS`
+    /// value that means nothing ([`check_kernels_var`](crate::ops::check_kernels_var)). Plans the batches:
     /// [`Options::batch`] inputs, or as many as fit the memory limit (see [`Pipeline::batch`]).
     pub fn new(models: Vec<Model>, options: Options) -> Result<Pipeline> {
+        crate::ops::check_kernels_var()?;
         let mut models = if options.output == Output::Features {
             models
                 .into_iter()

@@ -124,6 +124,9 @@ pub struct Profile {
     /// VmRSS seen after a block if that is higher (the kernel updates VmHWM lazily).
     #[serde(rename = "peak_rss_bytes")]
     pub peak_rss: u64,
+    /// The kernels that ran ([`kernels`](crate::ops::kernels)): the portable ones under
+    /// `WSTREAM_KERNELS=portable`.
+    pub kernels: String,
 }
 
 impl Profile {
@@ -147,6 +150,7 @@ impl Profile {
             totals,
             models,
             blocks,
+            kernels: crate::ops::kernels(),
         }
     }
 
@@ -229,6 +233,7 @@ impl Profile {
                 mib(self.totals.peak_scratch)
             );
         }
+        let _ = writeln!(s, "kernels: {}", self.kernels);
         s.push_str(TABLE_FOOTER);
         s
     }

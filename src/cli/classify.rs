@@ -161,7 +161,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub int8_activations: OnOff,
     /// Print each model's resolved eval transform (size, crop_pct, crop mode, interpolation, mean, std and
-    /// where each came from) to stderr before running.
+    /// where each came from) and the kernels that run (see WSTREAM_KERNELS) to stderr before running.
     #[arg(long)]
     pub verbose: bool,
     #[command(flatten)]
@@ -369,6 +369,9 @@ impl RunArgs {
                     t.to_string().replace('\n', "\n  ")
                 );
             }
+        }
+        if self.verbose {
+            eprintln!("kernels: {}", wstream::ops::kernels());
         }
         if pipeline.batch() < self.batch as usize {
             let limit = self.memory.unwrap_or_else(|| default_memory().0);

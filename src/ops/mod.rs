@@ -40,7 +40,7 @@ pub use self::conv::{depthwise_conv, patch_conv, Layout};
 pub use self::gemm::{matmul, matmul_t, MatRef};
 pub use self::linear::{linear, linear_add, linear_weight, mlp, mlp_add, WIDEN_CHUNK_BYTES};
 pub use self::norm::layer_norm;
-pub use self::simd::instruction_sets;
+pub use self::simd::{check_kernels_var, instruction_sets, kernels, KERNELS_VAR};
 
 /// Values (64 KiB of f32) one rayon task of an element-wise or row-wise kernel handles: enough work to
 /// amortise the task, and still a dozen or more tasks over one image's activations.

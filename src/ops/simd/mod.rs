@@ -50,20 +50,89 @@ enum Level {
     Neon,
 }
 
+/// The environment variable that chooses the kernels: unset, empty or `auto` for the best this CPU has,
+/// `portable` for the portable ones only.
+pub const KERNELS_VAR: &str = "WSTREAM_KERNELS";
+
+/// [`KERNELS_VAR`]'s value: `Ok(true)` for `portable`, or the message for a value that means nothing.
+fn kernels_choice() -> &'static Result<bool, String> {
+    static CHOICE: OnceLock<Result<bool, String>> = OnceLock::new();
+    CHOICE.get_or_init(|| match std::env::var_os(KERNELS_VAR) {
+        None => Ok(false),
+        Some(v) if v.is_empty() || v == "auto" => Ok(false),
+        Some(v) if v == "portable" => Ok(true),
+        Some(v) => Err(format!(
+            "{KERNELS_VAR}={:?} is not a kernel choice: set `portable` (the portable kernels only) or `auto` \
+             (the best this CPU has, as when it is unset)",
+            v.to_string_lossy()
+        )),
+    })
+}
+
+/// Refuses a [`KERNELS_VAR`] value other than those it documents, so a misspelt `portable` is not silently
+/// a run on the vector kernels. `Pipeline::new` asks this before any work.
+pub fn check_kernels_var() -> crate::Result<()> {
+    kernels_choice()
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| crate::Error::Options(e.clone()))
+}
+
 /// Whether `WSTREAM_KERNELS=portable` asks for the portable kernels only: the path a CPU without any of the
 /// instruction sets below takes, run on one that has them (CI tests it that way). Every dispatcher in `ops`
-/// asks this, directly or through [`level`], before choosing a vector kernel.
+/// asks this, directly or through [`level`], before choosing a vector kernel. A value [`check_kernels_var`]
+/// refuses counts as unset here.
 pub(crate) fn portable_forced() -> bool {
-    static FORCED: OnceLock<bool> = OnceLock::new();
-    *FORCED.get_or_init(|| std::env::var_os("WSTREAM_KERNELS").is_some_and(|v| v == "portable"))
+    matches!(kernels_choice(), Ok(true))
+}
+
+/// The kernels a run uses, for `classify --verbose` and the profile: the hand-written ones' level, why, and
+/// what the `gemm` crate chose for the matrix products (it has its own run-time dispatch, which
+/// `WSTREAM_KERNELS` cannot reach).
+pub fn kernels() -> String {
+    let ours = match (level(), portable_forced()) {
+        (Level::Baseline, true) => "portable (WSTREAM_KERNELS=portable)".to_string(),
+        (Level::Baseline, false) => "portable (no vector kernels for this CPU)".to_string(),
+        _ => instruction_sets(),
+    };
+    format!("{ours}; matrix products: gemm crate, {}", gemm_level())
+}
+
+/// The instruction set the `gemm` crate's f32 products dispatch to, by the checks it makes itself
+/// (gemm-common's `init_gemm_fn`).
+fn gemm_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if is_x86_feature_detected!("fma") {
+            return "fma";
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        return "neon";
+    }
+    "scalar"
 }
 
 fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {
         if portable_forced() {
-            return Level::Baseline;
+            Level::Baseline
+        } else {
+            cpu_level()
         }
+    })
+}
+
+/// The best level this CPU has, whatever `WSTREAM_KERNELS` says: tests that compare a vector kernel with its
+/// portable reference ask this, so they still run for real in CI's forced-portable run.
+fn cpu_level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx512f")
@@ -298,8 +367,34 @@ pub fn depthwise7_row(
     bias: &[f32],
     dst: &mut [f32],
 ) -> bool {
+    depthwise7_row_at(level(), lines, w, c, taps, bias, dst)
+}
+
+/// [`depthwise7_row`] with the kernel this CPU has, whatever `WSTREAM_KERNELS` says: for the test against
+/// the portable row.
+#[cfg(test)]
+pub(crate) fn depthwise7_row_unforced(
+    lines: &[Option<&[f32]>; 7],
+    w: usize,
+    c: usize,
+    taps: &[f32],
+    bias: &[f32],
+    dst: &mut [f32],
+) -> bool {
+    depthwise7_row_at(cpu_level(), lines, w, c, taps, bias, dst)
+}
+
+fn depthwise7_row_at(
+    level: Level,
+    lines: &[Option<&[f32]>; 7],
+    w: usize,
+    c: usize,
+    taps: &[f32],
+    bias: &[f32],
+    dst: &mut [f32],
+) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if level() == Level::Avx512 && c.is_multiple_of(LANES) {
+    if level == Level::Avx512 && c.is_multiple_of(LANES) {
         assert!(
             taps.len() == 49 * c && bias.len() == c && dst.len() == w * c,
             "depthwise shapes"
@@ -314,11 +409,11 @@ pub fn depthwise7_row(
         return true;
     }
     #[cfg(target_arch = "aarch64")]
-    if level() == Level::Neon && c.is_multiple_of(4) {
+    if level == Level::Neon && c.is_multiple_of(4) {
         depthwise7_row_neon(lines, w, c, taps, bias, dst);
         return true;
     }
-    let _ = (lines, w, c, taps, bias, dst);
+    let _ = (level, lines, w, c, taps, bias, dst);
     false
 }
 
@@ -355,7 +450,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn transpose_kernel_matches_portable() {
-        if level() != Level::Avx512 {
+        if cpu_level() != Level::Avx512 {
             eprintln!("skipped: this CPU has no AVX-512, so only the portable transpose runs");
             return;
         }

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Cross-builds wstream for aarch64-unknown-linux-gnu, lints it (clippy -D warnings, every target) and runs the
+# test suite under qemu-user: the ARM check of .ci/run, for a Debian machine (trixie or bookworm) as root.
+#
+# Nothing is downloaded through rustup: the aarch64 standard library is built from source (-Zbuild-std), from
+# the rustup component rust-src when it is installed, else from Debian's rust-src package of exactly
+# `rustc -V`'s version (trixie-backports carries several), fetched through a private apt configuration (the
+# system's sources stay untouched), unpacked with dpkg -x into the cache folder and never installed (it
+# conflicts with rustup). The cache is reused on later runs; so is the build folder, target/aarch64.
+#
+# Usage: tools/cross-aarch64.sh [--no-run]
+#   --no-run    build and lint only
+# Environment:
+#   WSTREAM_ARM_CACHE   cache folder (default ${XDG_CACHE_HOME:-$HOME/.cache}/wstream-tools/aarch64)
+#   WSTREAM_ARM_TARGET  build folder (default target/aarch64 in the repository)
+#   QEMU_CPU            passed to qemu: `max` (its default: dotprod, i8mm, bf16) or e.g. cortex-a76 (a Pi 5)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${WSTREAM_ARM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wstream-tools/aarch64}
+build=${WSTREAM_ARM_TARGET:-$root/target/aarch64}
+triple=aarch64-unknown-linux-gnu
+run_tests=1
+case "${1:-}" in
+  --no-run) run_tests=0 ;;
+  "") ;;
+  *) echo "usage: tools/cross-aarch64.sh [--no-run]" >&2; exit 2 ;;
+esac
+
+say() { echo "cross-aarch64: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# 1. The cross linker and C library, and qemu (the static build is what binfmt_misc starts).
+packages=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-user-static)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]}; run as root, or: apt-get install ${missing[*]}"
+  say "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. The standard library's source, of exactly this rustc's version.
+version=$(rustc -V | awk '{print $2}')
+sysroot_src=$(rustc --print sysroot)/lib/rustlib/src/rust/library
+src=""
+if [ -f "$sysroot_src/std/Cargo.toml" ]; then
+  say "std source: the toolchain's rust-src component ($sysroot_src)"
+else
+  src=$cache/rust-src-$version/usr/src/rustc-$version/library
+  if [ ! -f "$src/std/Cargo.toml" ]; then
+    apt_dir=$cache/apt
+    mkdir -p "$apt_dir"/etc/sources.list.d "$apt_dir"/etc/preferences.d "$apt_dir"/lists/partial \
+      "$apt_dir"/cache/archives/partial
+    # The mirror this machine already uses (deb822 or one-line sources), else Debian's own.
+    mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie-backports main" \
+      >"$apt_dir/etc/sources.list"
+    cat >"$apt_dir/apt.conf" <<CONF
+Dir::Etc::sourcelist "$apt_dir/etc/sources.list";
+Dir::Etc::sourceparts "$apt_dir/etc/sources.list.d";
+Dir::Etc::preferencesparts "$apt_dir/etc/preferences.d";
+Dir::State::Lists "$apt_dir/lists";
+Dir::Cache "$apt_dir/cache";
+Dir::State::status "/var/lib/dpkg/status";
+APT::Sandbox::User "root";
+CONF
+    export APT_CONFIG=$apt_dir/apt.conf
+    say "looking for Debian's rust-src $version in trixie-backports ($mirror)"
+    apt-get update -qq || die "apt-get update of trixie-backports failed (network, or the mirror $mirror)"
+    available=$(apt-cache madison rust-src | awk '{print $3}')
+    pkg=$(echo "$available" | awk -v v="$version" 'index($0, v "+") == 1 {print; exit}')
+    if [ -z "$pkg" ]; then
+      die "no rust-src for rustc $version in trixie-backports (it has: $(echo $available | tr ' ' ',')).
+  Install the standard library's source of rustc $version (\`rustup component add rust-src\`), or use a
+  rustc whose version is listed, then run this again."
+    fi
+    tmp=$(mktemp -d "$cache/download.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    (cd "$tmp" && apt-get download -qq "rust-src=$pkg") || die "apt-get download rust-src=$pkg failed"
+    dpkg -x "$tmp"/rust-src_*_all.deb "$tmp/unpacked"
+    [ -f "$tmp/unpacked/usr/src/rustc-$version/library/std/Cargo.toml" ] ||
+      die "rust-src $pkg holds no usr/src/rustc-$version/library"
+    rm -rf "$cache/rust-src-$version"
+    mv "$tmp/unpacked" "$cache/rust-src-$version"
+    unset APT_CONFIG
+  fi
+  say "std source: Debian's rust-src ($src)"
+  # Cargo's own override of where -Zbuild-std finds the library (undocumented; the documented way is a
+  # lib/rustlib/src/rust link inside the sysroot, which would mean writing into the installed toolchain).
+  export __CARGO_TESTS_ONLY_SRC_ROOT=$src
+fi
+
+# 3. Tests spawn the `wstream` binary: the kernel must hand aarch64 executables to qemu.
+binfmt=/proc/sys/fs/binfmt_misc
+if [ "$run_tests" = 1 ] && [ ! -e "$binfmt/qemu-aarch64" ]; then
+  [ "$(id -u)" = 0 ] || die "binfmt_misc has no qemu-aarch64 entry; as root: $0 (or systemd-binfmt)"
+  mountpoint -q "$binfmt" || mount -t binfmt_misc binfmt_misc "$binfmt" ||
+    die "cannot mount binfmt_misc (a container without privileges?); register qemu-aarch64 on the host"
+  # A binfmt.d file is one registration line, in the format the register file takes.
+  conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+  [ -f "$conf" ] || die "$conf is missing: apt-get install --reinstall qemu-user-static"
+  grep -v '^#' "$conf" >"$binfmt/register" || die "cannot register qemu-aarch64 with binfmt_misc"
+  say "registered qemu-aarch64 with binfmt_misc"
+fi
+
+export RUSTC_BOOTSTRAP=1
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export QEMU_LD_PREFIX=/usr/aarch64-linux-gnu
+cd "$root"
+cross=(-Zbuild-std --target "$triple" --target-dir "$build")
+
+say "clippy for $triple"
+cargo clippy --all-targets "${cross[@]}" -- -D warnings
+if [ "$run_tests" = 0 ]; then
+  cargo test --release --no-run "${cross[@]}"
+  exit 0
+fi
+# The three synthetic Large models (2.6 GB of f32) run for many minutes under emulation; they run natively.
+skipped=(three_large_models_in_a_few_hundred_mib batch_32_of_the_large_models_fits_a_512_mib_cgroup)
+say "tests under qemu-aarch64 (QEMU_CPU=${QEMU_CPU:-max}); skipped under emulation, run by the native"
+say "  cargo test: ${skipped[*]} (the Large models take many minutes in qemu)"
+skip_args=()
+for t in "${skipped[@]}"; do skip_args+=(--skip "$t"); done
+cargo test --release "${cross[@]}" -- "${skip_args[@]}"
