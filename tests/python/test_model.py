@@ -220,25 +220,31 @@ def test_profile_records():
 
 def test_a_second_thread_runs_while_inference_holds_no_gil():
     m = wstream.create_model(FIXTURES / "convnext_tiny", threads=1)
-    x = np.zeros((400, 3, 64, 64), np.float32)
-    ticks = []
-    done = threading.Event()
+    # A batch long enough to tell, however fast this machine is: doubled until the call takes 0.3 s.
+    n = 400
+    while True:
+        x = np.zeros((n, 3, 64, 64), np.float32)
+        ticks = []
+        done = threading.Event()
 
-    def count():
-        while not done.is_set():
-            ticks.append(time.perf_counter())
+        def count():
+            while not done.is_set():
+                ticks.append(time.perf_counter())
 
-    t = threading.Thread(target=count)
-    start = time.perf_counter()
-    t.start()
-    try:
-        m(x)
-    finally:
-        end = time.perf_counter()
-        done.set()
-        t.join()
+        t = threading.Thread(target=count)
+        start = time.perf_counter()
+        t.start()
+        try:
+            m(x)
+        finally:
+            end = time.perf_counter()
+            done.set()
+            t.join()
+        if end - start > 0.3 or n >= 12800:
+            break
+        n *= 2
     during = [s for s in ticks if start + 0.05 < s < end - 0.05]
-    assert end - start > 0.2, "the call is long enough to tell"
+    assert end - start > 0.3, "the call is long enough to tell"
     # With the GIL held by the call, the counting thread would not run at all until it returned.
     assert len(during) > 1000, (len(during), end - start)
 
