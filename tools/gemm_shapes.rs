@@ -74,6 +74,7 @@ fn main() {
 
 /// GFLOP/s of `threads` threads each running 12 independent chains of AVX-512 FMAs (enough to cover the
 /// FMA latency on current x86 cores), best of `reps`: what the box sustains, the kernels' ceiling.
+#[cfg(target_arch = "x86_64")]
 fn peak(threads: usize, reps: usize) {
     use rayon::prelude::*;
     const STEPS: usize = 50_000_000;
@@ -109,4 +110,10 @@ fn peak(threads: usize, reps: usize) {
         "fma peak, {threads} thread(s): {:8.1} GFLOP/s",
         flops / best / 1e9
     );
+}
+
+/// [`peak`] elsewhere: the probe is AVX-512 only.
+#[cfg(not(target_arch = "x86_64"))]
+fn peak(_threads: usize, _reps: usize) {
+    println!("fma peak: no AVX-512 here");
 }

@@ -1,6 +1,7 @@
 //! Int8 weights computed in int8 (W8A8): each activation row is quantized on the fly to u8 with its own
 //! scale and zero point (asymmetric, per token), multiplied with the file's per-output-channel int8 weights
-//! into i32 (`vpdpbusd` on AVX512-VNNI, `simd/x86_int8.rs`), and turned back into f32 as each tile of
+//! into i32 (`vpdpbusd` on AVX512-VNNI, `simd/x86_int8.rs`; SDOT on aarch64 with `dotprod`,
+//! `simd/neon_int8.rs`), and turned back into f32 as each tile of
 //! outputs leaves the kernel. LayerNorm, softmax and GELU stay f32 around it.
 //!
 //! With `x[r, k] ≈ sx[r] (u[r, k] - zx[r])` and `w[o, k] = sw[o] q[o, k]`:
@@ -57,16 +58,16 @@ pub fn colsums(q: &[i8], inp: usize) -> Vec<i32> {
         .collect()
 }
 
-/// Whether W8A8 runs here for a layer of `inp` inputs: the CPU has AVX512-VNNI (and
+/// Whether W8A8 runs here for a layer of `inp` inputs: the CPU has AVX512-VNNI or aarch64's `dotprod` (and
 /// `WSTREAM_KERNELS=portable` is not set), and the inputs come in whole groups of four (every timm
 /// layer's do). Otherwise int8 weights take the widening path.
 pub fn available(inp: usize) -> bool {
-    vnni() && inp.is_multiple_of(4) && inp > 0
+    native() && inp.is_multiple_of(4) && inp > 0
 }
 
-fn vnni() -> bool {
-    static VNNI: OnceLock<bool> = OnceLock::new();
-    *VNNI.get_or_init(|| {
+fn native() -> bool {
+    static NATIVE: OnceLock<bool> = OnceLock::new();
+    *NATIVE.get_or_init(|| {
         if simd::portable_forced() {
             return false;
         }
@@ -74,7 +75,11 @@ fn vnni() -> bool {
         {
             simd::x86_int8::detected()
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            simd::neon_int8::detected()
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         false
     })
 }
@@ -266,7 +271,7 @@ pub fn quantize_t(xt: &[f32], inp: usize, rows: usize) -> Quantized {
 }
 
 /// `acc[o * ld + r] = Σ_k u[r, k] q[o, k]` for the `w.len() / (4 kq)` output channels in `w` and all
-/// `16 rb` (padded) rows of `a`: the VNNI kernel where the CPU has it, else [`dot_portable`].
+/// `16 rb` (padded) rows of `a`: the VNNI or SDOT kernel where the CPU has it, else [`dot_portable`].
 fn dot(w: &[i8], a: &Quantized, acc: &mut [i32], ld: usize) {
     let nout = w.len() / (4 * a.kq).max(1);
     assert!(
@@ -278,14 +283,19 @@ fn dot(w: &[i8], a: &Quantized, acc: &mut [i32], ld: usize) {
         "dot output"
     );
     #[cfg(target_arch = "x86_64")]
-    if vnni() {
+    if native() {
         simd::x86_int8::dot(w, nout, a.kq, &a.data, a.rb, acc, ld);
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if native() {
+        simd::neon_int8::dot(w, nout, a.kq, &a.data, a.rb, acc, ld);
         return;
     }
     dot_portable(w, a, acc, ld);
 }
 
-/// [`dot`] one product at a time: the reference for the VNNI kernel.
+/// [`dot`] one product at a time: the reference for the VNNI and SDOT kernels.
 fn dot_portable(w: &[i8], a: &Quantized, acc: &mut [i32], ld: usize) {
     let inp = 4 * a.kq;
     for (o, wr) in w.chunks_exact(inp.max(1)).enumerate() {
@@ -432,8 +442,8 @@ mod tests {
     /// outputs, 1-4 vectors of rows, one group of four inputs up to ViT-L's 4096, the extremes of u8 and s8.
     #[test]
     fn kernel_matches_portable_exactly() {
-        if !vnni() {
-            crate::ops::int8::tests::skip("AVX512-VNNI");
+        if !native() {
+            crate::ops::int8::tests::skip("AVX512-VNNI or dotprod");
             return;
         }
         for (out, rows, inp) in [
@@ -456,6 +466,37 @@ mod tests {
             dot(&q, &a, &mut got, ld);
             dot_portable(&q, &a, &mut want, ld);
             assert_eq!(got, want, "{out} x {rows} x {inp}");
+        }
+    }
+
+    /// The SDOT kernel against the portable reference, exactly, called directly (so it also runs when
+    /// `WSTREAM_KERNELS=portable` is set): 1-13 outputs (tiles of 6 and their remainders), 1-3 vectors of
+    /// rows, and the extremes the sign flip must get right (u8 0 and 255 against s8 -128 and 127).
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn sdot_kernel_matches_portable_exactly() {
+        if !simd::neon_int8::detected() {
+            skip("dotprod");
+            return;
+        }
+        let check = |q: &[i8], a: &Quantized, what: &str| {
+            let out = q.len() / (4 * a.kq);
+            let ld = LANES * a.rb + 3;
+            let mut got = vec![7; out * ld];
+            let mut want = vec![7; out * ld];
+            simd::neon_int8::dot(q, out, a.kq, &a.data, a.rb, &mut got, ld);
+            dot_portable(q, a, &mut want, ld);
+            assert_eq!(got, want, "{what}");
+        };
+        for (out, rows, inp) in [(1, 1, 4), (6, 16, 64), (13, 33, 100), (7, 48, 4096)] {
+            let (q, _) = weights(out, inp);
+            let a = quantize(&acts(rows, inp), rows, inp);
+            check(&q, &a, &format!("{out} x {rows} x {inp}"));
+        }
+        for (u, w) in [(255u8, -128i8), (255, 127), (0, -128), (0, 127)] {
+            let mut a = Quantized::empty(16, 4096);
+            a.data.fill(u);
+            check(&[w; 7 * 4096], &a, &format!("u8 {u} x s8 {w}"));
         }
     }
 

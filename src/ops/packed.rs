@@ -157,6 +157,9 @@ fn tile(m: usize, xp: &[f32], w: &[f32], inp: usize, acc: &mut [f32], add: bool)
     if simd::has_avx512() {
         return simd::x86_packed::tile(m, xp, w, inp, acc, add);
     }
+    // Only the AVX-512 tile needs the row count; the portable one reads it from the slices.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = m;
     tile_portable(xp, w, inp, acc, add)
 }
 

@@ -18,6 +18,8 @@
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_int8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
@@ -157,15 +159,9 @@ fn cpu_level() -> Level {
 }
 
 /// Whether the AVX-512 kernels run here (detected, and not `WSTREAM_KERNELS=portable`).
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        level() == Level::Avx512
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    level() == Level::Avx512
 }
 
 /// The optional aarch64 extensions, for the kernels that dispatch on them: SDOT/UDOT (`dotprod`) and
