@@ -441,21 +441,14 @@ pub(crate) fn depthwise7_row_neon(
 mod tests {
     use super::*;
 
-    /// The AVX-512 transpose against its portable reference, bitwise, on strided sub-blocks with partial tiles
-    /// (where the CPU has AVX-512; elsewhere the portable path is all there is).
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn transpose_kernel_matches_portable() {
-        if cpu_level() != Level::Avx512 {
-            eprintln!("skipped: this CPU has no AVX-512, so only the portable transpose runs");
-            return;
-        }
-        for (rows, cols, ld_src, ld_dst) in [
-            (16, 16, 16, 16),
-            (5, 3, 7, 9),
-            (17, 33, 40, 20),
-            (40, 1, 1, 41),
-        ] {
+    /// `kernel` against the portable transpose, bitwise, on strided sub-blocks of each `(rows, cols, ld_src,
+    /// ld_dst)` shape (every case has cols <= ld_src and rows <= ld_dst).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn transpose_matches_portable(
+        shapes: &[(usize, usize, usize, usize)],
+        kernel: impl Fn(&[f32], usize, &mut [MaybeUninit<f32>], usize, usize, &[f32]),
+    ) {
+        for &(rows, cols, ld_src, ld_dst) in shapes {
             let src: Vec<f32> = (0..rows * ld_src)
                 .map(|i| (i as f32 * 0.37).sin())
                 .collect();
@@ -463,9 +456,7 @@ mod tests {
             let len = (cols - 1) * ld_dst + rows;
             let mut got = vec![MaybeUninit::new(f32::NAN); len];
             let mut want = vec![MaybeUninit::new(f32::NAN); len];
-            // SAFETY: AVX-512 was detected above; `src` holds rows * ld_src elements, `got` (cols - 1) *
-            // ld_dst + rows, and cols <= ld_src, rows <= ld_dst in every case.
-            unsafe { x86::transpose_add_avx512(&src, ld_src, &mut got, ld_dst, cols, &bias) };
+            kernel(&src, ld_src, &mut got, ld_dst, cols, &bias);
             transpose_add_portable(&src, ld_src, &mut want, ld_dst, cols, &bias);
             // SAFETY: both start initialised (NaN) and the kernels only write f32 values.
             let read = |v: &[MaybeUninit<f32>]| {
@@ -481,12 +472,33 @@ mod tests {
         }
     }
 
+    /// The AVX-512 transpose against its portable reference, bitwise, on strided sub-blocks with partial tiles
+    /// (where the CPU has AVX-512; elsewhere the portable path is all there is).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn transpose_kernel_matches_portable() {
+        if cpu_level() != Level::Avx512 {
+            eprintln!("skipped: this CPU has no AVX-512, so only the portable transpose runs");
+            return;
+        }
+        let shapes = [
+            (16, 16, 16, 16),
+            (5, 3, 7, 9),
+            (17, 33, 40, 20),
+            (40, 1, 1, 41),
+        ];
+        transpose_matches_portable(&shapes, |src, ld_src, dst, ld_dst, cols, bias| {
+            // SAFETY: AVX-512 was detected above; the helper sizes `src` and `dst` as the kernel requires.
+            unsafe { x86::transpose_add_avx512(src, ld_src, dst, ld_dst, cols, bias) }
+        });
+    }
+
     /// The NEON transpose against its portable reference, bitwise, on strided sub-blocks with partial tiles in
     /// either direction or both. NEON is in every aarch64 CPU, so this runs whatever `WSTREAM_KERNELS` says.
     #[test]
     #[cfg(target_arch = "aarch64")]
     fn transpose_neon_matches_portable() {
-        for (rows, cols, ld_src, ld_dst) in [
+        let shapes = [
             (4, 4, 4, 4),
             (16, 16, 16, 16),
             (5, 3, 7, 9),
@@ -495,30 +507,11 @@ mod tests {
             (40, 1, 1, 41),
             (1, 40, 41, 1),
             (12, 64, 64, 12),
-        ] {
-            let src: Vec<f32> = (0..rows * ld_src)
-                .map(|i| (i as f32 * 0.37).sin())
-                .collect();
-            let bias: Vec<f32> = (0..rows).map(|i| i as f32 * 0.1).collect();
-            let len = (cols - 1) * ld_dst + rows;
-            let mut got = vec![MaybeUninit::new(f32::NAN); len];
-            let mut want = vec![MaybeUninit::new(f32::NAN); len];
-            // SAFETY: `src` holds rows * ld_src elements, `got` (cols - 1) * ld_dst + rows, and cols <= ld_src,
-            // rows <= ld_dst in every case.
-            unsafe { neon::transpose_add_neon(&src, ld_src, &mut got, ld_dst, cols, &bias) };
-            transpose_add_portable(&src, ld_src, &mut want, ld_dst, cols, &bias);
-            // SAFETY: both start initialised (NaN) and the kernels only write f32 values.
-            let read = |v: &[MaybeUninit<f32>]| {
-                v.iter()
-                    .map(|x| unsafe { x.assume_init() }.to_bits())
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(
-                read(&got),
-                read(&want),
-                "{rows}x{cols} ld {ld_src}/{ld_dst}"
-            );
-        }
+        ];
+        transpose_matches_portable(&shapes, |src, ld_src, dst, ld_dst, cols, bias| {
+            // SAFETY: the helper sizes `src` and `dst` as the kernel requires.
+            unsafe { neon::transpose_add_neon(src, ld_src, dst, ld_dst, cols, bias) }
+        });
     }
 
     /// The label names what detection finds, read here from the CPU directly, and `portable` under the switch.
