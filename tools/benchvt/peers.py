@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,6 @@ def last_line(text):
 def quantize_cached(onnx_dir, out_root, model):
     """ORT's own dynamic int8 (u8 activations, s8 weights, MatMul only: the convs stay f32, as ORT's
     transformer recipes do) of the f32 export, once per export. Returns the folder with model.onnx."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     import onnxruntime as ort
     src = Path(onnx_dir) / model / 'model.onnx'
     out = out_root / model
@@ -101,8 +101,16 @@ def quantize_cached(onnx_dir, out_root, model):
         return out
     out.mkdir(parents=True, exist_ok=True)
     log(f'peers: quantize_dynamic {src} -> {out} (a minute or two)')
-    quantize_dynamic(str(src), str(out / 'model.onnx'), op_types_to_quantize=['MatMul'],
-                     weight_type=QuantType.QInt8, per_channel=True)
+    # In a child process: quantize_dynamic holds the whole model (~4 GB at ViT-L), and this process's peak RSS
+    # would become the ru_maxrss of every child it spawns later (the kernel hands it on at exec).
+    code = ('import sys\n'
+            'from onnxruntime.quantization import QuantType, quantize_dynamic\n'
+            "quantize_dynamic(sys.argv[1], sys.argv[2], op_types_to_quantize=['MatMul'],\n"
+            '                 weight_type=QuantType.QInt8, per_channel=True)\n')
+    r = subprocess.run([sys.executable, '-c', code, str(src), str(out / 'model.onnx')],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f'quantize_dynamic of {src} failed: {last_line(r.stderr)}')
     stamp.write_text(json.dumps(want, indent=1) + '\n')
     return out
 
