@@ -5,9 +5,9 @@
 //! A tile multiplies `NR` channels with `MV` vectors of 4 tokens. One 128-bit load of a weight row brings
 //! four consecutive pairs, and the indexed form `bfdot acc.4s, x.8h, w.2h[j]` takes pair `j` of it as the
 //! broadcast operand: a weight load feeds `4 * MV` BFDOTs (the x86 tile broadcasts one pair per load).
-//! 6 x 3 accumulators, 6 weight registers and 3 activation vectors use 27 of the 32 vector registers, and the
-//! 18 independent accumulators cover BFDOT's latency on the cores that have it (4 cycles, up to 4 per
-//! cycle). `NR` stays even: fc1's epilogue pairs a slab's channels.
+//! 6 x 3 accumulators, 6 weight registers and 3 activation vectors use 27 of the 32 vector registers (the
+//! quad loop compiles without a spill), and 18 independent accumulator chains keep several vector pipes
+//! busy across BFDOT's latency. `NR` stays even: fc1's epilogue pairs a slab's channels.
 //!
 //! BFDOT's arithmetic is not `vdpbf16ps`'s: with FPCR.EBF = 0 (the reset value, which nothing here changes)
 //! it rounds both products, their sum and the sum with the accumulator to odd, flushes denormal inputs
