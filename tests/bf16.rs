@@ -1,6 +1,7 @@
-//! bf16 files computed in bf16 (`vdpbf16ps` where the CPU has AVX512_BF16): the fixtures' logits against
-//! timm's f32 logits at the bounds, and the widening path, taken without the instruction or with
-//! `WSTREAM_KERNELS=portable`, still giving exactly what an f32 file of the same values gives.
+//! bf16 files computed in bf16 (`vdpbf16ps` where the CPU has AVX512_BF16, BFDOT where an aarch64 CPU has
+//! FEAT_BF16): the fixtures' logits against timm's f32 logits at the bounds, and the widening path,
+//! taken without the instruction or with `WSTREAM_KERNELS=portable`, still giving exactly what an f32 file
+//! of the same values gives.
 
 mod common;
 
@@ -59,8 +60,8 @@ fn top(v: &[f32]) -> (usize, f32) {
 
 /// The targets on every reference input: cosine >= 0.9995 with timm's f32 logits, and the same top-1
 /// wherever timm's lead is above 0.1. Measured on these inputs (AVX512_BF16, Zen 5): worst cosine 0.99997,
-/// max abs logit difference 2.7e-2, about the widening path's. A max abs bound of 0.1 catches a broken layer
-/// that a cosine near 1 can hide.
+/// max abs logit difference 2.7e-2, about the widening path's; BFDOT (qemu-aarch64 `max`) the same, 0.99997
+/// and 2.8e-2. A max abs bound of 0.1 catches a broken layer that a cosine near 1 can hide.
 #[test]
 fn bf16_logits_meet_the_targets_against_timm() {
     let tmp = tempfile::tempdir().unwrap();
@@ -117,7 +118,9 @@ fn logits(model: &Path, kernels: Option<&str>) -> String {
 
 /// The widening path (`WSTREAM_KERNELS=portable`, as on a CPU without the instruction) gives a bf16 file
 /// bitwise the logits of an f32 file holding the same (widened) values: today's outputs. Where the CPU has
-/// the instruction, the default run differs from it: the native path is the one taken.
+/// the instruction (AVX512_BF16, or aarch64's FEAT_BF16) the default run differs from it: the native path
+/// is the one taken; where it lacks it (a Pi 5's Cortex-A76, `QEMU_CPU=cortex-a76`) the default run is the
+/// widening path, bit for bit.
 #[test]
 fn widening_path_is_unchanged_and_native_path_is_taken() {
     let tmp = tempfile::tempdir().unwrap();
@@ -126,14 +129,19 @@ fn widening_path_is_unchanged_and_native_path_is_taken() {
     let widened = logits(&b, Some("portable"));
     assert_eq!(widened, logits(&wide, Some("portable")));
     // The CPU's own answer, not `ops::bf16_native`: this test may run under WSTREAM_KERNELS=portable, which
-    // the child above does not inherit. Other architectures have no native bf16 kernel: there the widening
-    // path is the only one.
+    // the child below does not inherit.
     #[cfg(target_arch = "x86_64")]
-    {
-        if !std::arch::is_x86_feature_detected!("avx512bf16") {
-            common::skip_or_fail("the native bf16 path: this CPU has no AVX512_BF16");
-            return;
-        }
+    let native = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(target_arch = "aarch64")]
+    let native = std::arch::is_aarch64_feature_detected!("bf16");
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let native = false;
+    eprintln!("this CPU multiplies bf16 natively: {native}");
+    if native {
         assert_ne!(logits(&b, None), widened, "the native path was not taken");
+    } else {
+        assert_eq!(logits(&b, None), widened, "the widening path was not taken");
     }
 }

@@ -1,5 +1,6 @@
-//! bf16 weights multiplied in bf16: linear layers and the MLP of a bf16 file, with `vdpbf16ps` (AVX512_BF16)
-//! into f32 accumulators where the CPU has it. Everything else stays f32: LayerNorm, softmax, GELU, the
+//! bf16 weights multiplied in bf16: linear layers and the MLP of a bf16 file, with `vdpbf16ps` (AVX512_BF16,
+//! `simd/x86_bf16.rs`) or BFDOT (aarch64's FEAT_BF16, `simd/neon_bf16.rs`) into f32 accumulators where the
+//! CPU has it. Everything else stays f32: LayerNorm, softmax, GELU, the
 //! residual adds, and the bias and GELU applied to each slab of outputs as it leaves the kernel.
 //!
 //! The weight is read in place, `[out, in]` rows as the file stores them (source or exec layout): a tile
@@ -8,28 +9,37 @@
 //! each the pair of inputs `2p, 2p + 1` of one token, 16 tokens per vector. The MLP's fc1 writes its
 //! GELU output straight in that packed form, so fc2 reads it without another pass.
 //!
-//! Each output is `Σ_p (acc + w[2p+1]·x[2p+1]) + w[2p]·x[2p]` in f32, pairs in order, rounding after each
-//! add (the instruction's definition), then `+ bias`: [`slab_reference`] computes exactly that and the
-//! kernel is tested against it bitwise. Where the CPU lacks the instruction, `WSTREAM_KERNELS=portable`
-//! asks for the portable kernels, or a layer's inputs are odd in number, [`linear`] and [`mlp`] return
-//! `None` and the caller widens the weight to f32 as before.
+//! Each output is a chain over the pairs in order, one instruction's step per pair, then `+ bias`. The two
+//! instructions' steps differ, so an output differs between x86 and aarch64 in its last bits:
+//! - `vdpbf16ps`: `(acc + w[2p+1]·x[2p+1]) + w[2p]·x[2p]` in f32, rounding to nearest even after each add;
+//! - BFDOT (with FPCR.EBF = 0, as a process starts): `acc + (w[2p]·x[2p] + w[2p+1]·x[2p+1])`, both products,
+//!   their sum and the last add each rounded to odd; denormal inputs (the accumulator's too) and results
+//!   flushed to zero; NaNs the default NaN (Arm's `BFDotAdd`).
+//!
+//! [`slab_reference`] computes exactly the step of this architecture's instruction and the kernel is tested
+//! against it bitwise (the BFDOT model is itself tested on hand-made cases on every architecture). Where
+//! the CPU lacks the instruction, `WSTREAM_KERNELS=portable` asks for the portable kernels, or a layer's
+//! inputs are odd in number, [`linear`] and [`mlp`] return `None` and the caller widens the weight to f32
+//! as before.
 
 use half::bf16;
 use rayon::prelude::*;
 
 use super::activation::gelu1;
 use super::linear::{transpose_bias, with_yt};
+#[cfg(target_arch = "aarch64")]
+use super::simd::neon_bf16 as kernel;
 #[cfg(target_arch = "x86_64")]
 use super::simd::x86_bf16 as kernel;
 use super::simd::{self, Kernel};
 
 /// Output channels per kernel slab.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const NR: usize = kernel::NR;
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const NR: usize = 12;
 
-/// Input pairs per block of a product: a slab's weight block (12 rows of 2 KiB) stays in L1 while every
+/// Input pairs per block of a product: a slab's weight block (`NR` rows of 2 KiB) stays in L1 while every
 /// token tile passes over it, and the activation's block (`ld` tokens x 2 KiB) in L2.
 const BLOCK_PAIRS: usize = 512;
 
@@ -48,13 +58,14 @@ pub fn available() -> bool {
     !simd::portable_forced() && present()
 }
 
-/// Whether this CPU has the instructions of a bf16 kernel.
+/// Whether this CPU has the instructions of a bf16 kernel (whatever `WSTREAM_KERNELS` says, so that the
+/// kernel tests still run under CI's forced-portable run).
 fn present() -> bool {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
         kernel::detected()
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         false
     }
@@ -119,9 +130,9 @@ fn pack_rows(x: &[f32], rows: usize, k: usize) -> Packed {
 }
 
 fn transpose(src: &[u32], rows: usize, pairs: usize, dst: &mut [u32], ld: usize) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     kernel::transpose_pairs(src, rows, pairs, dst, ld);
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = (src, rows, pairs, dst, ld);
         unreachable!("no bf16 kernel on this architecture");
@@ -138,9 +149,9 @@ fn slab(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     kernel::slab(w, k, n, p, &xp.data, xp.ld, xp.rows, c, accumulate);
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = (w, k, n, p, xp, c, accumulate);
         unreachable!("no bf16 kernel on this architecture");
@@ -341,10 +352,14 @@ fn mlp_native(
     y
 }
 
-/// [`slab`] one product at a time, in the kernel's order: the reference the kernels are tested against.
+/// [`slab`] one pair at a time, in the kernel's order, each step this architecture's instruction's
+/// ([`bfdot_step`] on aarch64, [`vdpbf16ps_step`] elsewhere): the reference the kernels are tested against.
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 fn slab_reference(
     w: &[u16],
     k: usize,
@@ -354,31 +369,119 @@ fn slab_reference(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    let wide = |b: u16| f32::from_bits((b as u32) << 16);
+    let step = if cfg!(target_arch = "aarch64") {
+        bfdot_step
+    } else {
+        vdpbf16ps_step
+    };
     let rows = xp.rows;
     for i in 0..nr {
         let wr = &w[(n0 + i) * k..];
         for m in 0..rows {
             let mut acc = if accumulate { c[i * rows + m] } else { 0.0 };
             for p in p0..p0 + pc {
-                let x = xp.data[p * xp.ld + m];
-                acc += wide(wr[2 * p + 1]) * wide((x >> 16) as u16);
-                acc += wide(wr[2 * p]) * wide(x as u16);
+                let wp = wr[2 * p] as u32 | (wr[2 * p + 1] as u32) << 16;
+                acc = step(acc, xp.data[p * xp.ld + m], wp);
             }
             c[i * rows + m] = acc;
         }
     }
 }
 
+/// The bf16 of the low (`half` 0) or high (1) half of a pair, as f32.
 #[cfg(test)]
-// Only x86 has a bf16 kernel to test (no BFDOT twin yet): elsewhere the helpers go unused.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn half_of(pair: u32, half: u32) -> f32 {
+    f32::from_bits((pair >> (16 * half)) << 16)
+}
+
+/// One `vdpbf16ps` step: the odd product added and rounded (nearest even), then the even one. The
+/// instruction also flushes denormals, which the tests' values never produce.
+#[cfg(test)]
+fn vdpbf16ps_step(acc: f32, x: u32, w: u32) -> f32 {
+    let acc = acc + half_of(w, 1) * half_of(x, 1);
+    acc + half_of(w, 0) * half_of(x, 0)
+}
+
+/// One BFDOT step, as Arm's `BFDotAdd` defines it with FPCR.EBF = 0: `acc + (w₀x₀ + w₁x₁)` with denormal
+/// inputs (the accumulator's too) read as zero, each product, their sum and the last add rounded to odd,
+/// a result below the smallest normal flushed to zero (judged before rounding), one past the largest finite
+/// rounded to infinity, and any NaN the default NaN.
+#[cfg(test)]
+fn bfdot_step(acc: f32, x: u32, w: u32) -> f32 {
+    let input = |pair: u32, half: u32| flush(half_of(pair, half));
+    // Products of bf16 are exact in f64; rounding them to odd only flushes, or overflows.
+    let product = |half| round_odd(input(x, half) as f64 * input(w, half) as f64, 0.0);
+    add_odd(flush(acc), add_odd(product(0), product(1)))
+}
+
+/// A denormal as a zero of its sign.
+#[cfg(test)]
+fn flush(v: f32) -> f32 {
+    if v.is_subnormal() {
+        0.0f32.copysign(v)
+    } else {
+        v
+    }
+}
+
+/// `a + b` rounded to odd (see [`round_odd`]): the f64 sum and its exact error (Knuth's TwoSum) hold the
+/// exact sum.
+#[cfg(test)]
+fn add_odd(a: f32, b: f32) -> f32 {
+    let (a, b) = (a as f64, b as f64);
+    let s = a + b;
+    let e = if s.is_finite() {
+        let bv = s - a;
+        (a - (s - bv)) + (b - bv)
+    } else {
+        0.0
+    };
+    round_odd(s, e)
+}
+
+/// The exact value `v + e` as f32, with `|e|` at most half an ulp of `v` (0 when `v` is 0 or not finite):
+/// truncated, then its last bit set if that lost anything (round to odd); zero of its sign below the
+/// smallest normal, infinity at `2^128` and above, the default NaN for a NaN.
+#[cfg(test)]
+fn round_odd(v: f64, e: f64) -> f32 {
+    if v.is_nan() {
+        return f32::from_bits(0x7FC0_0000);
+    }
+    let sign = if v.is_sign_negative() { -1.0f32 } else { 1.0 };
+    // The exact magnitude lies just below |v|.
+    let below = e != 0.0 && (e < 0.0) != (v < 0.0);
+    let (mag, min) = (v.abs(), f32::MIN_POSITIVE as f64);
+    if mag < min || (mag == min && below) {
+        return 0.0f32.copysign(sign);
+    }
+    if mag >= 2f64.powi(128) {
+        return f32::INFINITY.copysign(sign);
+    }
+    // f64 has 29 more fraction bits than f32: dropping them truncates, exactly, to an f32 value.
+    let bits = mag.to_bits();
+    let dropped = bits & ((1 << 29) - 1);
+    let mut t = (f64::from_bits(bits - dropped) as f32).to_bits();
+    if dropped == 0 && below {
+        t -= 1;
+    }
+    if dropped != 0 || e != 0.0 {
+        t |= 1;
+    }
+    f32::from_bits(t).copysign(sign)
+}
+
+#[cfg(test)]
+// Only x86 and aarch64 have a bf16 kernel to test: elsewhere the helpers go unused.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 mod tests {
     use super::*;
 
-    /// Whether the kernel can run here; without it a test is skipped, or fails where `CI` is set. Only x86 has
-    /// a bf16 kernel (aarch64 widens: no BFDOT twin yet), so these tests exist there only.
-    #[cfg(target_arch = "x86_64")]
+    /// Whether the kernel can run here; without it a test is skipped, or fails where `CI` is set. Only x86
+    /// and aarch64 have a bf16 kernel, so these tests exist there only.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn kernel_here(what: &str) -> bool {
         if present() {
             return true;
@@ -452,7 +555,7 @@ mod tests {
 
     /// The packing transpose against the one-element-at-a-time packing, at partial tiles.
     #[test]
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn packing_matches_reference() {
         if !kernel_here("bf16 packing") {
             return;
@@ -466,10 +569,10 @@ mod tests {
         }
     }
 
-    /// The `vdpbf16ps` slabs against [`slab_reference`], bitwise: every channel count up to a slab, whole and
+    /// The `vdpbf16ps` or BFDOT slabs against [`slab_reference`], bitwise: every channel count up to a slab, whole and
     /// partial token vectors, a block starting mid-row, accumulating or not.
     #[test]
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn kernel_matches_reference_bitwise() {
         if !kernel_here("bf16 kernel") {
             return;
@@ -499,7 +602,7 @@ mod tests {
     /// Whole layers (several blocks of pairs, several tasks, several passes of rows) against the reference
     /// bitwise, and against f64 on the rounded operands to the error f32 sums carry.
     #[test]
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn linear_matches_reference() {
         if !kernel_here("bf16 linear") {
             return;
@@ -534,7 +637,7 @@ mod tests {
     /// The MLP with fc1's GELU written packed: its layers one by one the reference's way (f32 GELU, rounded
     /// between the layers), bitwise.
     #[test]
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn mlp_matches_its_layers() {
         if !kernel_here("bf16 mlp") {
             return;
@@ -564,5 +667,160 @@ mod tests {
                 assert!(got == want, "{rows} rows, bias {}", bias2.is_some());
             }
         }
+    }
+
+    /// The BFDOT model on cases whose answer is known by hand, on every architecture: round to odd where
+    /// nearest-even would round the other way, an exact sum below a power of two that only TwoSum sees,
+    /// flushed denormal inputs, accumulator and products, overflow, the default NaN.
+    #[test]
+    fn bfdot_model_rounds_to_odd_and_flushes() {
+        let bf = |v: f32| round(v) as u32;
+        let pair = |even: f32, odd: f32| bf(even) | bf(odd) << 16;
+        let p2 = |e: i32| 2f32.powi(e);
+        let one = pair(1.0, 1.0);
+        for (acc, x, w, want, what) in [
+            // 1 + 2^-25: nearest even gives 1.0, round to odd the odd neighbour above.
+            (1.0, pair(p2(-25), 0.0), one, 0x3F80_0001, "up to odd"),
+            (
+                f32::from_bits(0x3F80_0001),
+                pair(p2(-25), 0.0),
+                one,
+                0x3F80_0001,
+                "stays odd",
+            ),
+            (
+                f32::from_bits(0x3F80_0002),
+                pair(p2(-25), 0.0),
+                one,
+                0x3F80_0003,
+                "even to odd",
+            ),
+            // 1 - 2^-26 lies between 1 - 2^-24 (odd) and 1.
+            (1.0, pair(-p2(-26), 0.0), one, 0x3F7F_FFFF, "below one"),
+            // 2^60 - 2^-60 is 2^60 in f64: only the TwoSum error says it lies below.
+            (
+                p2(60),
+                pair(-p2(-30), 0.0),
+                pair(p2(-30), 0.0),
+                0x5D7F_FFFF,
+                "below 2^60",
+            ),
+            // The two products' sum is rounded to odd before the accumulator sees it.
+            (0.0, pair(1.0, p2(-30)), one, 0x3F80_0001, "sum of products"),
+            // A denormal accumulator reads as zero; so does a denormal bf16 input.
+            (f32::from_bits(1), 0, 0, 0, "denormal accumulator"),
+            (0.0, 0x0001, pair(p2(100), 0.0), 0, "denormal input"),
+            // 2^-140 is a denormal product: flushed.
+            (
+                0.0,
+                pair(p2(-70), 0.0),
+                pair(p2(-70), 0.0),
+                0,
+                "denormal product",
+            ),
+            // Flushed products keep their sign: -0 + -0 + -0 is -0.
+            (
+                -0.0,
+                pair(-p2(-70), -0.0),
+                pair(p2(-70), 1.0),
+                0x8000_0000,
+                "negative zero",
+            ),
+            (
+                0.0,
+                pair(p2(100), 0.0),
+                pair(p2(100), 0.0),
+                0x7F80_0000,
+                "overflow",
+            ),
+            (
+                1.0,
+                pair(f32::INFINITY, 0.0),
+                0,
+                0x7FC0_0000,
+                "infinity times zero",
+            ),
+        ] {
+            assert_eq!(
+                bfdot_step(acc, x, w).to_bits(),
+                want,
+                "{what}: {acc:e} + {x:08x} . {w:08x}"
+            );
+        }
+    }
+
+    /// The BFDOT tiles against [`bfdot_step`] on the values where its rounding and flushing matter (the
+    /// cases above, mixed over whole quads of pairs, the broadcast tail and partial token vectors), bitwise:
+    /// the model is what the instruction (or qemu's emulation of it) does.
+    #[test]
+    #[cfg(target_arch = "aarch64")]
+    fn bfdot_kernel_matches_the_model_on_edge_values() {
+        if !kernel_here("BFDOT edge values") {
+            return;
+        }
+        let specials: Vec<u16> = [
+            1.0f32,
+            -1.0,
+            3.0e38,
+            -3.0e38,
+            1.0e-20,
+            -1.0e-20,
+            1.5,
+            f32::INFINITY,
+            0.0,
+            -0.0,
+        ]
+        .iter()
+        .map(|&v| round(v))
+        .chain([0x0001, 0x8003, 0x0080, 0x3F81, 0xBF7F, 0x7FC0])
+        .collect();
+        let accs = [
+            0.0f32,
+            -0.0,
+            f32::from_bits(1),
+            f32::from_bits(0x8000_0005),
+            1.0,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            -7.25,
+        ];
+        let pick = |i: usize, mul: usize| specials[(i * mul + i / 7) % specials.len()];
+        for (k, rows) in [(8, 5), (14, 13), (2, 3)] {
+            let nr = 2;
+            let w: Vec<u16> = (0..nr * k).map(|i| pick(i, 5)).collect();
+            let mut xp = Packed::zeroed(k / 2, rows);
+            for p in 0..k / 2 {
+                for m in 0..rows {
+                    xp.data[p * xp.ld + m] = pick(2 * (p * rows + m), 3) as u32
+                        | (pick(2 * (p * rows + m) + 1, 7) as u32) << 16;
+                }
+            }
+            for acc in [false, true] {
+                let c0: Vec<f32> = (0..nr * rows).map(|i| accs[i % accs.len()]).collect();
+                let (mut got, mut want) = (c0.clone(), c0);
+                slab(&w, k, (0, nr), (0, k / 2), &xp, &mut got, acc);
+                slab_reference(&w, k, (0, nr), (0, k / 2), &xp, &mut want, acc);
+                for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        r.to_bits(),
+                        "k {k}, rows {rows}, accumulate {acc}: output {i}: {g:e} vs the model's {r:e}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The products run natively exactly where [`available`] says (the CPU's instruction, not
+    /// `WSTREAM_KERNELS=portable`), and never for an odd number of inputs.
+    #[test]
+    fn dispatch_follows_available() {
+        let (rows, out) = (3, 4);
+        for k in [8, 7] {
+            let w = bf16s(&values(out * k, 0.1));
+            let got = linear(&values(rows * k, 0.2), rows, &w, out, None);
+            assert_eq!(got.is_some(), available() && k % 2 == 0, "{k} inputs");
+        }
+        assert_eq!(available(), present() && !simd::portable_forced());
     }
 }

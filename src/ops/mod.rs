@@ -9,8 +9,8 @@
 //! - `activation`: [`erf`] and the exact GELU, alone ([`gelu`]) or fused with a bias ([`bias_gelu`]);
 //! - `conv`: [`patch_conv`], [`depthwise_conv`] and the [`Layout`] of image-like activations;
 //! - `attention`: multi-head self-attention on small per-head matrices ([`attention`]);
-//! - `bf16`: a bf16 file's linear layers and MLPs multiplied in bf16 (`vdpbf16ps`), used by `linear` where
-//!   the CPU has it;
+//! - `bf16`: a bf16 file's linear layers and MLPs multiplied in bf16 (`vdpbf16ps`, or BFDOT on aarch64),
+//!   used by `linear` where the CPU has it;
 //! - `int8`: int8 weights computed in int8 (W8A8: per-token u8 activations, VNNI);
 //! - `packed`: linear layers over weights stored in the micro-kernel's panel order, with fused epilogues
 //!   ([`packed::linear_packed`]; [`linear_add`] and [`mlp_add`] fold a residual add in);

@@ -19,6 +19,8 @@
 #[cfg(target_arch = "aarch64")]
 mod neon;
 #[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_bf16;
+#[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_int8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
