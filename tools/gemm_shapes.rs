@@ -1,6 +1,7 @@
 //! GFLOP/s of `ops::matmul` at the models' shapes, best of N runs (robust on a shared machine).
 //! `cargo run --release --example gemm_shapes -- [threads] [reps] [filter] [yt|y|linear]`: one line per shape,
-//! name, MxKxN, best GFLOP/s and ms. A linear layer's shape is `out x in x rows`; the last argument picks what
+//! name, MxKxN, best GFLOP/s and ms, and GFLOP per CPU-second
+//! (getrusage: all threads, robust to other processes holding the cores). A linear layer's shape is `out x in x rows`; the last argument picks what
 //! is timed: `yt` (default) the product `w × xᵀ` into a dense `yᵀ`, `y` the same product written straight into
 //! `y` (`matmul_t`), `linear` the whole `ops::linear` (product, transpose, bias) as the models call it, `packed` the same
 //! layer over kernel-ready panels (`ops::packed::linear_packed` with its bias epilogue), `peak` the FMA
@@ -40,9 +41,9 @@ fn main() {
             pack_range(&a, k, 0, &mut panels);
         }
         let inner = if m * n * k < 1 << 22 { 200 } else { 1 };
-        let mut best = f64::MAX;
+        let (mut best, mut best_cpu) = (f64::MAX, f64::MAX);
         for _ in 0..reps {
-            let t = Instant::now();
+            let (t, cpu) = (Instant::now(), wstream::process::cpu_seconds());
             for _ in 0..inner {
                 if mode == "packed" {
                     let ep = Epilogue {
@@ -63,11 +64,14 @@ fn main() {
                 }
             }
             best = best.min(t.elapsed().as_secs_f64() / inner as f64);
+            best_cpu = best_cpu.min((wstream::process::cpu_seconds() - cpu) / inner as f64);
         }
+        let flops = 2.0 * (m * n * k) as f64;
         println!(
-            "{name:14} {m}x{k}x{n} {:8.1} GFLOP/s {:8.3} ms",
-            2.0 * (m * n * k) as f64 / best / 1e9,
-            best * 1e3
+            "{name:14} {m}x{k}x{n} {:8.1} GFLOP/s {:8.3} ms {:8.1} GFLOP/CPU-s",
+            flops / best / 1e9,
+            best * 1e3,
+            flops / best_cpu / 1e9
         );
     }
 }

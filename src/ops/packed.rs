@@ -2,9 +2,9 @@
 //! packed`) as panels of [`NR`] output channels, `panels[p][k][j] = w[p * NR + j][k]`, so the micro-kernel
 //! reads each panel from the mapping front to back: no copy, no repacking per call.
 //!
-//! A product `y = x wᵀ` runs as tiles of [`MR`] rows of `x` by one panel: the rows of `x` are interleaved
-//! once per call (`xp[k][i]`, a copy of the small operand), then every tile accumulates over the whole depth
-//! in registers and leaves through the [`Epilogue`] (bias, GELU, layer scale, residual add) straight into
+//! A product `y = x wᵀ` runs as tiles of up to [`MR`] rows of `x` by one panel: every tile broadcasts its
+//! rows' values straight from `x` (no interleaved copy of it), accumulates over the whole depth in registers
+//! (no partial sums stored and reloaded) and leaves through the [`Epilogue`] (bias, GELU, layer scale, residual add) straight into
 //! `y`, while it is still in L1: no extra pass over the activation. The rows are split between the pool's
 //! threads; each thread walks every panel, so a panel comes from memory once and is reused from its L2
 //! by every tile of that thread's rows.
@@ -100,7 +100,9 @@ pub fn linear_packed(
         .for_each(|(yp, xp)| part(xp, xp.len() / inp, inp, panels, out, yp, ep));
 }
 
-/// One thread's rows: interleave them into tiles, then every panel times every tile.
+/// One thread's rows: every panel times every tile of rows, each tile over the whole depth in registers,
+/// then through the epilogue. A panel is read from memory once and from this core's L2 by the other tiles;
+/// the rows of `x` are read in place (no interleaved copy, no buffer to fill).
 fn part(
     x: &[f32],
     rows: usize,
@@ -110,33 +112,14 @@ fn part(
     y: &mut [f32],
     ep: Epilogue,
 ) {
-    let tiles = rows.div_ceil(MR);
-    let mut xp = vec![0.0f32; rows * inp];
-    for t in 0..tiles {
-        let (r0, m) = (t * MR, MR.min(rows - t * MR));
-        let dst = &mut xp[r0 * inp..(r0 + m) * inp];
-        for i in 0..m {
-            for (k, &v) in x[(r0 + i) * inp..(r0 + i + 1) * inp].iter().enumerate() {
-                dst[k * m + i] = v;
-            }
-        }
-    }
-    // The panel's columns of every row of this part, accumulated slice of depth by slice of depth.
-    let mut acc = vec![0.0f32; rows * NR];
+    let tiles = tiles(rows);
+    let mut acc = [0.0f32; MR * NR];
     for (p, w) in panels.chunks_exact(inp * NR).enumerate() {
-        for k0 in (0..inp).step_by(KC) {
-            let kc = KC.min(inp - k0);
-            let wk = &w[k0 * NR..(k0 + kc) * NR];
-            for t in 0..tiles {
-                let (r0, m) = (t * MR, MR.min(rows - t * MR));
-                let xk = &xp[r0 * inp + k0 * m..r0 * inp + (k0 + kc) * m];
-                tile(m, xk, wk, kc, &mut acc[r0 * NR..(r0 + m) * NR], k0 > 0);
-            }
-        }
-        for t in 0..tiles {
-            let (r0, m) = (t * MR, MR.min(rows - t * MR));
+        for &(r0, m) in &tiles {
+            let acc = &mut acc[..m * NR];
+            tile(m, &x[r0 * inp..(r0 + m) * inp], w, inp, acc);
             simd::run(Finish {
-                acc: &acc[r0 * NR..(r0 + m) * NR],
+                acc,
                 y: &mut y[r0 * out..],
                 out,
                 col: p * NR,
@@ -146,55 +129,51 @@ fn part(
     }
 }
 
-/// Depth per pass over a panel: its slice (16 KiB) and a tile's rows of `x` (6 KiB) stay in L1 while every
-/// tile of the part is multiplied by it.
-const KC: usize = 128;
+/// The first row and row count of each tile of `rows` rows: as few tiles as [`MR`] allows, their sizes
+/// differing by at most one, so no tile is a short remainder (a 1-row tile costs a third of a full one for a
+/// twelfth of its work: its two accumulators wait on the FMA latency).
+fn tiles(rows: usize) -> Vec<(usize, usize)> {
+    let n = rows.div_ceil(MR);
+    (0..n)
+        .map(|t| (t * rows / n, (t + 1) * rows / n - t * rows / n))
+        .collect()
+}
 
-/// `acc[i][j] = Σ_k xp[k][i] w[k][j]` for `m` rows (`xp` `[inp, m]`, `w` a panel's slice `[inp, NR]`); with
-/// `add`, `acc +=` that.
-fn tile(m: usize, xp: &[f32], w: &[f32], inp: usize, acc: &mut [f32], add: bool) {
+/// `acc[i][j] = Σ_k x[i][k] w[k][j]` for `m` rows (`x` `[m, inp]` row-major, `w` a panel `[inp, NR]`).
+fn tile(m: usize, x: &[f32], w: &[f32], inp: usize, acc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if simd::has_avx512() {
-        return simd::x86_packed::tile(m, xp, w, inp, acc, add);
+        return simd::x86_packed::tile(m, x, w, inp, acc);
     }
     // Only the AVX-512 tile needs the row count; the portable one reads it from the slices.
     #[cfg(not(target_arch = "x86_64"))]
     let _ = m;
-    tile_portable(xp, w, inp, acc, add)
+    tile_portable(x, w, inp, acc)
 }
 
-/// The portable tile: separate multiplies and adds, `k` in order, for each of the `m` rows.
-pub fn tile_portable(xp: &[f32], w: &[f32], inp: usize, acc: &mut [f32], add: bool) {
-    simd::run(Tile {
-        xp,
-        w,
-        inp,
-        acc,
-        add,
-    })
+/// The portable tile: separate multiplies and adds, `k` in order, for each of the rows.
+pub fn tile_portable(x: &[f32], w: &[f32], inp: usize, acc: &mut [f32]) {
+    simd::run(Tile { x, w, inp, acc })
 }
 
 struct Tile<'a> {
-    xp: &'a [f32],
+    x: &'a [f32],
     w: &'a [f32],
     inp: usize,
     acc: &'a mut [f32],
-    add: bool,
 }
 
 impl Kernel for Tile<'_> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let m = self.acc.len() / NR;
-        for (i, row) in self.acc.chunks_exact_mut(NR).enumerate() {
+        for (row, xr) in self
+            .acc
+            .chunks_exact_mut(NR)
+            .zip(self.x.chunks_exact(self.inp))
+        {
             let mut a = [0.0f32; NR];
-            if self.add {
-                a.copy_from_slice(row);
-            }
-            for k in 0..self.inp {
-                let xv = self.xp[k * m + i];
-                let wk = &self.w[k * NR..(k + 1) * NR];
+            for (&xv, wk) in xr.iter().zip(self.w.chunks_exact(NR)) {
                 for j in 0..NR {
                     a[j] += xv * wk[j];
                 }
@@ -341,11 +320,11 @@ mod tests {
     fn this_cpus_tile_matches_the_portable_one() {
         let inp = 129;
         for m in 1..=MR {
-            let xp = values(inp * m, 0.37);
+            let x = values(m * inp, 0.37);
             let w = values(inp * NR, 0.11);
             let (mut a, mut b) = (vec![0.0; m * NR], vec![0.0; m * NR]);
-            tile(m, &xp, &w, inp, &mut a, false);
-            tile_portable(&xp, &w, inp, &mut b, false);
+            tile(m, &x, &w, inp, &mut a);
+            tile_portable(&x, &w, inp, &mut b);
             for (x, y) in a.iter().zip(&b) {
                 assert!((x - y).abs() < 1e-4, "m {m}: {x} vs {y}");
             }

@@ -6,62 +6,53 @@ use std::arch::x86_64::*;
 
 use crate::ops::packed::{MR, NR};
 
-/// `acc[i][j] = Σ_k xp[k * m + i] * w[k * NR + j]` for `m = acc.len() / NR` rows, on AVX-512; with `add`,
-/// `acc` += that (the next slice of the depth).
+/// `acc[i][j] = Σ_k x[i * inp + k] * w[k * NR + j]` for `m = acc.len() / NR` rows of `x`, on AVX-512.
 ///
-/// Panics unless `super::has_avx512()` and the slices hold `inp * m`, `inp * NR` and `m * NR` values
+/// Panics unless `super::has_avx512()` and the slices hold `m * inp`, `inp * NR` and `m * NR` values
 /// (`1 <= m <= MR`).
-pub(crate) fn tile(m: usize, xp: &[f32], w: &[f32], inp: usize, acc: &mut [f32], add: bool) {
+pub(crate) fn tile(m: usize, x: &[f32], w: &[f32], inp: usize, acc: &mut [f32]) {
     assert!(super::has_avx512(), "AVX-512 tile on a CPU without it");
     assert!((1..=MR).contains(&m), "tile of {m} rows");
-    assert!(xp.len() >= inp * m && w.len() >= inp * NR && acc.len() >= m * NR);
-    // SAFETY: the CPU has AVX-512F (checked above); the kernel reads xp[..inp * m] and w[..inp * NR] and
+    assert!(x.len() >= m * inp && w.len() >= inp * NR && acc.len() >= m * NR);
+    // SAFETY: the CPU has AVX-512F (checked above); the kernel reads x[..m * inp] and w[..inp * NR] and
     // writes acc[..m * NR], all within the slices (checked above).
     unsafe {
         match m {
-            1 => kernel::<1>(xp, w, inp, acc, add),
-            2 => kernel::<2>(xp, w, inp, acc, add),
-            3 => kernel::<3>(xp, w, inp, acc, add),
-            4 => kernel::<4>(xp, w, inp, acc, add),
-            5 => kernel::<5>(xp, w, inp, acc, add),
-            6 => kernel::<6>(xp, w, inp, acc, add),
-            7 => kernel::<7>(xp, w, inp, acc, add),
-            8 => kernel::<8>(xp, w, inp, acc, add),
-            9 => kernel::<9>(xp, w, inp, acc, add),
-            10 => kernel::<10>(xp, w, inp, acc, add),
-            11 => kernel::<11>(xp, w, inp, acc, add),
-            _ => kernel::<12>(xp, w, inp, acc, add),
+            1 => kernel::<1>(x, w, inp, acc),
+            2 => kernel::<2>(x, w, inp, acc),
+            3 => kernel::<3>(x, w, inp, acc),
+            4 => kernel::<4>(x, w, inp, acc),
+            5 => kernel::<5>(x, w, inp, acc),
+            6 => kernel::<6>(x, w, inp, acc),
+            7 => kernel::<7>(x, w, inp, acc),
+            8 => kernel::<8>(x, w, inp, acc),
+            9 => kernel::<9>(x, w, inp, acc),
+            10 => kernel::<10>(x, w, inp, acc),
+            11 => kernel::<11>(x, w, inp, acc),
+            _ => kernel::<12>(x, w, inp, acc),
         }
     }
 }
 
 /// # Safety
-/// AVX-512F; `xp` holds `inp * M` values, `w` `inp * NR`, `acc` `M * NR`.
+/// AVX-512F; `x` holds `M * inp` values, `w` `inp * NR`, `acc` `M * NR`.
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const M: usize>(xp: &[f32], w: &[f32], inp: usize, acc: &mut [f32], add: bool) {
-    let (x, wp) = (xp.as_ptr(), w.as_ptr());
+unsafe fn kernel<const M: usize>(x: &[f32], w: &[f32], inp: usize, acc: &mut [f32]) {
+    let (xb, wp) = (x.as_ptr(), w.as_ptr());
     let out = acc.as_mut_ptr();
     let mut c0 = [_mm512_setzero_ps(); M];
     let mut c1 = [_mm512_setzero_ps(); M];
-    if add {
-        for i in 0..M {
-            // SAFETY: i < M, so acc[i * NR..i * NR + 32] lies in `acc`.
-            unsafe {
-                c0[i] = _mm512_loadu_ps(out.add(i * NR));
-                c1[i] = _mm512_loadu_ps(out.add(i * NR + 16));
-            }
-        }
-    }
     for k in 0..inp {
-        // SAFETY: k < inp, so w[k * NR..k * NR + 32] and xp[k * M..k * M + M] lie in the slices.
+        // SAFETY: k < inp, so w[k * NR..k * NR + 32] and x[i * inp + k] (i < M) lie in the slices.
         let (w0, w1) = unsafe {
             (
                 _mm512_loadu_ps(wp.add(k * NR)),
                 _mm512_loadu_ps(wp.add(k * NR + 16)),
             )
         };
+        let xk = unsafe { xb.add(k) };
         for i in 0..M {
-            let a = _mm512_set1_ps(unsafe { *x.add(k * M + i) });
+            let a = _mm512_set1_ps(unsafe { *xk.add(i * inp) });
             c0[i] = _mm512_fmadd_ps(a, w0, c0[i]);
             c1[i] = _mm512_fmadd_ps(a, w1, c1[i]);
         }
