@@ -44,7 +44,8 @@ fn with_input_size(dir: &Path, name: &str, size: usize) -> PathBuf {
 fn activation_estimates_follow_the_block_shapes() {
     // vit_tiny: 32x32 images, 8x8 patches (16 + 1 tokens), width 32, MLP 128, 1000 classes. The patch
     // embedding holds the most: the image (3*32*32), 16 patch rows of 3*8*8 and their 32 outputs, and the
-    // 17x32 token sequence; a block holds 17 * (9 * 32 + 128) = 7072.
+    // 17x32 token sequence; a block at most 17 * (3 * 32 + 128) = 3808 (x, norm2's copy, the MLP's hidden
+    // activation and output).
     let vit = Model::load(fixture("vit_tiny")).unwrap();
     let per_input = 3 * 32 * 32 + 16 * (3 * 8 * 8 + 32) + 17 * 32;
     assert_eq!(per_input, 7200);
