@@ -51,16 +51,13 @@ fn activation_estimates_follow_the_block_shapes() {
     assert_eq!(per_input, 7200);
     assert_eq!(vit.activation_bytes(1).unwrap(), 4 * 7200);
     assert_eq!(vit.activation_bytes(32).unwrap(), 32 * 4 * 7200);
-    // Per input, plus (Swin) the attention bias gathered once per block.
+    // Growing with the batch; never more than the inputs run one by one would hold together, less where
+    // a block runs the batch in sub-batches (ConvNeXt's stem: 256 output rows an input).
     for name in ["convnext_tiny", "swin_tiny"] {
         let m = Model::load(fixture(name)).unwrap();
         let a = |b| m.activation_bytes(b).unwrap();
-        assert!(a(1) > 0, "{name}");
-        assert_eq!(
-            a(7) - a(1),
-            6 * (a(2) - a(1)),
-            "{name}: affine in the batch"
-        );
+        assert!(0 < a(1) && a(1) < a(2) && a(2) < a(7), "{name}");
+        assert!(a(7) <= 7 * a(1), "{name}: {} for 7, {} for 1", a(7), a(1));
     }
 }
 

@@ -122,7 +122,7 @@ impl Block {
     /// widened to f32 (the weight-only path).
     ///
     /// A batch whose intermediate buffers would outgrow [`SUB_BATCH_BYTES`] runs through the block in
-    /// sub-batches (see [`Block::sub_batches`]), each written into the batch's output as it finishes: the
+    /// sub-batches (see `sub_batches`), each written into the batch's output as it finishes: the
     /// block's weights are still paged in once for the whole batch, while its MLP hidden activations,
     /// attention inputs and patch copies exist for one sub-batch at a time.
     pub fn forward_int8(&self, store: &Store, x: Act, int8_activations: bool) -> Result<Act> {
@@ -178,7 +178,9 @@ impl Block {
         };
         // The batch's input, its output (the same buffer when the shape is kept) and the largest
         // sub-batch's own buffers, its copy of its inputs and its output included.
-        let largest = self.forward.plan(&w, &[&[parts[0]][..], &input[1..]].concat())?;
+        let largest = self
+            .forward
+            .plan(&w, &[&[parts[0]][..], &input[1..]].concat())?;
         let (inp, out): (usize, usize) = (input.iter().product(), whole.output.iter().product());
         let kept = one.output[1..] == input[1..];
         Ok(Planned {
@@ -188,11 +190,14 @@ impl Block {
     }
 
     /// The sizes of the sub-batches a batch of `input` runs in, largest first, and the plan for one input;
-    /// `None` when the batch runs whole. Each sub-batch holds as many inputs as keep the block's buffers within
-    /// [`SUB_BATCH_BYTES`] (at least one), and at least [`SUB_BATCH_ROWS`] rows of the block's output: the
-    /// products then run at the speed of the whole batch and give every row the same value (the GEMM computes a
-    /// row alike at any row count from there on); the batch is split into equal parts of at least that many.
-    pub fn sub_batches(&self, w: &Weights, input: &[usize]) -> Result<Option<(Vec<usize>, Planned)>> {
+    /// `None` when the batch runs whole. Every sub-batch holds at least [`SUB_BATCH_ROWS`] rows of the
+    /// block's output: the products then run near the speed of the whole batch and give every row the same
+    /// value (the GEMM computes a row alike at any row count from there on). A block that keeps the shape
+    /// (a residual block) takes as many inputs at once as keep its buffers within [`SUB_BATCH_BYTES`]: its
+    /// products run faster on more rows. One that changes it (stem, downsample) holds the batch's whole
+    /// input and output besides, so it takes as few as the rows allow, and splits only when that holds
+    /// less than the whole batch would. The batch is split into equal parts of at least that many inputs.
+    fn sub_batches(&self, w: &Weights, input: &[usize]) -> Result<Option<(Vec<usize>, Planned)>> {
         let Some((&b, rest)) = input.split_first() else {
             return Ok(None);
         };
@@ -200,22 +205,37 @@ impl Block {
             return Ok(None);
         }
         let one = self.forward.plan(w, &[&[1][..], rest].concat())?;
-        let by_bytes = SUB_BATCH_BYTES / (4 * one.live as u64).max(1);
         let rows: usize = one.output[1..one.output.len().max(2) - 1].iter().product();
-        let k = (by_bytes as usize).max(SUB_BATCH_ROWS.div_ceil(rows.max(1))).max(1);
-        let parts = b / k;
+        let by_rows = SUB_BATCH_ROWS.div_ceil(rows.max(1));
+        let kept = one.output[1..] == *rest;
+        let k = if kept {
+            let by_bytes = SUB_BATCH_BYTES / (4 * one.live as u64).max(1);
+            (by_bytes as usize).max(by_rows)
+        } else {
+            by_rows
+        };
+        let parts = b / k.max(1);
         if parts <= 1 {
             return Ok(None);
         }
         let (each, extra) = (b / parts, b % parts);
-        let sizes = (0..parts).map(|i| each + usize::from(i < extra)).collect();
+        let sizes: Vec<usize> = (0..parts).map(|i| each + usize::from(i < extra)).collect();
+        if !kept {
+            let whole = self.forward.plan(w, input)?;
+            let largest = self.forward.plan(w, &[&[sizes[0]][..], rest].concat())?;
+            let inp: usize = input.iter().product();
+            let out: usize = whole.output.iter().product();
+            if inp + out + largest.live >= whole.live {
+                return Ok(None);
+            }
+        }
         Ok(Some((sizes, one)))
     }
 }
 
-/// Activation bytes one sub-batch of a block may hold at once (see [`Block::forward_int8`]): one image of
-/// the Large models' first stages (ConvNeXt-L, Swin-L: 16 MiB an image), four of ViT-L, whole batches of 8
-/// in the last stages.
+/// Activation bytes one sub-batch of a residual block may hold at once (see `Block::sub_batches`): one
+/// image of the Large models' first stages (ConvNeXt-L, Swin-L: 16 MiB an image), four of ViT-L, whole
+/// batches of 8 in the last stages.
 pub const SUB_BATCH_BYTES: u64 = 24 << 20;
 
 /// Fewest output rows (tokens or pixels over the batch) a sub-batch holds: from 256 rows on, the linear
