@@ -128,9 +128,9 @@ pub struct Options {
 pub const DEFAULT_MEMORY: u64 = 1 << 30;
 
 /// What the process holds besides weights and activations (code, thread stacks, the GEMM's and the decoder's
-/// buffers, labels): VmHWM less the weights, inputs and activations was 6-22 MiB at batch 1 of the Large
-/// models (ViT-L the most); the rest is margin.
-pub const BASE_MEMORY: u64 = 48 << 20;
+/// buffers, labels): peak RssAnon less the inputs and activations was 15-22 MiB at batch 1 of the Large
+/// models (f32 Swin-L the most); the rest is margin.
+pub const BASE_MEMORY: u64 = 32 << 20;
 
 /// What the allocator holds beyond the live activations, as a fraction of them: the peak exceeded the
 /// summed buffers by up to 1.3 MiB an input on Swin-L alone (whose buffers hold 16.1 MiB an input), and by
@@ -733,9 +733,9 @@ struct RunClock {
 /// (the process's own memory and the activations; the mapped weights can): [`BASE_MEMORY`], the weight
 /// budget, every model's `[n, 3, h, w]` input (all are built before the first block runs) and the largest
 /// activations of any block ([`Model::activation_bytes`]) with the allocator's slack. Also the model whose
-/// activations are largest. Measured against it (VmHWM, one model, batch 1 / 8 / 32): ViT-L 129 / 200 / 457
-/// MiB for 160 / 269 / 642 estimated, ConvNeXt-L 174 / 282 / 709 for 217 / 389 / 981, Swin-L 185 / 309 /
-/// 736 for 233 / 389 / 997; the three Large models at batch 9 in a 512 MiB cgroup 394 for 440.
+/// activations are largest. The anonymous part against the peak RssAnon measured at batch 8 (f32, 2
+/// threads, `tools/peak_anon.py`): ViT-L 63.2 MiB for 78.0 estimated, ConvNeXt-L 72.8 for 88.4, Swin-L 57.4
+/// for 88.4; tests/memory.rs keeps ConvNeXt-L's within 35% above the measured peak.
 pub fn estimate(models: &[Model], budget: u64, n: usize) -> Result<(u64, u64, usize)> {
     let sizes: Vec<[usize; 3]> = models.iter().map(Model::input_size).collect();
     estimate_at(models, &sizes, budget, n)

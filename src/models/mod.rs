@@ -120,29 +120,127 @@ impl Block {
 
     /// [`Block::forward`], with int8 weights multiplied in int8 (`int8_activations`, where the CPU can) or
     /// widened to f32 (the weight-only path).
+    ///
+    /// A batch whose intermediate buffers would outgrow [`SUB_BATCH_BYTES`] runs through the block in
+    /// sub-batches (see `sub_batches`), each written into the batch's output as it finishes: the
+    /// block's weights are still paged in once for the whole batch, while its MLP hidden activations,
+    /// attention inputs and patch copies exist for one sub-batch at a time.
     pub fn forward_int8(&self, store: &Store, x: Act, int8_activations: bool) -> Result<Act> {
-        self.forward.forward(
-            &Weights {
-                store,
-                meta: &self.meta,
-                int8_activations,
-            },
-            x,
-        )
+        let w = Weights {
+            store,
+            meta: &self.meta,
+            int8_activations,
+        };
+        // An input the plan refuses goes to the forward whole, which refuses it with its own message.
+        let Ok(Some((parts, one))) = self.sub_batches(&w, &x.shape) else {
+            return self.forward.forward(&w, x);
+        };
+        let rest = x.shape[1..].to_vec();
+        let per_in = x.data.len() / x.batch();
+        let per_out: usize = one.output[1..].iter().product();
+        let shape = |n: usize, s: &[usize]| [&[n][..], s].concat();
+        if one.output[1..] == rest {
+            // The block keeps the shape (every residual block): each sub-batch's result replaces its rows.
+            let mut x = x;
+            let mut start = 0;
+            for n in parts {
+                let rows = start * per_in..(start + n) * per_in;
+                let part = Act::new(x.data[rows.clone()].to_vec(), shape(n, &rest));
+                x.data[rows].copy_from_slice(&self.forward.forward(&w, part)?.data);
+                start += n;
+            }
+            return Ok(x);
+        }
+        let mut out = Vec::with_capacity(x.batch() * per_out);
+        let mut start = 0;
+        for n in parts {
+            let part = x.data[start * per_in..(start + n) * per_in].to_vec();
+            let y = self.forward.forward(&w, Act::new(part, shape(n, &rest)))?;
+            out.extend_from_slice(&y.data);
+            start += n;
+        }
+        let b = x.batch();
+        drop(x);
+        Ok(Act::new(out, shape(b, &one.output[1..])))
     }
 
-    /// [`Forward::plan`]: the output shape and peak live activation values for an input of shape `input`.
+    /// [`Forward::plan`]: the output shape and peak live activation values for an input of shape `input`,
+    /// run in sub-batches as [`Block::forward_int8`] runs it.
     pub fn plan(&self, store: &Store, input: &[usize]) -> Result<Planned> {
-        self.forward.plan(
-            &Weights {
-                store,
-                meta: &self.meta,
-                int8_activations: true,
-            },
-            input,
-        )
+        let w = Weights {
+            store,
+            meta: &self.meta,
+            int8_activations: true,
+        };
+        let whole = self.forward.plan(&w, input)?;
+        let Some((parts, one)) = self.sub_batches(&w, input)? else {
+            return Ok(whole);
+        };
+        // The batch's input, its output (the same buffer when the shape is kept) and the largest
+        // sub-batch's own buffers, its copy of its inputs and its output included.
+        let largest = self
+            .forward
+            .plan(&w, &[&[parts[0]][..], &input[1..]].concat())?;
+        let (inp, out): (usize, usize) = (input.iter().product(), whole.output.iter().product());
+        let kept = one.output[1..] == input[1..];
+        Ok(Planned {
+            output: whole.output,
+            live: inp + if kept { 0 } else { out } + largest.live,
+        })
+    }
+
+    /// The sizes of the sub-batches a batch of `input` runs in, largest first, and the plan for one input;
+    /// `None` when the batch runs whole. Every sub-batch holds at least [`SUB_BATCH_ROWS`] rows of the
+    /// block's output: the products then run near the speed of the whole batch and give every row the same
+    /// value (the GEMM computes a row alike at any row count from there on). A block that keeps the shape
+    /// (a residual block) takes as many inputs at once as keep its buffers within [`SUB_BATCH_BYTES`]: its
+    /// products run faster on more rows. One that changes it (stem, downsample) holds the batch's whole
+    /// input and output besides, so it takes as few as the rows allow, and splits only when that holds
+    /// less than the whole batch would. The batch is split into equal parts of at least that many inputs.
+    fn sub_batches(&self, w: &Weights, input: &[usize]) -> Result<Option<(Vec<usize>, Planned)>> {
+        let Some((&b, rest)) = input.split_first() else {
+            return Ok(None);
+        };
+        if b <= 1 {
+            return Ok(None);
+        }
+        let one = self.forward.plan(w, &[&[1][..], rest].concat())?;
+        let rows: usize = one.output[1..one.output.len().max(2) - 1].iter().product();
+        let by_rows = SUB_BATCH_ROWS.div_ceil(rows.max(1));
+        let kept = one.output[1..] == *rest;
+        let k = if kept {
+            let by_bytes = SUB_BATCH_BYTES / (4 * one.live as u64).max(1);
+            (by_bytes as usize).max(by_rows)
+        } else {
+            by_rows
+        };
+        let parts = b / k.max(1);
+        if parts <= 1 {
+            return Ok(None);
+        }
+        let (each, extra) = (b / parts, b % parts);
+        let sizes: Vec<usize> = (0..parts).map(|i| each + usize::from(i < extra)).collect();
+        if !kept {
+            let whole = self.forward.plan(w, input)?;
+            let largest = self.forward.plan(w, &[&[sizes[0]][..], rest].concat())?;
+            let inp: usize = input.iter().product();
+            let out: usize = whole.output.iter().product();
+            if inp + out + largest.live >= whole.live {
+                return Ok(None);
+            }
+        }
+        Ok(Some((sizes, one)))
     }
 }
+
+/// Activation bytes one sub-batch of a residual block may hold at once (see `Block::sub_batches`): one
+/// image of the Large models' first stages (ConvNeXt-L, Swin-L: 16 MiB an image), four of ViT-L, whole
+/// batches of 8 in the last stages.
+pub const SUB_BATCH_BYTES: u64 = 24 << 20;
+
+/// Fewest output rows (tokens or pixels over the batch) a sub-batch holds: from 256 rows on, the linear
+/// layers take the same path as for the whole batch (`ops::linear`), so sub-batching changes no value.
+pub const SUB_BATCH_ROWS: usize = 256;
 
 /// The store as the running block sees it: its declared tensors, read by [`Param`], zero-copy.
 pub struct Weights<'a> {

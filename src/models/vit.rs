@@ -209,11 +209,12 @@ impl Forward for EncoderBlock {
                 "expected tokens [batch, tokens, {dim}], got {input:?}"
             )));
         }
-        // Every buffer of the forward lives to its end: x, both norms' copies, qkv (3 dim), the attention
-        // output, the projection, the MLP's hidden activation and its output.
+        // The forward drops each buffer once used; the largest sets alive at once: x with norm1's copy and
+        // qkv (3 dim), x with qkv and the attention output, and x with norm2's copy, the MLP's hidden
+        // activation and its output.
         Ok(Planned {
             output: input.to_vec(),
-            live: b * t * (9 * dim + self.mlp.hidden),
+            live: b * t * (5 * dim).max(3 * dim + self.mlp.hidden),
         })
     }
 
@@ -236,7 +237,9 @@ impl Forward for EncoderBlock {
         let mut h = x.data.clone();
         self.norm1.apply(w, &mut h)?;
         let qkv = self.qkv.forward(w, &h, rows)?;
+        drop(h);
         let attn = ops::attention(&qkv, b, t, self.heads, dim / self.heads, None);
+        drop(qkv);
         let ls1 = w.maybe_floats(self.ls1)?;
         if !self
             .proj
@@ -245,6 +248,7 @@ impl Forward for EncoderBlock {
             let proj = self.proj.forward(w, &attn, rows)?;
             elementwise::add_scaled(&mut x.data, &proj, ls1.as_deref());
         }
+        drop(attn);
 
         let mut h = x.data.clone();
         self.norm2.apply(w, &mut h)?;
