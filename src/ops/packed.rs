@@ -9,8 +9,9 @@
 //! threads; each thread walks every panel, so a panel comes from memory once and is reused from its L2
 //! by every tile of that thread's rows.
 //!
-//! The AVX-512 kernel is in `simd/x86_packed.rs`; [`tile_portable`] is the reference beside it, run on any
-//! other CPU (and under `WSTREAM_KERNELS=portable`), compiled for AVX2 where present.
+//! The AVX-512 kernel is in `simd/x86_packed.rs`, its NEON twin (the same panels) in `simd/neon_packed.rs`;
+//! [`tile_portable`] is the reference beside them, run on any other CPU (and under
+//! `WSTREAM_KERNELS=portable`), compiled for AVX2 where present.
 
 use rayon::prelude::*;
 
@@ -145,8 +146,12 @@ fn tile(m: usize, x: &[f32], w: &[f32], inp: usize, acc: &mut [f32]) {
     if simd::has_avx512() {
         return simd::x86_packed::tile(m, x, w, inp, acc);
     }
-    // Only the AVX-512 tile needs the row count; the portable one reads it from the slices.
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    if !simd::portable_forced() {
+        return simd::neon_packed::tile(m, xp, w, inp, acc, add);
+    }
+    // Only the vector tiles need the row count; the portable one reads it from the slices.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = m;
     tile_portable(x, w, inp, acc)
 }

@@ -22,6 +22,8 @@ mod neon;
 pub(crate) mod neon_bf16;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_int8;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_packed;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
