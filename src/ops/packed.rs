@@ -148,7 +148,7 @@ fn tile(m: usize, x: &[f32], w: &[f32], inp: usize, acc: &mut [f32]) {
     }
     #[cfg(target_arch = "aarch64")]
     if !simd::portable_forced() {
-        return simd::neon_packed::tile(m, xp, w, inp, acc, add);
+        return simd::neon_packed::tile(m, x, w, inp, acc);
     }
     // Only the vector tiles need the row count; the portable one reads it from the slices.
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
