@@ -281,6 +281,12 @@ impl Pipeline {
         self
     }
 
+    /// What happens to a block's pages after it ran, for the runs from now on.
+    pub fn with_evict(mut self, evict: Evict) -> Pipeline {
+        self.options.evict = evict;
+        self
+    }
+
     /// Calls `sink` after each block a batch runs through ([`Pipeline::blocks`] per batch).
     pub fn with_block_progress(mut self, sink: impl Fn() + Send + Sync + 'static) -> Pipeline {
         self.on_block = Some(Box::new(sink));

@@ -55,9 +55,11 @@ pub struct Args {
     /// Most weight bytes resident at once (suffixes K, M, G; default twice the largest block, at most 160M).
     #[arg(long, value_parser = parse_bytes)]
     budget: Option<u64>,
-    /// After a block ran: `rss` unmaps its pages (page cache stays warm), `cache` also drops them from the cache.
-    #[arg(long, value_enum, default_value_t = Evict::Rss)]
-    evict: Evict,
+    /// After a block ran: `rss` unmaps its pages (page cache stays warm), `cache` also drops them from the
+    /// cache. Default: `cache` when the weights exceed the cgroup's memory limit (the cache cannot keep them
+    /// anyway), else `rss`.
+    #[arg(long, value_enum)]
+    evict: Option<Evict>,
     /// How an ensemble's models are combined.
     #[arg(long, value_enum, default_value_t = Ensemble::MeanProb)]
     ensemble: Ensemble,
@@ -95,7 +97,7 @@ pub fn run(args: Args) -> Result<()> {
         threads: args.threads,
         ensemble: args.ensemble,
         budget: args.budget,
-        evict: args.evict,
+        evict: args.evict.unwrap_or(Evict::Rss),
         batch: args.max_batch,
         memory: args.memory,
         max_pixels: args.max_pixels,
@@ -104,8 +106,26 @@ pub fn run(args: Args) -> Result<()> {
         transform: args.transform,
         int8_activations: args.int8_activations,
     };
-    let pipeline = Pipeline::load(&paths, serve::pipeline_options(run.options(5, true)))?
+    let mut pipeline = Pipeline::load(&paths, serve::pipeline_options(run.options(5, true)))?
         .with_warnings(|w| eprintln!("warning: {}", printable(&w.to_string())));
+    if args.evict.is_none() {
+        let weights = pipeline
+            .models()
+            .iter()
+            .map(|m| m.store.total_bytes())
+            .sum();
+        if let Some(limit) = cache_cannot_hold(weights, wstream::process::cgroup_memory_limit()) {
+            // Every batch reads the weights from storage again either way; dropping each block's pages
+            // as soon as it ran spares the cgroup's reclaim from scanning for them, CPU the two compute
+            // threads of a small box otherwise lose (BENCHMARKS.md, serve under 512 MiB).
+            pipeline = pipeline.with_evict(wstream::exec::Evict::Cache);
+            eprintln!(
+                "note: --evict cache: the weights ({}) exceed the cgroup's memory limit ({}); give --evict rss to keep them in the page cache",
+                human_bytes(weights),
+                human_bytes(limit)
+            );
+        }
+    }
     if pipeline.batch() < args.max_batch as usize {
         let limit = args.memory.unwrap_or_else(|| default_memory().0);
         eprintln!(
@@ -139,4 +159,24 @@ pub fn run(args: Args) -> Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// The cgroup's memory limit when the weights' bytes exceed it: the page cache cannot keep them between
+/// batches.
+fn cache_cannot_hold(weights: u64, limit: Option<u64>) -> Option<u64> {
+    limit.filter(|&l| weights > l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_cannot_hold;
+
+    #[test]
+    fn the_cache_is_given_up_only_below_the_weights() {
+        const G: u64 = 1 << 30;
+        assert_eq!(cache_cannot_hold(3 * G, Some(G / 2)), Some(G / 2));
+        assert_eq!(cache_cannot_hold(3 * G, Some(4 * G)), None);
+        assert_eq!(cache_cannot_hold(3 * G, Some(3 * G)), None);
+        assert_eq!(cache_cannot_hold(3 * G, None), None);
+    }
 }
