@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::activation::bias_gelu_t;
+use super::activation::gelu1;
 use super::simd::{self, Kernel};
 
 /// Rows per packed activation vector (one 512-bit register of i32 lanes).
@@ -336,6 +336,13 @@ fn dot_portable(w: &[i8], a: &Quantized, acc: &mut [i32], ld: usize) {
 /// `yt = (x wᵀ)ᵀ` `[out, rows]` in f32, from the quantized rows of `x`: tasks of [`OUT_PER_TASK`] output
 /// channels, each multiplied into i32 and scaled back while its tile is in cache.
 pub fn product_t(a: &Quantized, w: &Int8Weight, yt: &mut [f32]) {
+    product_t_gelu(a, w, yt, None)
+}
+
+/// [`product_t`], then `gelu(y + bias[o])` on each output channel `o` when `bias` is given, applied while
+/// the tile is in cache (the separate bias-and-GELU pass over `yT` cost a read and a write of it): the
+/// same f32 operations in the same order, so the same values.
+fn product_t_gelu(a: &Quantized, w: &Int8Weight, yt: &mut [f32], bias: Option<&[f32]>) {
     let (out, rows) = (w.out(), a.rows);
     let inp = 4 * a.kq;
     assert_eq!(w.q.len(), out * inp, "weight is not [{out}, {inp}]");
@@ -351,6 +358,7 @@ pub fn product_t(a: &Quantized, w: &Int8Weight, yt: &mut [f32]) {
         sw: &'a [f32],
         zero: &'a [i32],
         sx: &'a [f32],
+        bias: Option<&'a [f32]>,
         dst: &'a mut [f32],
     }
     impl Kernel for Epilogue<'_> {
@@ -363,6 +371,9 @@ pub fn product_t(a: &Quantized, w: &Int8Weight, yt: &mut [f32]) {
                 let acc = &self.acc[o * self.ld..][..rows];
                 for (((d, &s), &z), &sx) in d.iter_mut().zip(acc).zip(self.zero).zip(self.sx) {
                     *d = (s - z * cs) as f32 * (sx * sw);
+                }
+                if let Some(b) = self.bias {
+                    d.iter_mut().for_each(|v| *v = gelu1(*v + b[o]));
                 }
             }
         }
@@ -381,6 +392,7 @@ pub fn product_t(a: &Quantized, w: &Int8Weight, yt: &mut [f32]) {
                 sw: &w.scale[o0..o0 + n],
                 zero: &a.zero,
                 sx: &a.scale,
+                bias: bias.map(|b| &b[o0..o0 + n]),
                 dst,
             });
         });
@@ -418,8 +430,7 @@ pub fn mlp(
     let inp = w1.q.len() / hidden.max(1);
     let a = quantize(x, rows, inp);
     let mut ht = vec![0.0f32; hidden * rows];
-    product_t(&a, w1, &mut ht);
-    bias_gelu_t(&mut ht, rows, b1);
+    product_t_gelu(&a, w1, &mut ht, Some(b1));
     let a2 = quantize_t(&ht, hidden, rows);
     drop(ht);
     let out = w2.out();
