@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::activation::bias_gelu_t;
+use super::activation::gelu1;
 use super::simd::{self, Kernel};
 
 /// Rows per packed activation vector (one 512-bit register of i32 lanes).
@@ -121,7 +121,7 @@ impl Quantized {
 /// A row's scale and zero point: the range `[min(x, 0), max(x, 0)]` in 255 steps, so zero is exact. A
 /// row holding a NaN or infinity gets a NaN scale, which makes its outputs NaN as the f32 product would.
 #[inline(always)]
-fn range_params(lo: f32, hi: f32, finite: bool) -> (f32, f32, i32) {
+pub(crate) fn range_params(lo: f32, hi: f32, finite: bool) -> (f32, f32, i32) {
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));
     let scale = (hi - lo) / 255.0;
     if !finite || !scale.is_finite() {
@@ -141,6 +141,12 @@ fn quant(v: f32, inv: f32, zero: i32) -> u8 {
 
 /// Quantizes `x` `[rows, inp]` row by row.
 pub fn quantize(x: &[f32], rows: usize, inp: usize) -> Quantized {
+    quantize_with(x, rows, inp, native())
+}
+
+/// [`quantize`], with the AVX-512 loop when `hand` (and the CPU has it), else the portable one.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn quantize_with(x: &[f32], rows: usize, inp: usize, hand: bool) -> Quantized {
     assert_eq!(x.len(), rows * inp, "input is not [rows, {inp}]");
     let mut a = Quantized::empty(rows, inp);
     let kq = a.kq;
@@ -185,6 +191,11 @@ pub fn quantize(x: &[f32], rows: usize, inp: usize) -> Quantized {
         .zip(a.scale.par_chunks_mut(LANES))
         .zip(x.par_chunks(LANES * inp))
         .for_each_init(Vec::new, |row, (((data, zero), scale), x)| {
+            #[cfg(target_arch = "x86_64")]
+            if hand && native() {
+                simd::x86_int8::quantize_rows(x, inp, data, zero, scale);
+                return;
+            }
             simd::run(Block {
                 x,
                 inp,
@@ -200,6 +211,12 @@ pub fn quantize(x: &[f32], rows: usize, inp: usize) -> Quantized {
 /// Quantizes the rows of `x` given transposed, `xt` `[inp, rows]` (a hidden activation kept as `hᵀ`): the
 /// same values as [`quantize`] of `x`.
 pub fn quantize_t(xt: &[f32], inp: usize, rows: usize) -> Quantized {
+    quantize_t_with(xt, inp, rows, native())
+}
+
+/// [`quantize_t`], with the AVX-512 loop when `hand` (and the CPU has it), else the portable one.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn quantize_t_with(xt: &[f32], inp: usize, rows: usize, hand: bool) -> Quantized {
     assert_eq!(xt.len(), rows * inp, "activation is not [{inp}, rows]");
     let mut a = Quantized::empty(rows, inp);
     let kq = a.kq;
@@ -258,6 +275,11 @@ pub fn quantize_t(xt: &[f32], inp: usize, rows: usize) -> Quantized {
         .zip(a.scale.par_chunks_mut(LANES))
         .enumerate()
         .for_each(|(v, ((data, zero), scale))| {
+            #[cfg(target_arch = "x86_64")]
+            if hand && native() {
+                simd::x86_int8::quantize_cols(xt, rows, v * LANES, data, zero, scale);
+                return;
+            }
             simd::run(Block {
                 xt,
                 rows,
@@ -314,6 +336,13 @@ fn dot_portable(w: &[i8], a: &Quantized, acc: &mut [i32], ld: usize) {
 /// `yt = (x wᵀ)ᵀ` `[out, rows]` in f32, from the quantized rows of `x`: tasks of [`OUT_PER_TASK`] output
 /// channels, each multiplied into i32 and scaled back while its tile is in cache.
 pub fn product_t(a: &Quantized, w: &Int8Weight, yt: &mut [f32]) {
+    product_t_gelu(a, w, yt, None)
+}
+
+/// [`product_t`], then `gelu(y + bias[o])` on each output channel `o` when `bias` is given, applied while
+/// the tile is in cache (the separate bias-and-GELU pass over `yT` cost a read and a write of it): the
+/// same f32 operations in the same order, so the same values.
+fn product_t_gelu(a: &Quantized, w: &Int8Weight, yt: &mut [f32], bias: Option<&[f32]>) {
     let (out, rows) = (w.out(), a.rows);
     let inp = 4 * a.kq;
     assert_eq!(w.q.len(), out * inp, "weight is not [{out}, {inp}]");
@@ -329,6 +358,7 @@ pub fn product_t(a: &Quantized, w: &Int8Weight, yt: &mut [f32]) {
         sw: &'a [f32],
         zero: &'a [i32],
         sx: &'a [f32],
+        bias: Option<&'a [f32]>,
         dst: &'a mut [f32],
     }
     impl Kernel for Epilogue<'_> {
@@ -341,6 +371,9 @@ pub fn product_t(a: &Quantized, w: &Int8Weight, yt: &mut [f32]) {
                 let acc = &self.acc[o * self.ld..][..rows];
                 for (((d, &s), &z), &sx) in d.iter_mut().zip(acc).zip(self.zero).zip(self.sx) {
                     *d = (s - z * cs) as f32 * (sx * sw);
+                }
+                if let Some(b) = self.bias {
+                    d.iter_mut().for_each(|v| *v = gelu1(*v + b[o]));
                 }
             }
         }
@@ -359,6 +392,7 @@ pub fn product_t(a: &Quantized, w: &Int8Weight, yt: &mut [f32]) {
                 sw: &w.scale[o0..o0 + n],
                 zero: &a.zero,
                 sx: &a.scale,
+                bias: bias.map(|b| &b[o0..o0 + n]),
                 dst,
             });
         });
@@ -396,8 +430,7 @@ pub fn mlp(
     let inp = w1.q.len() / hidden.max(1);
     let a = quantize(x, rows, inp);
     let mut ht = vec![0.0f32; hidden * rows];
-    product_t(&a, w1, &mut ht);
-    bias_gelu_t(&mut ht, rows, b1);
+    product_t_gelu(&a, w1, &mut ht, Some(b1));
     let a2 = quantize_t(&ht, hidden, rows);
     drop(ht);
     let out = w2.out();
@@ -497,6 +530,42 @@ mod tests {
             let mut a = Quantized::empty(16, 4096);
             a.data.fill(u);
             check(&[w; 7 * 4096], &a, &format!("u8 {u} x s8 {w}"));
+        }
+    }
+
+    /// The AVX-512 quantizers give exactly the portable loops' bytes, zero points and scales: inputs not a
+    /// multiple of 16 (the masked tail), rows not a multiple of 16, a zero row, NaN and infinite rows.
+    #[test]
+    fn hand_quantizers_match_portable_exactly() {
+        if !native() {
+            skip("AVX512-VNNI or dotprod");
+            return;
+        }
+        for (rows, inp) in [(1, 4), (17, 40), (33, 1028), (197, 96), (16, 12)] {
+            let mut x = acts(rows, inp);
+            x[..inp].fill(0.0);
+            if rows > 2 {
+                x[inp + 3] = f32::NAN;
+                x[2 * inp + inp - 1] = f32::NEG_INFINITY;
+                x[rows * inp - 1] = -3e5;
+            }
+            let mut xt = vec![0.0; rows * inp];
+            for r in 0..rows {
+                for k in 0..inp {
+                    xt[k * rows + r] = x[r * inp + k];
+                }
+            }
+            let bits = |a: &Quantized| a.scale.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+            let want = quantize_with(&x, rows, inp, false);
+            for got in [
+                quantize_with(&x, rows, inp, true),
+                quantize_t_with(&xt, inp, rows, true),
+                quantize_t_with(&xt, inp, rows, false),
+            ] {
+                assert_eq!(got.data, want.data, "{rows} x {inp}");
+                assert_eq!(got.zero, want.zero, "{rows} x {inp}");
+                assert_eq!(bits(&got), bits(&want), "{rows} x {inp}");
+            }
         }
     }
 

@@ -126,3 +126,183 @@ unsafe fn tile<const O: usize, const V: usize>(
         }
     }
 }
+
+/// Quantizes the `x.len() / inp` (at most 16) rows of `x` `[n, inp]` into one packed activation vector
+/// (`data` `[inp / 4][16 rows][4 bytes]`), each row's scale and zero point into `scale` and `zero`: the same
+/// bytes and parameters as `int8::quantize`'s portable loop (one pass for the range, one for the bytes,
+/// instead of three reductions, a scalar rounding loop and a scatter of 4-byte groups).
+pub(crate) fn quantize_rows(
+    x: &[f32],
+    inp: usize,
+    data: &mut [u8],
+    zero: &mut [i32],
+    scale: &mut [f32],
+) {
+    assert!(detected(), "quantize_rows on a CPU without AVX-512");
+    let n = x.len() / inp.max(1);
+    assert!(
+        inp.is_multiple_of(4)
+            && x.len() == n * inp
+            && n <= 16
+            && data.len() >= inp * 16
+            && zero.len() >= n
+            && scale.len() >= n,
+        "quantize_rows shapes"
+    );
+    // SAFETY: the features and lengths `quantize_rows_avx512` requires were checked just above.
+    unsafe { quantize_rows_avx512(x, inp, data, zero, scale) }
+}
+
+/// `q = clamp(round_ties_even(v * inv) + zero, 0, 255)` per lane, as i32: `int8::quant`'s operations in
+/// its order (a NaN lane gives 0, as `NaN as u8` does).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn quant16(v: __m512, inv: __m512, zero: __m512) -> __m512i {
+    let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(v, inv),
+    );
+    let t = _mm512_add_ps(t, zero);
+    // vmaxps returns its second operand when the first is NaN: 0.
+    let t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
+    _mm512_cvttps_epi32(t)
+}
+
+/// # Safety
+/// As [`quantize_rows`] checks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn quantize_rows_avx512(
+    x: &[f32],
+    inp: usize,
+    data: &mut [u8],
+    zero: &mut [i32],
+    scale: &mut [f32],
+) {
+    let dp = data.as_mut_ptr();
+    let tail = inp % 16;
+    let tmask: __mmask16 = ((1u32 << tail) - 1) as u16;
+    for (l, xr) in x.chunks_exact(inp).enumerate() {
+        let p = xr.as_ptr();
+        let (mut lo, mut hi, mut fin) = (
+            _mm512_set1_ps(f32::INFINITY),
+            _mm512_set1_ps(f32::NEG_INFINITY),
+            _mm512_setzero_ps(),
+        );
+        let mut k = 0;
+        while k < inp {
+            let m = if k + 16 <= inp { !0 } else { tmask };
+            // SAFETY: the lanes in m are elements k.. < inp of the row.
+            let v = unsafe { _mm512_maskz_loadu_ps(m, p.add(k)) };
+            lo = _mm512_mask_min_ps(lo, m, lo, v);
+            hi = _mm512_mask_max_ps(hi, m, hi, v);
+            fin = _mm512_mask_add_ps(fin, m, fin, _mm512_mul_ps(v, _mm512_setzero_ps()));
+            k += 16;
+        }
+        let (s, inv, z) = crate::ops::int8::range_params(
+            _mm512_reduce_min_ps(lo),
+            _mm512_reduce_max_ps(hi),
+            _mm512_reduce_add_ps(fin) == 0.0,
+        );
+        (scale[l], zero[l]) = (s, z);
+        let (vinv, vz) = (_mm512_set1_ps(inv), _mm512_set1_ps(z as f32));
+        let mut k = 0;
+        while k < inp {
+            let m = if k + 16 <= inp { !0 } else { tmask };
+            // SAFETY: as in the first pass.
+            let v = unsafe { _mm512_maskz_loadu_ps(m, p.add(k)) };
+            let b = _mm512_cvtepi32_epi8(quant16(v, vinv, vz));
+            let groups = (inp - k).min(16) / 4;
+            let lanes = [
+                _mm_extract_epi32::<0>(b),
+                _mm_extract_epi32::<1>(b),
+                _mm_extract_epi32::<2>(b),
+                _mm_extract_epi32::<3>(b),
+            ];
+            for (g, &four) in lanes.iter().enumerate().take(groups) {
+                // SAFETY: group k / 4 + g < inp / 4 of row l: byte (k / 4 + g) * 64 + 4 l, 4 bytes, inside
+                // data's inp * 16.
+                unsafe { (dp.add((k / 4 + g) * 64 + l * 4) as *mut i32).write_unaligned(four) };
+            }
+            k += 16;
+        }
+    }
+}
+
+/// Quantizes rows `r0..r0 + n` (`n <= 16`) of the activation given transposed, `xt` `[inp, rows]`, into one
+/// packed vector as [`quantize_rows`] does (the same bytes as `int8::quantize_t`'s portable loop): a column's
+/// 16 rows are one register, so the four inputs of a group become each row's 4 bytes by shifts.
+pub(crate) fn quantize_cols(
+    xt: &[f32],
+    rows: usize,
+    r0: usize,
+    data: &mut [u8],
+    zero: &mut [i32],
+    scale: &mut [f32],
+) {
+    assert!(detected(), "quantize_cols on a CPU without AVX-512");
+    let inp = xt.len() / rows.max(1);
+    assert!(
+        r0 < rows
+            && xt.len() == inp * rows
+            && inp.is_multiple_of(4)
+            && data.len() >= inp * 16
+            && zero.len() >= 16
+            && scale.len() >= 16,
+        "quantize_cols shapes"
+    );
+    // SAFETY: the features and lengths `quantize_cols_avx512` requires were checked just above.
+    unsafe { quantize_cols_avx512(xt, rows, r0, data, zero, scale) }
+}
+
+/// # Safety
+/// As [`quantize_cols`] checks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn quantize_cols_avx512(
+    xt: &[f32],
+    rows: usize,
+    r0: usize,
+    data: &mut [u8],
+    zero: &mut [i32],
+    scale: &mut [f32],
+) {
+    let inp = xt.len() / rows;
+    let n = 16.min(rows - r0);
+    let m: __mmask16 = ((1u32 << n) - 1) as u16;
+    // SAFETY (every load below): lanes in m are rows r0..r0 + n < rows of one column k < inp of xt.
+    let p = unsafe { xt.as_ptr().add(r0) };
+    let (mut lo, mut hi, mut fin) = (
+        _mm512_set1_ps(f32::INFINITY),
+        _mm512_set1_ps(f32::NEG_INFINITY),
+        _mm512_setzero_ps(),
+    );
+    for k in 0..inp {
+        let v = unsafe { _mm512_maskz_loadu_ps(m, p.add(k * rows)) };
+        lo = _mm512_min_ps(lo, v);
+        hi = _mm512_max_ps(hi, v);
+        fin = _mm512_add_ps(fin, _mm512_mul_ps(v, _mm512_setzero_ps()));
+    }
+    let (mut lo_a, mut hi_a, mut fin_a) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 16]);
+    // SAFETY: each array is 16 f32, what one unaligned 512-bit store writes.
+    unsafe {
+        _mm512_storeu_ps(lo_a.as_mut_ptr(), lo);
+        _mm512_storeu_ps(hi_a.as_mut_ptr(), hi);
+        _mm512_storeu_ps(fin_a.as_mut_ptr(), fin);
+    }
+    let (mut inv, mut zf) = ([0.0f32; 16], [0.0f32; 16]);
+    for l in 0..n {
+        let (s, i, z) = crate::ops::int8::range_params(lo_a[l], hi_a[l], fin_a[l] == 0.0);
+        (scale[l], inv[l], zero[l], zf[l]) = (s, i, z, z as f32);
+    }
+    // SAFETY: each array is 16 f32, what one unaligned 512-bit load reads.
+    let (vinv, vz) = unsafe { (_mm512_loadu_ps(inv.as_ptr()), _mm512_loadu_ps(zf.as_ptr())) };
+    let dp = data.as_mut_ptr();
+    for q in 0..inp / 4 {
+        let mut four = _mm512_setzero_si512();
+        for j in 0..4 {
+            let v = unsafe { _mm512_maskz_loadu_ps(m, p.add((4 * q + j) * rows)) };
+            let b = _mm512_sllv_epi32(quant16(v, vinv, vz), _mm512_set1_epi32(8 * j as i32));
+            four = _mm512_or_si512(four, b);
+        }
+        // SAFETY: bytes q * 64.. + 64 of data (q < inp / 4); rows past n stay as they were (zero).
+        unsafe { _mm512_mask_storeu_epi32(dp.add(q * 64) as *mut i32, m, four) };
+    }
+}
