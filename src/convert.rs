@@ -3,7 +3,8 @@
 //!
 //! The output is a plain safetensors file (timm, Python's `safetensors` and the `safetensors` crate load it),
 //! written tensor by tensor from the input's mapping in bounded chunks, under a temporary name renamed into
-//! place at the end. The formats are described in `weights/README.md` ("Converted weights").
+//! place at the end. Once on disk it is dropped from the page cache, so the first run reads it back in the
+//! 2 MiB folios the weight mappings are mapped with (as written, it would stay cached in small ones). The formats are described in `weights/README.md` ("Converted weights").
 //!
 //! - f16 / bf16: every F32 tensor becomes that dtype (round to nearest even); others are copied. A finite
 //!   value that would overflow to infinity is an error.
@@ -360,6 +361,7 @@ pub fn convert(
         bytes_in: total,
         bytes_out,
     };
+    w.sync_uncached()?;
     match dir.as_mut() {
         None => {
             if output.exists() {

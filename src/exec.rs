@@ -1,14 +1,14 @@
 //! The streaming executor: runs models block by block with the weights of only a few blocks resident.
 //!
 //! All models are mapped up front (cheap: nothing is read). The blocks of every model form one schedule; a
-//! prefetch thread walks ahead of the compute thread, asking the kernel for each block's pages (madvise
-//! WILLNEED) and mapping them in (MADV_POPULATE_READ) so page faults land on the prefetch thread, not on
-//! compute. Once a block has
+//! prefetch thread walks ahead of the compute thread, mapping each block's pages in (MADV_POPULATE_READ,
+//! which reads them in 2 MiB folios on the mappings [`crate::store`] advises HUGEPAGE) so page faults land
+//! on the prefetch thread, not on compute. Once a block has
 //! run, its pages are released (madvise DONTNEED, rounded inward so a page shared with a neighbour stays;
 //! with [`Evict::Cache`] also dropped from the page cache). How far the prefetcher may run ahead is bounded by
 //! a byte budget, so resident weights stay at about one block plus the look-ahead, whatever the model size.
-//! A next block that does not fit the budget is still announced to the kernel (WILLNEED without the touch):
-//! it is read into the page cache, which the budget does not count, but not mapped into the process.
+//! A next block that does not fit the budget is still read into the page cache, which the budget does not
+//! count, by the prefetch thread ([`residency::read_into_cache`]: mapped 2 MiB at a time and unmapped).
 //!
 //! Streaming changes memory, not numerics: each block runs the same code as [`Model::forward`].
 
@@ -90,7 +90,7 @@ pub struct BlockRecord {
     pub inputs: usize,
     /// Page-rounded bytes of the block's weights.
     pub weight_bytes: u64,
-    /// Of those, in the page cache when the block was scheduled for prefetch (mincore).
+    /// Of those, in the page cache when the prefetch thread began reading them (mincore).
     #[serde(rename = "resident_before_bytes")]
     pub resident_before: u64,
     pub compute_faults: Faults,
@@ -142,8 +142,8 @@ pub enum Event<'a> {
 /// Something that went wrong without stopping the run.
 #[derive(Debug)]
 pub enum Warning {
-    /// The kernel refused to read a weight file ahead (madvise WILLNEED). Read-ahead is advisory: the pages
-    /// are still read, only when they are mapped in rather than ahead of time.
+    /// The kernel refused to read a weight file ahead (madvise POPULATE_READ). Read-ahead is advisory: the
+    /// pages are still read, only when they are mapped in rather than ahead of time.
     ReadAheadRefused {
         path: PathBuf,
         error: std::io::Error,
@@ -155,7 +155,7 @@ impl fmt::Display for Warning {
         match self {
             Warning::ReadAheadRefused { path, error } => write!(
                 f,
-                "{}: the kernel refused to read weights ahead (madvise WILLNEED): {error}; \
+                "{}: the kernel refused to read weights ahead (madvise POPULATE_READ): {error}; \
                  they are read when mapped in instead",
                 path.display()
             ),
@@ -209,9 +209,10 @@ fn page_rounded(ranges: &[FileRange]) -> u64 {
         .sum()
 }
 
-/// Asks the kernel to read `range` of the mapping of `path` ahead (madvise WILLNEED); a refusal is a warning.
+/// Reads `range` of the mapping of `path` into the page cache without leaving it mapped; a refusal is a
+/// warning.
 fn read_ahead(map: &[u8], range: Range<usize>, path: &Path) -> std::result::Result<(), Warning> {
-    residency::prefetch(map, range).map_err(|error| Warning::ReadAheadRefused {
+    residency::read_into_cache(map, range).map_err(|error| Warning::ReadAheadRefused {
         path: path.to_path_buf(),
         error,
     })
@@ -461,10 +462,18 @@ struct Progress {
     refused: Option<Warning>,
 }
 
+/// What the compute thread asks of the prefetch thread, done in the order asked.
+enum Job {
+    /// Map a step's pages in.
+    Page(usize),
+    /// Read a step's pages into the page cache without mapping them (it did not fit the budget).
+    Hint(usize),
+}
+
 /// The compute thread's side of the prefetch schedule.
 struct Lookahead {
-    /// Requests to the prefetch thread: a step and its bytes already in the page cache.
-    tx: Sender<(usize, u64)>,
+    /// Requests to the prefetch thread.
+    tx: Sender<Job>,
     /// Steps requested so far.
     requested: usize,
     /// The furthest step announced to the kernel without being requested (it did not fit the budget).
@@ -485,14 +494,26 @@ impl<'e> Prefetcher<'e> {
         }
     }
 
-    /// The prefetch thread: for each requested step, asks the kernel to read its pages ahead (WILLNEED)
-    /// and maps them in (populate), so the page faults land here and not on the compute thread.
-    fn serve(&self, requests: Receiver<(usize, u64)>) {
-        for (i, resident_before) in requests {
+    /// The prefetch thread: maps in each requested step's pages (populate), so the page faults land here
+    /// and not on the compute thread, and reads hinted steps into the page cache. No WILLNEED before the
+    /// populate: it would read 4 KiB folios, where populate on the HUGEPAGE mapping reads 2 MiB ones and
+    /// reads ahead of itself. Also takes each step's page-cache reading (mincore) when it first gets to
+    /// the step, off the compute thread.
+    fn serve(&self, requests: Receiver<Job>) {
+        let mut first_resident = vec![None; self.exec.steps.len()];
+        for job in requests {
+            let i = match job {
+                Job::Hint(j) => {
+                    first_resident[j] = Some(self.resident(j));
+                    if let Some(w) = self.hint(j) {
+                        lock(&self.progress).refused.get_or_insert(w);
+                    }
+                    continue;
+                }
+                Job::Page(i) => i,
+            };
+            let resident_before = first_resident[i].take().unwrap_or_else(|| self.resident(i));
             let (faults, read) = (Faults::thread(), process::thread_storage_read_bytes());
-            // Every range is announced before the first is mapped in, so the kernel reads the later ones
-            // while populate waits on the first. A refusal only means populate reads the pages itself.
-            let refused = self.hint(i);
             let s = &self.exec.steps[i];
             for r in &s.ranges {
                 residency::populate(self.exec.file(s.model, r.file).bytes(), r.range.clone());
@@ -506,23 +527,20 @@ impl<'e> Prefetcher<'e> {
             let mut p = lock(&self.progress);
             p.cost[i] = done;
             p.done = i + 1;
-            if p.refused.is_none() {
-                p.refused = refused;
-            }
             self.paged.notify_all();
         }
     }
 
     /// On the compute thread, before step `i` runs: requests step `i` and every step after it that fits the
-    /// look-ahead and the budget. When the next step does not fit, announces it to the kernel instead
-    /// (read into the page cache, which the budget does not count, but not mapped in).
+    /// look-ahead and the budget. When the next step does not fit, has the prefetch thread read it into the
+    /// page cache (which the budget does not count) without mapping it in.
     fn request_ahead(&self, ahead: &mut Lookahead, i: usize, observe: &mut impl FnMut(Event)) {
         let n = self.exec.steps.len();
         while ahead.requested < n && (ahead.requested == i || self.may_prefetch(i, ahead.requested))
         {
             let j = ahead.requested;
             // The receiver lives until the compute thread is done.
-            let _ = ahead.tx.send((j, self.resident(j)));
+            let _ = ahead.tx.send(Job::Page(j));
             observe(Event::PrefetchIssued {
                 step: j,
                 at: self.start.elapsed(),
@@ -530,9 +548,7 @@ impl<'e> Prefetcher<'e> {
             ahead.requested += 1;
         }
         if ahead.requested == i + 1 && ahead.requested < n && ahead.hinted < ahead.requested {
-            if let Some(w) = self.hint(ahead.requested) {
-                self.exec.warn(&w, observe);
-            }
+            let _ = ahead.tx.send(Job::Hint(ahead.requested));
             ahead.hinted = ahead.requested;
         }
     }
@@ -553,7 +569,7 @@ impl<'e> Prefetcher<'e> {
             && self.exec.steps[i..=j].iter().map(|s| s.bytes).sum::<u64>() <= self.exec.budget
     }
 
-    /// Asks the kernel to read step `i` into the page cache without mapping it; returns the first refusal.
+    /// Reads step `i` into the page cache without leaving it mapped; returns the first refusal.
     fn hint(&self, i: usize) -> Option<Warning> {
         let s = &self.exec.steps[i];
         let mut refused = None;
@@ -606,7 +622,7 @@ mod tests {
     #[test]
     fn a_refused_read_ahead_is_reported_once_per_executor() {
         // madvise refuses an address that is not on a page boundary (EINVAL): the one refusal a test can
-        // cause at will, since WILLNEED on a mapped file range always succeeds. It reads and changes nothing.
+        // cause at will, since POPULATE_READ on a mapped file range succeeds. It reads and changes nothing.
         let page = residency::page_size();
         let buf = vec![0u8; 3 * page];
         let w = read_ahead(&buf[1..], 0..2 * page, Path::new("w.safetensors")).unwrap_err();
@@ -617,7 +633,7 @@ mod tests {
         );
         assert!(
             w.to_string().starts_with(
-                "w.safetensors: the kernel refused to read weights ahead (madvise WILLNEED): Invalid argument"
+                "w.safetensors: the kernel refused to read weights ahead (madvise POPULATE_READ): Invalid argument"
             ),
             "{w}"
         );

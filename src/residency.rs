@@ -97,6 +97,58 @@ pub fn populate(map: &[u8], range: Range<usize>) {
     }
 }
 
+/// The size of a transparent huge page on x86-64 and on aarch64 with 4 KiB pages: the unit in which
+/// [`read_into_cache`] maps and unmaps, so it never unmaps part of a 2 MiB page a neighbouring range uses.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Reads the pages of `range` into the page cache without leaving them mapped: populates it 2 MiB at a
+/// time (MADV_POPULATE_READ, which on a mapping advised HUGEPAGE reads whole 2 MiB folios, where WILLNEED
+/// reads 4 KiB ones) and unmaps each 2 MiB unit lying wholly inside `range` right after (DONTNEED), so at
+/// most one such unit is mapped at a time. The partial units at the ends stay mapped: they may hold a
+/// neighbour's bytes, and unmapping part of a 2 MiB mapping unmaps all of it; releasing `range` later
+/// unmaps them. Fails with the kernel's refusal of the populate (e.g. before Linux 5.14) having read
+/// nothing more.
+#[allow(unsafe_code)]
+pub fn read_into_cache(map: &[u8], range: Range<usize>) -> std::io::Result<()> {
+    check_range(map, &range);
+    let r = round_out(&range, map.len());
+    let base = map.as_ptr() as usize;
+    // Units are aligned in the address space, where the kernel places 2 MiB mappings.
+    let whole = (base + range.start).div_ceil(HUGE_PAGE) * HUGE_PAGE - base
+        ..((base + range.end) / HUGE_PAGE * HUGE_PAGE).saturating_sub(base);
+    let mut at = r.start;
+    while at < r.end {
+        let end = ((base + at) / HUGE_PAGE + 1) * HUGE_PAGE - base;
+        let end = end.min(r.end);
+        // SAFETY: `at..end` is page-aligned and inside the mapping (`r` is); POPULATE_READ only faults
+        // pages in for reading.
+        let rc = unsafe {
+            libc::madvise(
+                map.as_ptr().add(at) as *mut _,
+                end - at,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if whole.start <= at && end <= whole.end {
+            // SAFETY: as in `release`: DONTNEED on a read-only shared file mapping only drops this
+            // process's page-table entries; the next access maps the cached pages again. A refusal only
+            // leaves the unit mapped until `range` is released.
+            unsafe {
+                libc::madvise(
+                    map.as_ptr().add(at) as *mut _,
+                    end - at,
+                    libc::MADV_DONTNEED,
+                )
+            };
+        }
+        at = end;
+    }
+    Ok(())
+}
+
 /// Reads one byte per page of `range` so the pages are faulted in on the calling thread. Returns the number
 /// of pages touched.
 pub fn touch(map: &[u8], range: Range<usize>) -> usize {

@@ -316,7 +316,7 @@ pub fn write(arch: &str, out: &Path, seed: u64, mut progress: impl FnMut(u64)) -
     // The weights reach the disk first, then config.json is put in place, then the weights: an interruption
     // between the two renames (a moment) leaves a config.json the next synth names, never weights that a
     // later run would preprocess without their config.
-    w.sync()?;
+    w.sync_uncached()?;
     output::write_atomic(&config, (text + "\n").as_bytes())?;
     w.finish_as(&weights)
 }

@@ -115,6 +115,14 @@ impl PartialFile {
         Ok(())
     }
 
+    /// Syncs the file and drops it from the page cache: for weights. A file written through the page cache
+    /// sits there in small folios, which every later run would map a 4 KiB page at a time; dropped, it is
+    /// read back by the first run in 2 MiB folios (see [`crate::store`]).
+    pub fn sync_uncached(&mut self) -> Result<()> {
+        self.sync()?;
+        crate::residency::drop_file_cache(self.w.get_ref()).map_err(|e| Error::io(&self.path, e))
+    }
+
     /// Flushes the buffer and syncs the file to the disk.
     pub fn sync(&mut self) -> Result<()> {
         let io = |e| Error::io(&self.path, e);

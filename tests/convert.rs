@@ -568,3 +568,28 @@ fn f16_overflow_and_non_finite_int8_are_errors() {
         "stages.1.blocks.0.conv_dw.weight`: value NaN at output channel 1",
     );
 }
+
+#[test]
+fn output_is_left_out_of_the_page_cache() {
+    // Written through the page cache, a file stays cached in small folios; dropped once on disk, the first
+    // run reads it back in 2 MiB ones. tempdir may be tmpfs, whose pages cannot leave memory. fincore
+    // (util-linux) reads the file's residency without mapping or reading it, which would cache it again.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let s = run(
+        &fixture("vit_tiny"),
+        &dir.path().join("out"),
+        Dtype::Int8,
+        Layout::Source,
+    );
+    let Ok(o) = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(&s.weights)
+        .output()
+    else {
+        common::skip_or_fail("convert's page-cache drop: fincore (util-linux) is not installed");
+        return;
+    };
+    assert!(o.status.success(), "{o:?}");
+    let cached: u64 = String::from_utf8(o.stdout).unwrap().trim().parse().unwrap();
+    assert_eq!(cached, 0, "bytes of {} still cached", s.weights.display());
+}

@@ -7,7 +7,7 @@ use wstream::output::{self, Existing};
 use wstream::pipeline::read_inputs;
 use wstream::process::MemReading;
 use wstream::profile::Profile;
-use wstream::residency::drop_file_cache;
+use wstream::residency::{self, drop_file_cache};
 
 use super::classify::RunArgs;
 use super::{out, printable};
@@ -72,9 +72,16 @@ pub fn run(args: Args) -> Result<()> {
     if args.cold {
         for m in pipeline.models() {
             for f in m.store.files() {
-                drop_file_cache(f.file()).map_err(|e| {
-                    anyhow::anyhow!("{}: cannot drop from the page cache: {e}", f.path.display())
-                })?;
+                // Opening the store read its header through the mapping, which with 2 MiB pages maps the
+                // file's first 2 MiB; a mapped page is not dropped, so unmap it first.
+                residency::release(f.bytes(), 0..f.bytes().len(), None)
+                    .and_then(|_| drop_file_cache(f.file()))
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}: cannot drop from the page cache: {e}",
+                            f.path.display()
+                        )
+                    })?;
             }
         }
     }
