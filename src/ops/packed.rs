@@ -115,10 +115,23 @@ fn part(
 ) {
     let tiles = tiles(rows);
     let mut acc = [0.0f32; MR * NR];
-    for (p, w) in panels.chunks_exact(inp * NR).enumerate() {
-        for &(r0, m) in &tiles {
+    let panel = inp * NR;
+    for (p, w) in panels.chunks_exact(panel).enumerate() {
+        // The next panel, a share per tile, asked for while this one computes from L2 (the first tile of
+        // each panel would otherwise wait on memory).
+        let next = panels.get(panel * (p + 1)..panel * (p + 2)).unwrap_or(&[]);
+        for (t, &(r0, m)) in tiles.iter().enumerate() {
+            let share = next.len().div_ceil(tiles.len());
+            let ahead = next.get(t * share..).unwrap_or(&[]);
             let acc = &mut acc[..m * NR];
-            tile(m, &x[r0 * inp..(r0 + m) * inp], w, inp, acc);
+            tile(
+                m,
+                &x[r0 * inp..(r0 + m) * inp],
+                w,
+                inp,
+                acc,
+                &ahead[..share.min(ahead.len())],
+            );
             simd::run(Finish {
                 acc,
                 y: &mut y[r0 * out..],
@@ -141,11 +154,14 @@ fn tiles(rows: usize) -> Vec<(usize, usize)> {
 }
 
 /// `acc[i][j] = Σ_k x[i][k] w[k][j]` for `m` rows (`x` `[m, inp]` row-major, `w` a panel `[inp, NR]`).
-fn tile(m: usize, x: &[f32], w: &[f32], inp: usize, acc: &mut [f32]) {
+/// `ahead`: values to ask the cache for meanwhile (x86 only).
+fn tile(m: usize, x: &[f32], w: &[f32], inp: usize, acc: &mut [f32], ahead: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if simd::has_avx512() {
-        return simd::x86_packed::tile(m, x, w, inp, acc);
+        return simd::x86_packed::tile(m, x, w, inp, acc, ahead);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ahead;
     #[cfg(target_arch = "aarch64")]
     if !simd::portable_forced() {
         return simd::neon_packed::tile(m, x, w, inp, acc);
@@ -328,7 +344,7 @@ mod tests {
             let x = values(m * inp, 0.37);
             let w = values(inp * NR, 0.11);
             let (mut a, mut b) = (vec![0.0; m * NR], vec![0.0; m * NR]);
-            tile(m, &x, &w, inp, &mut a);
+            tile(m, &x, &w, inp, &mut a, &[]);
             tile_portable(&x, &w, inp, &mut b);
             for (x, y) in a.iter().zip(&b) {
                 assert!((x - y).abs() < 1e-4, "m {m}: {x} vs {y}");
