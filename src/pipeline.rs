@@ -93,6 +93,12 @@ pub struct Answer {
     pub ensemble: EnsembleAnswer,
 }
 
+/// `ms` to the microsecond: finer digits are float noise (`573.1404650000001`), not timing, and a
+/// value rounded this way prints as its three decimals at most in JSON.
+pub fn round_ms(ms: f64) -> f64 {
+    (ms * 1e3).round() / 1e3
+}
+
 /// How a [`Pipeline`] runs. Compute threads are the caller's: the blocks run on the current rayon pool.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Options {
@@ -623,7 +629,7 @@ impl Pipeline {
                 }
             }
         }
-        let elapsed_ms = start.elapsed().as_secs_f64() * 1e3 / n as f64;
+        let elapsed_ms = round_ms(start.elapsed().as_secs_f64() * 1e3 / n as f64);
         let k = self.options.top;
         let output = self.options.output;
         Ok(names

@@ -47,6 +47,11 @@ fn assert_same(mut ours: Answer, (cli, line): &(Answer, String)) {
         format!("{}{}", &s[..at], &s[end..])
     };
     assert_eq!(timing(&serde_json::to_string(&ours).unwrap()), timing(line));
+    // Rounded to the microsecond: no float noise such as 573.1404650000001 in the printed line.
+    let at = line.find("\"elapsed_ms\":").unwrap() + "\"elapsed_ms\":".len();
+    let ms = &line[at..at + line[at..].find(',').unwrap()];
+    let decimals = ms.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(decimals <= 3 && ms.parse::<f64>().unwrap() > 0.0, "{ms}");
 }
 
 #[test]

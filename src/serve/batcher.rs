@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::exec::BlockRecord;
-use crate::pipeline::{Answer, Item};
+use crate::pipeline::{round_ms, Answer, Item};
 
 use super::metrics::Metrics;
 
@@ -138,7 +138,7 @@ pub(crate) fn run(
         for (outcome, (reply, waited)) in outcomes.into_iter().zip(replies) {
             let _ = reply.send(outcome.map(|answer| Done {
                 answer,
-                queue_ms: waited.as_secs_f64() * 1e3,
+                queue_ms: round_ms(waited.as_secs_f64() * 1e3),
                 batch_size,
             }));
         }

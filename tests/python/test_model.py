@@ -177,6 +177,28 @@ def test_errors_are_the_clis_messages(tmp_path, cli):
     assert issubclass(wstream.BudgetError, wstream.Error) and issubclass(wstream.Error, Exception)
 
 
+def test_hub_ids_resolve_through_the_local_cache(tmp_path, monkeypatch):
+    # huggingface_hub's layout: blobs named by content, snapshots/HASH/ symlinks to them, refs naming HASH.
+    repo = tmp_path / "hub" / "models--timm--convnext_tiny.test"
+    snap = repo / "snapshots" / ("ab" * 20)
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("ab" * 20)
+    for f in ["model.safetensors", "config.json"]:
+        (repo / "blobs" / f).write_bytes((FIXTURES / "convnext_tiny" / f).read_bytes())
+        (snap / f).symlink_to(Path("../../blobs") / f)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    x = np.load(FIXTURES / "convnext_tiny" / "reference" / "cat.input.npy")
+    x = x.reshape(1, *x.shape[-3:])
+    want = wstream.create_model(FIXTURES / "convnext_tiny", threads=2)(x)
+    for spelling in ["timm/convnext_tiny.test", "hf-hub:timm/convnext_tiny.test", "convnext_tiny.test@main"]:
+        m = wstream.create_model(spelling, threads=2)
+        np.testing.assert_array_equal(m(x), want, err_msg=spelling)
+    with pytest.raises(wstream.FileError, match="hf download timm/convnext_tiny.other"):
+        wstream.create_model("timm/convnext_tiny.other")
+
+
 def test_ensemble_is_mean_prob_of_its_models():
     a = wstream.create_model(FIXTURES / "vit_tiny", threads=2)
     b = wstream.create_model(FIXTURES / "vit_tiny", use_test_size=True)
