@@ -49,6 +49,8 @@ pub enum Filter {
     Bicubic,
     /// Lanczos-windowed sinc, support 3 (`Image.LANCZOS`).
     Lanczos,
+    /// Nearest neighbour (`Image.NEAREST`): one input pixel per output pixel, no filter.
+    Nearest,
 }
 
 impl Filter {
@@ -57,6 +59,8 @@ impl Filter {
             Filter::Bilinear => 1.0,
             Filter::Bicubic => 2.0,
             Filter::Lanczos => 3.0,
+            // Not a convolution: `resize_part` picks pixels instead of building taps.
+            Filter::Nearest => 0.0,
         }
     }
 
@@ -84,7 +88,7 @@ impl Filter {
             }
             // Pillow's window is [-3, 3): not symmetric, so no `abs` first.
             Filter::Lanczos if (-3.0..3.0).contains(&x) => sinc(x) * sinc(x / 3.0),
-            Filter::Lanczos => 0.0,
+            Filter::Lanczos | Filter::Nearest => 0.0,
         }
     }
 
@@ -94,6 +98,7 @@ impl Filter {
             Filter::Bilinear => "bilinear",
             Filter::Bicubic => "bicubic",
             Filter::Lanczos => "lanczos",
+            Filter::Nearest => "nearest",
         }
     }
 
@@ -103,6 +108,7 @@ impl Filter {
             "bicubic" => Some(Filter::Bicubic),
             "bilinear" => Some(Filter::Bilinear),
             "lanczos" => Some(Filter::Lanczos),
+            "nearest" => Some(Filter::Nearest),
             _ => None,
         }
     }
@@ -170,7 +176,7 @@ impl Preprocess {
     /// default (the train size: `test_input_size` / `test_crop_pct` ignored; [`Transform::resolve`] takes
     /// them and the caller's overrides): input 3x224x224, crop_pct 0.875, bicubic, crop mode `center` and
     /// ImageNet mean/std where the config leaves them out. Errors (an interpolation other than
-    /// bicubic/bilinear/lanczos, an unknown crop mode, sizes or statistics that cannot work) name `path`,
+    /// bicubic/bilinear/lanczos/nearest, an unknown crop mode, sizes or statistics that cannot work) name `path`,
     /// the model the config belongs to.
     pub fn from_config(cfg: &ModelConfig, path: &Path) -> Result<Self> {
         let train = Overrides {
@@ -394,6 +400,14 @@ fn resize_part(
         return Vec::new();
     }
     let src = img.as_raw();
+    if filter == Filter::Nearest {
+        return nearest(
+            src,
+            in_w,
+            nearest_index(in_h, out_h, ys),
+            nearest_index(in_w, out_w, xs),
+        );
+    }
     let vert = (out_h != in_h).then(|| Taps::new(in_h, out_h, ys.clone(), filter));
     let horiz = (out_w != in_w).then(|| Taps::new(in_w, out_w, xs.clone(), filter));
     let vertical_first = out_h < in_h && (in_h - out_h) as i64 > 2 * (in_w as i64 - out_w as i64);
@@ -412,6 +426,33 @@ fn resize_part(
             vertical(&tmp, xs.len(), rows.start, 0..xs.len(), v)
         }
     }
+}
+
+/// The input index of outputs `outs` of resizing `in_size` samples to `out_size` with `Image.NEAREST`:
+/// Pillow's `ImagingScaleAffine`, which starts half a step in and adds the step per output (the sum kept
+/// in a double, so the same additions in the same order), truncating toward zero.
+fn nearest_index(in_size: usize, out_size: usize, outs: Range<usize>) -> Vec<usize> {
+    let step = (in_size as f32) as f64 / out_size as f64;
+    let mut at = step * 0.5;
+    let mut index = Vec::with_capacity(outs.len());
+    for o in 0..outs.end {
+        if o >= outs.start {
+            index.push((at as usize).min(in_size - 1));
+        }
+        at += step;
+    }
+    index
+}
+
+/// The pixels at rows `ys` x columns `xs` of an RGB buffer `src_w` pixels wide.
+fn nearest(src: &[u8], src_w: usize, ys: Vec<usize>, xs: Vec<usize>) -> Vec<u8> {
+    ys.iter()
+        .flat_map(|&y| {
+            xs.iter()
+                .flat_map(move |&x| &src[(y * src_w + x) * 3..(y * src_w + x + 1) * 3])
+        })
+        .copied()
+        .collect()
 }
 
 /// Rows `rows` and columns `cols` of an RGB buffer `src_w` pixels wide.
@@ -718,5 +759,22 @@ fn jpeg_check_complete(b: &[u8]) -> std::result::Result<(), String> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Indices Pillow 13's `Image.resize(..., NEAREST)` picks (read back from a 0, 1, 2, ... ramp).
+    #[test]
+    fn nearest_picks_the_pixels_pillow_picks() {
+        assert_eq!(nearest_index(3, 7, 0..7), [0, 0, 1, 1, 1, 2, 2]);
+        assert_eq!(nearest_index(10, 4, 0..4), [1, 3, 6, 8]);
+        assert_eq!(nearest_index(7, 3, 0..3), [1, 3, 5]);
+        assert_eq!(nearest_index(5, 5, 0..5), [0, 1, 2, 3, 4]);
+        let wide = nearest_index(640, 224, 0..224);
+        assert_eq!([wide[0], wide[1], wide[111], wide[223]], [1, 4, 318, 638]);
+        assert_eq!(nearest_index(3, 7, 2..5), [1, 1, 1]);
     }
 }

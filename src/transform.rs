@@ -126,7 +126,7 @@ impl Transform {
                     err(
                         Origin::Config,
                         format!(
-                            "interpolation `{name}` is not supported (only bicubic, bilinear and lanczos)"
+                            "interpolation `{name}` is not supported (only bicubic, bilinear, lanczos and nearest)"
                         ),
                     )
                 })?,

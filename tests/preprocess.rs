@@ -205,9 +205,9 @@ fn unsupported_config_is_refused_clearly() {
         "models/x: config.json pretrained_cfg: crop_mode `fancy` is not supported \
          (timm's modes are center, squash and border)"
     );
-    let msg = config_msg(with_cfg(|p| p.interpolation = Some("nearest".into())));
+    let msg = config_msg(with_cfg(|p| p.interpolation = Some("hamming".into())));
     assert!(
-        msg.contains("interpolation `nearest` is not supported"),
+        msg.contains("interpolation `hamming` is not supported (only bicubic, bilinear, lanczos and nearest)"),
         "{msg}"
     );
     let msg = config_msg(with_cfg(|p| p.input_size = Some([1, 224, 224])));

@@ -56,7 +56,7 @@ fn every_field_and_flag_matches_timm_bit_for_bit() {
     let meta: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let cases = meta["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 13);
+    assert_eq!(cases.len(), 15);
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let pre: PretrainedCfg = serde_json::from_value(case["pretrained_cfg"].clone()).unwrap();
@@ -251,7 +251,7 @@ fn cli_verbose_shows_the_resolved_transform() {
             "is not one number or three comma-separated numbers",
         ),
         ("--crop-pct", "0", "is not a positive number"),
-        ("--interpolation", "nearest", "invalid value 'nearest'"),
+        ("--interpolation", "box", "invalid value 'box'"),
     ] {
         let (code, _, err) = common::wstream(&[
             "classify",

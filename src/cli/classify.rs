@@ -240,6 +240,7 @@ pub enum Interpolation {
     Bicubic,
     Bilinear,
     Lanczos,
+    Nearest,
 }
 
 /// What labels say, as the flag spells it.
@@ -266,6 +267,7 @@ impl TransformArgs {
                 Interpolation::Bicubic => pre::Filter::Bicubic,
                 Interpolation::Bilinear => pre::Filter::Bilinear,
                 Interpolation::Lanczos => pre::Filter::Lanczos,
+                Interpolation::Nearest => pre::Filter::Nearest,
             }),
             mean: self.mean.map(|s| s.0),
             std: self.std.map(|s| s.0),
