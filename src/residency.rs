@@ -49,7 +49,9 @@ fn check_range(map: &[u8], r: &Range<usize>) {
     );
 }
 
-/// Asks the kernel to start reading the pages of `range` (madvise WILLNEED). Returns at once.
+/// Asks the kernel to start reading the pages of `range` (madvise WILLNEED). Returns at once. The kernel reads
+/// them in 4 KiB folios, which every later mapping of them pays for page by page; the executor therefore
+/// uses [`populate`] and [`read_into_cache`], which read 2 MiB folios on a mapping advised HUGEPAGE.
 #[allow(unsafe_code)]
 pub fn prefetch(map: &[u8], range: Range<usize>) -> std::io::Result<()> {
     check_range(map, &range);
