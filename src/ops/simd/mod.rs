@@ -441,6 +441,40 @@ pub(crate) fn depthwise7_row_neon(
     unsafe { neon::depthwise7_row_neon(lines, w, c, taps, bias, dst) };
 }
 
+/// The bounds a bf16 `slab` kernel (x86 `vdpbf16ps`, aarch64 BFDOT) relies on before its unsafe block: at
+/// most `nr_max` channels, whole pairs inside `k` inputs, the weight rows, an activation packed `lanes`
+/// tokens per vector, and the output. Both architectures' entry points call it, so their SAFETY arguments
+/// rest on the same checks.
+///
+/// # Panics
+/// If a bound does not hold.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_bf16_slab(
+    w: &[u16],
+    k: usize,
+    (n0, nr): (usize, usize),
+    (p0, pc): (usize, usize),
+    xp: &[u32],
+    ld: usize,
+    rows: usize,
+    c: &[f32],
+    (nr_max, lanes): (usize, usize),
+) {
+    assert!((1..=nr_max).contains(&nr), "slab of {nr} channels");
+    assert!(
+        k.is_multiple_of(2) && (p0 + pc) * 2 <= k,
+        "pairs {p0}+{pc} of {k} inputs"
+    );
+    assert!((n0 + nr) * k <= w.len(), "weight rows");
+    assert!(
+        ld >= rows.next_multiple_of(lanes),
+        "packed stride {ld} for {rows} tokens"
+    );
+    assert!((p0 + pc) * ld <= xp.len(), "packed activation");
+    assert!(c.len() >= nr * rows, "slab output");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,18 +52,7 @@ pub(crate) fn slab(
     accumulate: bool,
 ) {
     assert!(detected(), "BFDOT run on a CPU without FEAT_BF16");
-    assert!((1..=NR).contains(&nr), "slab of {nr} channels");
-    assert!(
-        k.is_multiple_of(2) && (p0 + pc) * 2 <= k,
-        "pairs {p0}+{pc} of {k} inputs"
-    );
-    assert!((n0 + nr) * k <= w.len(), "weight rows");
-    assert!(
-        ld >= rows.next_multiple_of(NL),
-        "packed stride {ld} for {rows} tokens"
-    );
-    assert!((p0 + pc) * ld <= xp.len(), "packed activation");
-    assert!(c.len() >= nr * rows, "slab output");
+    super::check_bf16_slab(w, k, (n0, nr), (p0, pc), xp, ld, rows, c, (NR, NL));
     let vectors = rows.div_ceil(NL);
     let last = rows - (vectors.max(1) - 1) * NL;
     // SAFETY: the CPU has FEAT_BF16 (checked above). Tile (v0, mv) reads weight elements (n0 + i) * k + 2p

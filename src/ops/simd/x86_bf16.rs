@@ -46,18 +46,7 @@ pub(crate) fn slab(
     accumulate: bool,
 ) {
     assert!(detected(), "vdpbf16ps run on a CPU without AVX512_BF16");
-    assert!((1..=NR).contains(&nr), "slab of {nr} channels");
-    assert!(
-        k.is_multiple_of(2) && (p0 + pc) * 2 <= k,
-        "pairs {p0}+{pc} of {k} inputs"
-    );
-    assert!((n0 + nr) * k <= w.len(), "weight rows");
-    assert!(
-        ld >= rows.next_multiple_of(16),
-        "packed stride {ld} for {rows} tokens"
-    );
-    assert!((p0 + pc) * ld <= xp.len(), "packed activation");
-    assert!(c.len() >= nr * rows, "slab output");
+    super::check_bf16_slab(w, k, (n0, nr), (p0, pc), xp, ld, rows, c, (NR, 16));
     let last = rows % 16;
     let mask_last: __mmask16 = if last == 0 {
         0xFFFF
