@@ -746,8 +746,8 @@ struct RunClock {
 /// budget, every model's `[n, 3, h, w]` input (all are built before the first block runs) and the largest
 /// activations of any block ([`Model::activation_bytes`]) with the allocator's slack. Also the model whose
 /// activations are largest. The anonymous part against the peak RssAnon measured at batch 8 (f32, 2
-/// threads, `tools/peak_anon.py`): ViT-L 63.2 MiB for 78.0 estimated, ConvNeXt-L 72.8 for 88.4, Swin-L 57.4
-/// for 88.4; tests/memory.rs keeps ConvNeXt-L's within 35% above the measured peak.
+/// threads, `tools/peak_anon.py`): ViT-L 63.2 MiB for 78.0 estimated, ConvNeXt-L 72.8 (60 in some runs, see
+/// tests/memory.rs) for 88.4, Swin-L 57.4 for 88.4.
 pub fn estimate(models: &[Model], budget: u64, n: usize) -> Result<(u64, u64, usize)> {
     let sizes: Vec<[usize; 3]> = models.iter().map(Model::input_size).collect();
     estimate_at(models, &sizes, budget, n)

@@ -311,7 +311,11 @@ fn peak_rss_anon(mut child: std::process::Child) -> (u64, std::process::ExitStat
 
 /// The estimate is true: the anonymous memory it plans for `classify --batch 8` of ConvNeXt-L (synthetic;
 /// of the three Large models, the one whose measured peak comes closest to its estimate) holds the peak
-/// RssAnon measured, with at most 35% to spare (88.4 MiB estimated for 73 measured).
+/// RssAnon of every run and is at most 1.5x the highest of three (88.3 MiB estimated). With two threads the
+/// peak falls in one of two modes, 60 or 73 MiB (once 82), about half each under load: it is set in the first
+/// stage, where whether glibc reuses a freed buffer or maps a fresh one depends on the two threads' timing
+/// (RssAnon never falls after it; one thread gives 66 every time). The estimate's slack covers the high
+/// mode; the low one alone is 1.47x below it.
 #[test]
 fn the_estimate_holds_the_measured_peak_of_a_large_batch() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ensemble");
@@ -319,38 +323,42 @@ fn the_estimate_holds_the_measured_peak_of_a_large_batch() {
     let models = [Model::load(&convnext).unwrap()];
     let budget = Executor::new(&models, Default::default()).unwrap().budget();
     let (_, anon, _) = estimate(&models, budget, 8).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wstream"));
-    cmd.args([
-        "classify",
-        "--json",
-        "--threads",
-        "2",
-        "--batch",
-        "8",
-        "--model",
-    ])
-    .arg(&convnext)
-    .args((0..8).map(|_| image("cat.jpg")))
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let (peak, status) = peak_rss_anon(cmd.spawn().unwrap());
-    assert!(status.success(), "classify failed: {status}");
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    eprintln!(
-        "ConvNeXt-L batch 8: peak RssAnon {:.1} MiB, estimated {:.1} MiB",
-        mib(peak),
-        mib(anon)
-    );
+    let mut highest = 0;
+    for run in 1..=3 {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wstream"));
+        cmd.args([
+            "classify",
+            "--json",
+            "--threads",
+            "2",
+            "--batch",
+            "8",
+            "--model",
+        ])
+        .arg(&convnext)
+        .args((0..8).map(|_| image("cat.jpg")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let (peak, status) = peak_rss_anon(cmd.spawn().unwrap());
+        assert!(status.success(), "classify failed: {status}");
+        eprintln!(
+            "ConvNeXt-L batch 8, run {run}: peak RssAnon {:.1} MiB, estimated {:.1} MiB",
+            mib(peak),
+            mib(anon)
+        );
+        assert!(
+            peak <= anon,
+            "peak RssAnon {:.1} MiB over the estimate {:.1}",
+            mib(peak),
+            mib(anon)
+        );
+        highest = highest.max(peak);
+    }
     assert!(
-        peak <= anon,
-        "peak RssAnon {:.1} MiB over the estimate {:.1}",
-        mib(peak),
-        mib(anon)
-    );
-    assert!(
-        anon as f64 <= 1.35 * peak as f64,
-        "estimate {:.1} MiB more than 35% above the measured {:.1}",
+        anon as f64 <= 1.5 * highest as f64,
+        "estimate {:.1} MiB more than 1.5x the highest measured {:.1}",
         mib(anon),
-        mib(peak)
+        mib(highest)
     );
 }
