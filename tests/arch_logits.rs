@@ -12,6 +12,37 @@ use wstream::npy;
 
 const TOL: f32 = 1e-5;
 
+/// The first model's logits of one line of a `classify --json --logits` answer file.
+fn logits(answer: &serde_json::Value) -> Vec<f32> {
+    answer["models"][0]["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// `got` (computed here) equals `want` (the x86 build's) within [`TOL`], naming the worst logit if not.
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: logits");
+    let (at, diff) = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .enumerate()
+        .fold((0, 0.0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
+    eprintln!(
+        "{what} on {}: max abs diff from x86 {diff:e} (logit {at})",
+        std::env::consts::ARCH
+    );
+    assert!(
+        diff <= TOL,
+        "{what}: logit {at} is {} here, {} on x86: diff {diff} > {TOL}",
+        got[at],
+        want[at]
+    );
+}
+
 #[test]
 fn fixture_logits_match_the_x86_build() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -22,33 +53,12 @@ fn fixture_logits_match_the_x86_build() {
         let input = root.join(answer["input"].as_str().unwrap());
         // tests/fixtures/<name>/reference/<stem>.input.npy
         let dir = input.parent().unwrap().parent().unwrap();
-        let want: Vec<f32> = answer["models"][0]["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let want = logits(&answer);
         let model = Model::load(dir).unwrap();
         let (x, shape) = npy::read_f32(&input).unwrap();
         let got = model.forward(Act::new(x, shape)).unwrap().data;
-        assert_eq!(got.len(), want.len(), "{}: logits", dir.display());
-        let (at, diff) = got
-            .iter()
-            .zip(&want)
-            .map(|(g, w)| (g - w).abs())
-            .enumerate()
-            .fold((0, 0.0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        eprintln!(
-            "{name} on {}: max abs diff from x86 {diff:e} (logit {at})",
-            std::env::consts::ARCH
-        );
-        assert!(
-            diff <= TOL,
-            "{name}: logit {at} is {} here, {} on x86: diff {diff} > {TOL}",
-            got[at],
-            want[at]
-        );
+        assert_close(&name, &got, &want);
         fixtures.push(name);
     }
     fixtures.sort();
@@ -107,31 +117,10 @@ fn packed_fixture_files_and_logits_match_the_x86_build() {
                 .any(|t| model.store.is_packed(&t.name)),
             "{name}: nothing was packed"
         );
-        let want: Vec<f32> = answer["models"][0]["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let want = logits(&answer);
         let (x, shape) = npy::read_f32(&input).unwrap();
         let got = model.forward(Act::new(x, shape)).unwrap().data;
-        assert_eq!(got.len(), want.len(), "{name}: logits");
-        let (at, diff) = got
-            .iter()
-            .zip(&want)
-            .map(|(g, w)| (g - w).abs())
-            .enumerate()
-            .fold((0, 0.0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
-        eprintln!(
-            "{name} packed on {}: max abs diff from x86 {diff:e} (logit {at})",
-            std::env::consts::ARCH
-        );
-        assert!(
-            diff <= TOL,
-            "{name} packed: logit {at} is {} here, {} on x86: diff {diff} > {TOL}",
-            got[at],
-            want[at]
-        );
+        assert_close(&format!("{name} packed"), &got, &want);
         fixtures.push(name);
     }
     fixtures.sort();
