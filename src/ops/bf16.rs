@@ -26,7 +26,6 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::activation::gelu1;
-use super::linear::{transpose_bias, with_yt};
 #[cfg(target_arch = "aarch64")]
 use super::simd::neon_bf16 as kernel;
 #[cfg(target_arch = "x86_64")]
@@ -192,13 +191,12 @@ fn group(
     }
 }
 
-/// `yt = w × xᵀ` (`[out, rows]`, raw sums) for a packed activation.
-fn product_t(yt: &mut [f32], w: &[u16], k: usize, xp: &Packed) {
-    let rows = xp.rows;
-    let g = task_channels(yt.len() / rows);
-    yt.par_chunks_mut(g * rows)
-        .enumerate()
-        .for_each(|(t, cg)| group(w, k, xp, t * g, cg, |_, _| {}));
+/// `x wᵀ + bias` (`[rows, out]`) for a packed activation `x`: each task's channels are multiplied into a
+/// scratch part and transposed into the result from cache, so no `[out, rows]` buffer or pass exists.
+fn product(w: &[u16], k: usize, xp: &Packed, bias: &[f32]) -> Vec<f32> {
+    simd::transposed_groups(xp.rows, bias, task_channels(bias.len()), |n0, c| {
+        group(w, k, xp, n0, c, |_, _| {})
+    })
 }
 
 /// `gelu(w × xᵀ + bias)`, packed as the next product's input (`[out / 2, ld]`), for an even `out`.
@@ -295,13 +293,18 @@ pub(super) fn linear(
 
 fn linear_native(x: &[f32], rows: usize, w: &[bf16], out: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let inp = w.len() / out;
+    let zeros;
+    let bias = match bias {
+        Some(b) => b,
+        None => {
+            zeros = vec![0.0; out];
+            &zeros
+        }
+    };
     let mut y = Vec::with_capacity(rows * out);
     for (r0, n) in passes(rows) {
         let xp = pack_rows(&x[r0 * inp..(r0 + n) * inp], n, inp);
-        let part = with_yt(out * n, |yt| {
-            product_t(yt, bits(w), inp, &xp);
-            transpose_bias(yt, n, bias)
-        });
+        let part = product(bits(w), inp, &xp, bias);
         if rows == n {
             return part;
         }
@@ -335,15 +338,20 @@ fn mlp_native(
     out: usize,
 ) -> Vec<f32> {
     let (hidden, inp) = (b1.len(), w1.len() / b1.len());
+    let zeros;
+    let b2 = match b2 {
+        Some(b) => b,
+        None => {
+            zeros = vec![0.0; out];
+            &zeros
+        }
+    };
     let mut y = Vec::with_capacity(rows * out);
     for (r0, n) in passes(rows) {
         let xp = pack_rows(&x[r0 * inp..(r0 + n) * inp], n, inp);
         let hp = product_gelu_packed(bits(w1), inp, &xp, b1);
         drop(xp);
-        let part = with_yt(out * n, |yt| {
-            product_t(yt, bits(w2), hidden, &hp);
-            transpose_bias(yt, n, b2)
-        });
+        let part = product(bits(w2), hidden, &hp, b2);
         if rows == n {
             return part;
         }

@@ -317,25 +317,110 @@ fn transpose_add(
         dst.len() >= (cols - 1) * ld_dst + rows,
         "transpose destination"
     );
+    // SAFETY: the asserts above keep every element read and written inside `src` and `dst`, which this
+    // call holds exclusively.
+    unsafe { transpose_add_raw(src, ld_src, dst.as_mut_ptr().cast(), ld_dst, cols, bias) };
+}
+
+/// Where [`transposed_groups`]' tasks write: the result's elements, each written by exactly one task.
+struct Columns(*mut f32);
+
+// SAFETY: the tasks sharing a `Columns` write disjoint elements (their own output channels' columns).
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// `cᵀ + bias` as a new `[rows, out]` vector (`out = bias.len()`), with `c` `[out, rows]` never whole:
+/// `fill(n0, part)` computes the rows `n0..n0 + part.len() / rows` of `c` (output channels) into a scratch
+/// buffer of at most `group` channels, in parallel, and each task transposes its part into its columns of the
+/// result while the part is still in cache. The same values as [`transposed`] of the whole `c`, bitwise,
+/// without `c` ever taking memory or a separate pass.
+pub fn transposed_groups(
+    rows: usize,
+    bias: &[f32],
+    group: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    thread_local!(static PART: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) });
+    let out = bias.len();
+    let group = group.max(1);
+    let mut y = Vec::with_capacity(out * rows);
+    if out * rows == 0 {
+        return y;
+    }
+    let dst = Columns(y.as_mut_ptr());
+    (0..out.div_ceil(group)).into_par_iter().for_each(|t| {
+        let n0 = t * group;
+        let b = &bias[n0..out.min(n0 + group)];
+        let write = |part: &mut [f32]| {
+            fill(n0, part);
+            // SAFETY: `y` holds out * rows elements; this task writes element j * out + n0 + i for j < rows
+            // and i < b.len() (n0 + b.len() <= out), its own columns, which no other task touches.
+            unsafe { transpose_add_raw(part, rows, dst.at(n0), out, rows, b) };
+        };
+        // A nested use (a stolen task inside `fill`) gets a fresh buffer.
+        PART.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut part) => {
+                if part.len() < b.len() * rows {
+                    part.resize(b.len() * rows, 0.0);
+                }
+                write(&mut part[..b.len() * rows])
+            }
+            Err(_) => write(&mut vec![0.0; b.len() * rows]),
+        });
+    });
+    // SAFETY: the groups tile 0..out, and each task wrote every element of its columns for every row.
+    unsafe { y.set_len(out * rows) };
+    y
+}
+
+/// [`transpose_add`] into memory given by a pointer, for tasks writing disjoint columns of one result.
+///
+/// # Safety
+/// `src` must hold `(bias.len() - 1) * ld_src + cols` elements (`cols <= ld_src`), and `d` must be valid for
+/// writes of element `j * ld_dst + i` for `j < cols`, `i < bias.len() <= ld_dst`, no other thread accessing
+/// those.
+unsafe fn transpose_add_raw(
+    src: &[f32],
+    ld_src: usize,
+    d: *mut f32,
+    ld_dst: usize,
+    cols: usize,
+    bias: &[f32],
+) {
+    let rows = bias.len();
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(cols <= ld_src && rows <= ld_dst, "transpose strides");
+    assert!(src.len() >= (rows - 1) * ld_src + cols, "transpose source");
     #[cfg(target_arch = "x86_64")]
     if level() == Level::Avx512 {
-        // SAFETY: the CPU has AVX-512F (checked by `level`), and the asserts above keep every element read
-        // and written inside `src` and `dst`, which is what `x86::transpose_add_avx512` requires.
-        unsafe { x86::transpose_add_avx512(src, ld_src, dst, ld_dst, cols, bias) };
+        // SAFETY: the CPU has AVX-512F (checked by `level`); the bounds are the caller's and the asserts'.
+        unsafe { x86::transpose_add_avx512(src, ld_src, d, ld_dst, cols, bias) };
         return;
     }
     #[cfg(target_arch = "aarch64")]
     if level() == Level::Neon {
-        // SAFETY: the asserts above keep every element read and written inside `src` and `dst`, which is
-        // what `neon::transpose_add_neon` requires.
-        unsafe { neon::transpose_add_neon(src, ld_src, dst, ld_dst, cols, bias) };
+        // SAFETY: the bounds are the caller's and the asserts'.
+        unsafe { neon::transpose_add_neon(src, ld_src, d, ld_dst, cols, bias) };
         return;
     }
-    transpose_add_portable(src, ld_src, dst, ld_dst, cols, bias);
+    for j in 0..cols {
+        for (i, b) in bias.iter().enumerate() {
+            // SAFETY: j < cols, i < rows: the caller's guarantee.
+            unsafe { d.add(j * ld_dst + i).write(src[i * ld_src + j] + b) };
+        }
+    }
 }
 
-/// [`transpose_add`] one element at a time: the reference for the vector kernels, and the path on CPUs
-/// without one.
+/// [`transpose_add`] one element at a time: the reference for the vector kernels (the path on CPUs without
+/// one is the same loop in [`transpose_add_raw`]).
+#[cfg(test)]
 fn transpose_add_portable(
     src: &[f32],
     ld_src: usize,
@@ -527,7 +612,9 @@ mod tests {
         ];
         transpose_matches_portable(&shapes, |src, ld_src, dst, ld_dst, cols, bias| {
             // SAFETY: AVX-512 was detected above; the helper sizes `src` and `dst` as the kernel requires.
-            unsafe { x86::transpose_add_avx512(src, ld_src, dst, ld_dst, cols, bias) }
+            unsafe {
+                x86::transpose_add_avx512(src, ld_src, dst.as_mut_ptr().cast(), ld_dst, cols, bias)
+            }
         });
     }
 
@@ -548,8 +635,33 @@ mod tests {
         ];
         transpose_matches_portable(&shapes, |src, ld_src, dst, ld_dst, cols, bias| {
             // SAFETY: the helper sizes `src` and `dst` as the kernel requires.
-            unsafe { neon::transpose_add_neon(src, ld_src, dst, ld_dst, cols, bias) }
+            unsafe {
+                neon::transpose_add_neon(src, ld_src, dst.as_mut_ptr().cast(), ld_dst, cols, bias)
+            }
         });
+    }
+
+    /// Parts transposed into their columns as they are filled give bitwise what the one-pass transpose of
+    /// the whole `[out, rows]` matrix gives, for groups that do and do not divide `out`.
+    #[test]
+    fn transposed_groups_matches_transposed() {
+        for (out, rows, group) in [
+            (40, 197, 12),
+            (7, 3, 16),
+            (96, 49, 96),
+            (33, 17, 1),
+            (5, 0, 2),
+        ] {
+            let c: Vec<f32> = (0..out * rows).map(|i| (i as f32 * 0.37).sin()).collect();
+            let bias: Vec<f32> = (0..out).map(|i| i as f32 * 0.1 - 1.0).collect();
+            let got = transposed_groups(rows, &bias, group, |n0, part| {
+                assert!(part.len() <= group * rows && part.len() % rows.max(1) == 0);
+                part.copy_from_slice(&c[n0 * rows..][..part.len()]);
+            });
+            let want = transposed(&c, rows, &bias);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{out}x{rows} by {group}");
+        }
     }
 
     /// The label names what detection finds, read here from the CPU directly, and `portable` under the switch.

@@ -5,7 +5,6 @@
 //! order), and a test beside it compares the two.
 
 use std::arch::aarch64::*;
-use std::mem::MaybeUninit;
 
 /// f32 lanes in a NEON register.
 const NL: usize = 4;
@@ -14,19 +13,20 @@ const NL: usize = 4;
 /// columns past the last whole tile one element at a time.
 ///
 /// # Safety
-/// `src` must hold `(bias.len() - 1) * ld_src + cols` elements and `dst` `(cols - 1) * ld_dst + bias.len()`,
-/// with `cols <= ld_src` and `bias.len() <= ld_dst`.
+/// `src` must hold `(bias.len() - 1) * ld_src + cols` elements and `d` must be valid for writes of element
+/// `j * ld_dst + i` for `j < cols`, `i < bias.len()` (no other thread accessing those), with `cols <= ld_src`
+/// and `bias.len() <= ld_dst`.
 pub(super) unsafe fn transpose_add_neon(
     src: &[f32],
     ld_src: usize,
-    dst: &mut [MaybeUninit<f32>],
+    d: *mut f32,
     ld_dst: usize,
     cols: usize,
     bias: &[f32],
 ) {
     let rows = bias.len();
     let (rows4, cols4) = (rows - rows % NL, cols - cols % NL);
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut f32);
+    let s = src.as_ptr();
     // SAFETY (every load and store below): rows i0..i0 + 4 <= rows and columns j0..j0 + 4 <= cols of src,
     // and their transposes in dst, all within the lengths the caller guarantees.
     for i0 in (0..rows4).step_by(NL) {
@@ -52,13 +52,15 @@ pub(super) unsafe fn transpose_add_neon(
         }
         for j in cols4..cols {
             for (i, b) in bias.iter().enumerate().skip(i0).take(NL) {
-                dst[j * ld_dst + i].write(src[i * ld_src + j] + b);
+                // SAFETY: column j < cols, row i < rows: within the caller's guarantee.
+                unsafe { d.add(j * ld_dst + i).write(src[i * ld_src + j] + b) };
             }
         }
     }
     for j in 0..cols {
         for (i, b) in bias.iter().enumerate().skip(rows4) {
-            dst[j * ld_dst + i].write(src[i * ld_src + j] + b);
+            // SAFETY: column j < cols, row i < rows: within the caller's guarantee.
+            unsafe { d.add(j * ld_dst + i).write(src[i * ld_src + j] + b) };
         }
     }
 }

@@ -3,8 +3,6 @@
 //! kernel's portable reference sits beside its dispatcher in `simd/mod.rs` (or, for the depthwise row, in
 //! `ops/conv.rs`), and computes bitwise the same results: separate multiplies and adds, in the same order.
 
-use std::mem::MaybeUninit;
-
 use super::{Kernel, LANES};
 
 /// `k.run()` compiled for AVX-512 (F, BW, DQ, VL) with AVX2 and FMA.
@@ -28,20 +26,21 @@ pub(super) unsafe fn avx2<K: Kernel>(k: K) -> K::Output {
 /// [`transpose_add`](super::transpose_add) in 16x16 register tiles.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `src` must hold `(bias.len() - 1) * ld_src + cols` elements and `dst`
-/// `(cols - 1) * ld_dst + bias.len()`, with `cols <= ld_src` and `bias.len() <= ld_dst`.
+/// The CPU must have AVX-512F; `src` must hold `(bias.len() - 1) * ld_src + cols` elements and `d` must be
+/// valid for writes of element `j * ld_dst + i` for `j < cols`, `i < bias.len()` (no other thread accessing
+/// those), with `cols <= ld_src` and `bias.len() <= ld_dst`.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn transpose_add_avx512(
     src: &[f32],
     ld_src: usize,
-    dst: &mut [MaybeUninit<f32>],
+    d: *mut f32,
     ld_dst: usize,
     cols: usize,
     bias: &[f32],
 ) {
     use std::arch::x86_64::*;
     let rows = bias.len();
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut f32);
+    let s = src.as_ptr();
     for i0 in (0..rows).step_by(16) {
         let w = 16.min(rows - i0);
         let wmask: __mmask16 = (1u32 << w).wrapping_sub(1) as u16;
