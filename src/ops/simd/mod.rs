@@ -560,6 +560,32 @@ pub(crate) fn check_bf16_slab(
     assert!(c.len() >= nr * rows, "slab output");
 }
 
+/// The bounds `x86_int8::dot` and `neon_int8::dot` need before their `unsafe` blocks: `w` holds `nout` rows of
+/// `4 * kq` int8, `act` `rb` vectors of the packed `[kq][16 rows][4 bytes]` layout, and `acc` rows of stride
+/// `ld >= 16 * rb` for every output.
+///
+/// # Panics
+/// If a bound does not hold.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn check_int8_dot(
+    w: &[i8],
+    nout: usize,
+    kq: usize,
+    act: &[u8],
+    rb: usize,
+    acc: &[i32],
+    ld: usize,
+) {
+    assert!(
+        w.len() >= nout * 4 * kq && act.len() >= rb * kq * 64 && ld >= 16 * rb,
+        "dot shapes"
+    );
+    assert!(
+        nout == 0 || acc.len() >= (nout - 1) * ld + 16 * rb,
+        "dot output"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

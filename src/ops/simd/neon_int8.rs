@@ -31,14 +31,7 @@ pub(crate) fn dot(
     ld: usize,
 ) {
     assert!(detected(), "dot_sdot on a CPU without dotprod");
-    assert!(
-        w.len() >= nout * 4 * kq && act.len() >= rb * kq * 64 && ld >= 16 * rb,
-        "dot shapes"
-    );
-    assert!(
-        nout == 0 || acc.len() >= (nout - 1) * ld + 16 * rb,
-        "dot output"
-    );
+    super::check_int8_dot(w, nout, kq, act, rb, acc, ld);
     // SAFETY: the feature and lengths `dot_sdot` requires were checked just above.
     unsafe { dot_sdot(w, nout, kq, act, rb, acc, ld) }
 }

@@ -28,14 +28,7 @@ pub(crate) fn dot(
     ld: usize,
 ) {
     assert!(detected(), "dot_vnni on a CPU without AVX512-VNNI");
-    assert!(
-        w.len() >= nout * 4 * kq && act.len() >= rb * kq * 64 && ld >= 16 * rb,
-        "dot shapes"
-    );
-    assert!(
-        nout == 0 || acc.len() >= (nout - 1) * ld + 16 * rb,
-        "dot output"
-    );
+    super::check_int8_dot(w, nout, kq, act, rb, acc, ld);
     // SAFETY: the features and lengths `dot_vnni` requires were checked just above.
     unsafe { dot_vnni(w, nout, kq, act, rb, acc, ld) }
 }
