@@ -311,14 +311,12 @@ fn transpose_add(
     if rows == 0 || cols == 0 {
         return;
     }
-    assert!(cols <= ld_src && rows <= ld_dst, "transpose strides");
-    assert!(src.len() >= (rows - 1) * ld_src + cols, "transpose source");
     assert!(
         dst.len() >= (cols - 1) * ld_dst + rows,
         "transpose destination"
     );
-    // SAFETY: the asserts above keep every element read and written inside `src` and `dst`, which this
-    // call holds exclusively.
+    // SAFETY: the assert above keeps every element written inside `dst`, which this call holds
+    // exclusively; `transpose_add_raw` checks the strides and the source itself.
     unsafe { transpose_add_raw(src, ld_src, dst.as_mut_ptr().cast(), ld_dst, cols, bias) };
 }
 
