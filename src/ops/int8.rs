@@ -344,10 +344,29 @@ pub fn product_t(a: &Quantized, w: &Int8Weight, yt: &mut [f32]) {
 /// same f32 operations in the same order, so the same values.
 fn product_t_gelu(a: &Quantized, w: &Int8Weight, yt: &mut [f32], bias: Option<&[f32]>) {
     let (out, rows) = (w.out(), a.rows);
-    let inp = 4 * a.kq;
-    assert_eq!(w.q.len(), out * inp, "weight is not [{out}, {inp}]");
     assert_eq!(yt.len(), out * rows, "yT is not [{out}, {rows}]");
     if rows == 0 || out == 0 {
+        return;
+    }
+    yt.par_chunks_mut(OUT_PER_TASK * rows)
+        .enumerate()
+        .for_each(|(t, dst)| product_part(a, w, t * OUT_PER_TASK, dst, bias));
+}
+
+/// Output channels `o0..o0 + dst.len() / rows` of `(x wᵀ)ᵀ` into `dst` (`[channels, rows]`), each turned
+/// into `gelu(y + bias[o])` when `bias` is given: the i32 sums go to this thread's scratch, which the
+/// epilogue scales back while it is in cache.
+fn product_part(a: &Quantized, w: &Int8Weight, o0: usize, dst: &mut [f32], bias: Option<&[f32]>) {
+    thread_local!(static ACC: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) });
+    let (out, rows) = (w.out(), a.rows);
+    let inp = 4 * a.kq;
+    assert_eq!(w.q.len(), out * inp, "weight is not [{out}, {inp}]");
+    let n = dst.len() / rows.max(1);
+    assert!(
+        dst.len() == n * rows && o0 + n <= out,
+        "output channels {o0}.. of {out}"
+    );
+    if n == 0 || rows == 0 {
         return;
     }
     let ld = LANES * a.rb;
@@ -378,41 +397,53 @@ fn product_t_gelu(a: &Quantized, w: &Int8Weight, yt: &mut [f32], bias: Option<&[
             }
         }
     }
-    yt.par_chunks_mut(OUT_PER_TASK * rows)
-        .enumerate()
-        .for_each_init(Vec::new, |acc, (t, dst)| {
-            let o0 = t * OUT_PER_TASK;
-            let n = dst.len() / rows;
+    // Nothing inside runs rayon work, so the scratch is never borrowed twice on one thread.
+    ACC.with_borrow_mut(|acc| {
+        if acc.len() < n * ld {
             acc.resize(n * ld, 0);
-            dot(&w.q[o0 * inp..(o0 + n) * inp], a, acc, ld);
-            simd::run(Epilogue {
-                acc,
-                ld,
-                colsum: &w.colsum[o0..o0 + n],
-                sw: &w.scale[o0..o0 + n],
-                zero: &a.zero,
-                sx: &a.scale,
-                bias: bias.map(|b| &b[o0..o0 + n]),
-                dst,
-            });
+        }
+        let acc = &mut acc[..n * ld];
+        dot(&w.q[o0 * inp..(o0 + n) * inp], a, acc, ld);
+        simd::run(Epilogue {
+            acc,
+            ld,
+            colsum: &w.colsum[o0..o0 + n],
+            sw: &w.scale[o0..o0 + n],
+            zero: &a.zero,
+            sx: &a.scale,
+            bias: bias.map(|b| &b[o0..o0 + n]),
+            dst,
         });
+    });
 }
 
-/// `x [rows, in] × wᵀ + bias` with int8 activations: [`quantize`], [`product_t`], then the transpose that
-/// adds the bias.
+/// `x wᵀ + bias` `[rows, out]` from the quantized rows of `x`: each task's output channels are multiplied
+/// into a scratch part and transposed (adding the bias) into its columns of the result from cache, so no
+/// `[out, rows]` buffer or separate transpose pass exists. The same values as [`product_t`] then
+/// [`simd::transposed`].
+fn product(a: &Quantized, w: &Int8Weight, bias: Option<&[f32]>) -> Vec<f32> {
+    let zeros;
+    let bias = match bias {
+        Some(b) => b,
+        None => {
+            zeros = vec![0.0; w.out()];
+            &zeros
+        }
+    };
+    simd::transposed_groups(a.rows, bias, OUT_PER_TASK, |o0, part| {
+        product_part(a, w, o0, part, None)
+    })
+}
+
+/// `x [rows, in] × wᵀ + bias` with int8 activations: [`quantize`], then [`product`] (the product with the
+/// transpose that adds the bias fused per task).
 pub fn linear(x: &[f32], rows: usize, w: &Int8Weight, bias: Option<&[f32]>) -> Vec<f32> {
     let out = w.out();
     let inp = w.q.len() / out.max(1);
     if let Some(b) = bias {
         assert_eq!(b.len(), out, "bias length");
     }
-    let a = quantize(x, rows, inp);
-    let mut yt = vec![0.0f32; out * rows];
-    product_t(&a, w, &mut yt);
-    match bias {
-        Some(b) => simd::transposed(&yt, rows, b),
-        None => simd::transposed(&yt, rows, &vec![0.0; out]),
-    }
+    product(&quantize(x, rows, inp), w, bias)
 }
 
 /// The MLP `fc2(gelu(fc1(x) + b1)) + b2` with both layers in int8: the hidden activation stays transposed
@@ -433,13 +464,7 @@ pub fn mlp(
     product_t_gelu(&a, w1, &mut ht, Some(b1));
     let a2 = quantize_t(&ht, hidden, rows);
     drop(ht);
-    let out = w2.out();
-    let mut yt = vec![0.0f32; out * rows];
-    product_t(&a2, w2, &mut yt);
-    match b2 {
-        Some(b) => simd::transposed(&yt, rows, b),
-        None => simd::transposed(&yt, rows, &vec![0.0; out]),
-    }
+    product(&a2, w2, b2)
 }
 
 #[cfg(test)]
@@ -640,6 +665,27 @@ mod tests {
                 * (a.scale[r] * s[o])
                 + b[o];
             assert_eq!(got[r * out + o], y, "({r}, {o})");
+        }
+    }
+
+    /// The product transposed per task gives bitwise what the whole `yT` and a separate transpose give, with
+    /// and without a bias, for output counts that leave a partial last task.
+    #[test]
+    fn product_matches_product_t_transposed() {
+        for (rows, inp, out) in [(37, 64, 40), (5, 12, 33), (197, 96, 16)] {
+            let (q, s) = weights(out, inp);
+            let w = Int8Weight::new(&q, &s, None);
+            let a = quantize(&acts(rows, inp), rows, inp);
+            let mut yt = vec![0.0; out * rows];
+            product_t(&a, &w, &mut yt);
+            let b: Vec<f32> = (0..out).map(|o| o as f32 * 0.1 - 1.0).collect();
+            let zeros = vec![0.0; out];
+            for (bias, want) in [(Some(&b[..]), &b), (None, &zeros)] {
+                let want = simd::transposed(&yt, rows, want);
+                let got = product(&a, &w, bias);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{rows} x {inp} x {out}");
+            }
         }
     }
 
