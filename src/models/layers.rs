@@ -389,12 +389,32 @@ impl PatchConv {
         (b, h, wd): (usize, usize, usize),
     ) -> Result<Vec<f32>> {
         let bias = w.maybe_floats(self.bias)?;
+        let weight = w.weight(self.weight)?;
+        let (k, dims) = (self.k, (b, self.in_chans, h, wd));
+        // W8A8 only on feature maps (ConvNeXt's downsamples): a conv on the image (stem, patch embedding)
+        // keeps its pixels f32, as ONNX Runtime's dynamic quantization does.
+        let inp = self.in_chans * k * k;
+        if layout == Layout::Nhwc {
+            if let Some(q) = int8_weight(w, self.weight, &weight, true, inp)? {
+                let cols = ops::patch_cols(x, layout, dims, k);
+                let rows = b * (h / k) * (wd / k);
+                return Ok(int8_linear(
+                    w,
+                    self.weight,
+                    &cols,
+                    rows,
+                    &q,
+                    &weight,
+                    bias.as_deref(),
+                ));
+            }
+        }
         Ok(ops::patch_conv(
             x,
             layout,
-            (b, self.in_chans, h, wd),
-            self.k,
-            &w.weight(self.weight)?,
+            dims,
+            k,
+            &weight,
             bias.as_deref(),
             self.out,
         ))

@@ -29,12 +29,24 @@ pub fn patch_conv(
     bias: Option<&[f32]>,
     out: usize,
 ) -> Vec<f32> {
-    assert_eq!(x.len(), b * c * h * w, "input size");
     assert_eq!(
         weight.len(),
         out * c * k * k,
         "conv weight is not [out, c, k, k]"
     );
+    let cols = patch_cols(x, layout, (b, c, h, w), k);
+    linear_weight(&cols, b * (h / k) * (w / k), weight, out, bias)
+}
+
+/// The im2col of [`patch_conv`]: one row `[c, k, k]` per output pixel (`[b * h/k * w/k, c k k]`), in the
+/// conv weight's order, so the conv is a linear layer on these rows.
+pub fn patch_cols(
+    x: &[f32],
+    layout: Layout,
+    (b, c, h, w): (usize, usize, usize, usize),
+    k: usize,
+) -> Vec<f32> {
+    assert_eq!(x.len(), b * c * h * w, "input size");
     let (hp, wp) = (h / k, w / k);
     let patch = c * k * k;
     let mut cols = vec![0.0f32; b * hp * wp * patch];
@@ -58,7 +70,7 @@ pub fn patch_conv(
                 }
             }
         });
-    linear_weight(&cols, b * hp * wp, weight, out, bias)
+    cols
 }
 
 /// Depthwise `k x k` convolution, stride 1, zero padding `k / 2`, on NHWC input `[b, h, w, c]` with the

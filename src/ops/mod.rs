@@ -36,7 +36,7 @@ pub(crate) mod simd;
 pub use self::activation::{bias_gelu, erf, gelu};
 pub use self::attention::{attention, ScoreBias};
 pub use self::bf16::available as bf16_native;
-pub use self::conv::{depthwise_conv, patch_conv, Layout};
+pub use self::conv::{depthwise_conv, patch_cols, patch_conv, Layout};
 pub use self::gemm::{matmul, matmul_t, MatRef};
 pub use self::linear::{linear, linear_add, linear_weight, mlp, mlp_add, WIDEN_CHUNK_BYTES};
 pub use self::norm::layer_norm;
