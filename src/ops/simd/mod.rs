@@ -320,6 +320,28 @@ fn transpose_add(
     unsafe { transpose_add_raw(src, ld_src, dst.as_mut_ptr().cast(), ld_dst, cols, bias) };
 }
 
+/// [`transpose_add`] into initialised memory: `dst[j * ld_dst + i] = src[i * ld_src + j] + bias[i]` for
+/// `i < bias.len()`, `j < cols`, the other elements of `dst` left as they are.
+pub(crate) fn transpose_add_into(
+    src: &[f32],
+    ld_src: usize,
+    dst: &mut [f32],
+    ld_dst: usize,
+    cols: usize,
+    bias: &[f32],
+) {
+    let rows = bias.len();
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        dst.len() >= (cols - 1) * ld_dst + rows,
+        "transpose destination"
+    );
+    // SAFETY: as in `transpose_add`: the assert keeps every write inside `dst`, held exclusively here.
+    unsafe { transpose_add_raw(src, ld_src, dst.as_mut_ptr(), ld_dst, cols, bias) };
+}
+
 /// Where [`transposed_groups`]' tasks write: the result's elements, each written by exactly one task.
 struct Columns(*mut f32);
 
