@@ -330,16 +330,10 @@ pub(crate) fn transpose_add_into(
     cols: usize,
     bias: &[f32],
 ) {
-    let rows = bias.len();
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    assert!(
-        dst.len() >= (cols - 1) * ld_dst + rows,
-        "transpose destination"
-    );
-    // SAFETY: as in `transpose_add`: the assert keeps every write inside `dst`, held exclusively here.
-    unsafe { transpose_add_raw(src, ld_src, dst.as_mut_ptr(), ld_dst, cols, bias) };
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and `transpose_add` only writes initialised values, so
+    // every element of `dst` stays initialised.
+    let dst = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    transpose_add(src, ld_src, dst, ld_dst, cols, bias)
 }
 
 /// Where [`transposed_groups`]' tasks write: the result's elements, each written by exactly one task.
