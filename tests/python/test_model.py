@@ -272,7 +272,8 @@ def test_a_second_thread_runs_while_inference_holds_no_gil():
 
 
 def test_ctrl_c_raises_keyboard_interrupt_within_a_block(large_dir):
-    # ConvNeXt-L: an image takes about a second, its longest block a few tens of milliseconds.
+    # ConvNeXt-L: an image takes 0.2-1 s (quiet or loaded box), its longest block a few tens of milliseconds
+    # per image. The batch is sized from the measured image so the call lasts about 4 s on any box.
     script = textwrap.dedent(
         f"""
         import os, signal, sys, threading, time
@@ -280,14 +281,15 @@ def test_ctrl_c_raises_keyboard_interrupt_within_a_block(large_dir):
         m = wstream.create_model({str(large_dir / 'convnext_large')!r}, threads=2)
         x = np.zeros((1, 3, 224, 224), np.float32)
         t0 = time.perf_counter(); m(x); per = time.perf_counter() - t0
-        big = np.zeros((8, 3, 224, 224), np.float32)
+        n = max(8, int(4.0 / per) + 1)
+        big = np.zeros((n, 3, 224, 224), np.float32)
         threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
         t0 = time.perf_counter()
         try:
             m(big)
             print("finished", flush=True)
         except KeyboardInterrupt:
-            print("interrupted", time.perf_counter() - t0, per * 8, flush=True)
+            print("interrupted", time.perf_counter() - t0, per * n, flush=True)
         print("after", m(x).shape, flush=True)
         """
     )
