@@ -26,6 +26,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::activation::gelu1;
+use super::bias_or_zeros;
 #[cfg(target_arch = "aarch64")]
 use super::simd::neon_bf16 as kernel;
 #[cfg(target_arch = "x86_64")]
@@ -293,18 +294,11 @@ pub(super) fn linear(
 
 fn linear_native(x: &[f32], rows: usize, w: &[bf16], out: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let inp = w.len() / out;
-    let zeros;
-    let bias = match bias {
-        Some(b) => b,
-        None => {
-            zeros = vec![0.0; out];
-            &zeros
-        }
-    };
+    let bias = bias_or_zeros(bias, out);
     let mut y = Vec::with_capacity(rows * out);
     for (r0, n) in passes(rows) {
         let xp = pack_rows(&x[r0 * inp..(r0 + n) * inp], n, inp);
-        let part = product(bits(w), inp, &xp, bias);
+        let part = product(bits(w), inp, &xp, &bias);
         if rows == n {
             return part;
         }
@@ -338,20 +332,13 @@ fn mlp_native(
     out: usize,
 ) -> Vec<f32> {
     let (hidden, inp) = (b1.len(), w1.len() / b1.len());
-    let zeros;
-    let b2 = match b2 {
-        Some(b) => b,
-        None => {
-            zeros = vec![0.0; out];
-            &zeros
-        }
-    };
+    let b2 = bias_or_zeros(b2, out);
     let mut y = Vec::with_capacity(rows * out);
     for (r0, n) in passes(rows) {
         let xp = pack_rows(&x[r0 * inp..(r0 + n) * inp], n, inp);
         let hp = product_gelu_packed(bits(w1), inp, &xp, b1);
         drop(xp);
-        let part = product(bits(w2), hidden, &hp, b2);
+        let part = product(bits(w2), hidden, &hp, &b2);
         if rows == n {
             return part;
         }

@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::activation::gelu1;
+use super::bias_or_zeros;
 use super::simd::{self, Kernel};
 
 /// Rows per packed activation vector (one 512-bit register of i32 lanes).
@@ -422,15 +423,8 @@ fn product_part(a: &Quantized, w: &Int8Weight, o0: usize, dst: &mut [f32], bias:
 /// `[out, rows]` buffer or separate transpose pass exists. The same values as [`product_t`] then
 /// [`simd::transposed`].
 fn product(a: &Quantized, w: &Int8Weight, bias: Option<&[f32]>) -> Vec<f32> {
-    let zeros;
-    let bias = match bias {
-        Some(b) => b,
-        None => {
-            zeros = vec![0.0; w.out()];
-            &zeros
-        }
-    };
-    simd::transposed_groups(a.rows, bias, OUT_PER_TASK, |o0, part| {
+    let bias = bias_or_zeros(bias, w.out());
+    simd::transposed_groups(a.rows, &bias, OUT_PER_TASK, |o0, part| {
         product_part(a, w, o0, part, None)
     })
 }

@@ -9,7 +9,7 @@ use super::activation::{bias_gelu, bias_gelu_t};
 use super::bf16;
 use super::gemm::{matmul, matmul_t, MatRef};
 use super::packed::{linear_packed, Epilogue};
-use super::{rows_per_task, simd};
+use super::{bias_or_zeros, rows_per_task, simd};
 use crate::weight::{self, Weight};
 
 /// `x [rows, in] × wᵀ + bias`, with `w` a linear layer's `[out, in]` weight read in place.
@@ -91,11 +91,7 @@ pub(super) fn with_yt<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// `y = ytᵀ + bias` for `yt` `[out, rows]`.
 pub(super) fn transpose_bias(yt: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    let out = yt.len() / rows.max(1);
-    match bias {
-        Some(b) => simd::transposed(yt, rows, b),
-        None => simd::transposed(yt, rows, &vec![0.0; out]),
-    }
+    simd::transposed(yt, rows, &bias_or_zeros(bias, yt.len() / rows.max(1)))
 }
 
 /// Bound on the f32 rows a non-f32 weight is widened into at a time (f32 weights need none). 16 MiB holds

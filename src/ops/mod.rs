@@ -51,3 +51,9 @@ pub(crate) const ELEMS_PER_TASK: usize = 16384;
 pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (ELEMS_PER_TASK / row_len.max(1)).max(1)
 }
+
+/// `bias`, or `out` zeros for a layer without one: the transposes that end the linear layers add a bias
+/// along every output channel.
+pub(crate) fn bias_or_zeros(bias: Option<&[f32]>, out: usize) -> std::borrow::Cow<'_, [f32]> {
+    bias.map_or_else(|| vec![0.0; out].into(), Into::into)
+}
