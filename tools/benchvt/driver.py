@@ -267,17 +267,21 @@ class Bench:
                 x['name']: float(np.abs(np.asarray(x['logits'])
                                         - np.asarray(last_logits[('latency:ensemble', 'timm')][x['name']])).max())
                 for x in lines[-1]['models']}
-            # throughput, batch 8, ensemble
+            # throughput, batch 8, ensemble: f32 engines, wstream's packed copies among them
             b = a.batch
             for e, w in workers.items():
                 w.run(models=self.models, source=self.image, batch=b, warmup=1, n=0)
+            packed = [v.engine for v in self.variants if 'packed' in v.name and v.engine in self.variant_dirs]
             for r in range(a.tp_repeats):
                 log(f'throughput (batch {b}): round {r + 1}/{a.tp_repeats}')
-                for e in rotated(ENGINES, r):
+                for e in rotated(ENGINES + packed, r):
                     self.settle()
-                    if e == 'wstream':
-                        lines = self.wstream_run(self.wstream_cmd(self.models, [self.image] * b, batch=b))
-                        v = lines[0]['elapsed_ms']
+                    if e == 'wstream' or e in packed:
+                        # two batches, the second timed: the first warms the process up (heap, threads) as
+                        # timm's and ORT's warm-up batch does theirs
+                        lines = self.wstream_run(self.wstream_cmd(self.models, [self.image] * (2 * b), batch=b,
+                                                                  variant=self.variant(e)))
+                        v = lines[-1]['elapsed_ms']
                     else:
                         v = workers[e].run(models=self.models, source=self.image, batch=b, n=1)['ms_per_image'][0]
                     self.sample('throughput', e, 1000.0 / v)

@@ -350,7 +350,7 @@ def peers(add, res, meta, models, get):
             bound = max(rd, ens / 1000) if rd is not None and ens is not None else None
             add(f'| {peer_name(e)} | {fmt(get("start_warm", e), " s")} | {fmt(get("peak_rss", e), " MiB")} | '
                 f'{fmt(cold, " s")} | {fmt(rd, " s")} | {fmt_ratio(ratio(cold, bound))} |')
-    peer_targets(add, res, models, get, pr, chk)
+    peer_targets(add, res, meta, models, get, pr, chk)
 
 
 def check_cell(c):
@@ -359,7 +359,7 @@ def check_cell(c):
              margin=f'{c["margin"]:.2f}')
 
 
-def peer_targets(add, res, models, get, pr, chk):
+def peer_targets(add, res, meta, models, get, pr, chk):
     """Issue #19's latency and agreement targets, each row judged where it was measured."""
     add('')
     add(P('peer_targets'))
@@ -377,6 +377,16 @@ def peer_targets(add, res, models, get, pr, chk):
         for m in models:
             target(P('t19_alone', engine=peer_name(e), model=SHORT[m], limit=0.95),
                    ratio(get(f'latency:{m}', e), get(f'latency:{m}', 'ort')), 0.95)
+
+    for e in [e for e in f32 if get('throughput', e) is not None]:
+        label = P('t19_throughput', engine=peer_name(e), batch=meta['batch'], limit=1.15)
+        tp = ratio(get('throughput', e), get('throughput', 'ort'))
+        if tp is None:
+            add(P('target_unmeasured', label=label))
+        else:  # higher is better
+            shown = (P('met', margin=f'{(1 - 1.15 / tp) * 100:.0f}') if tp >= 1.15
+                     else P('missed_throughput', more=f'{(1.15 / tp - 1) * 100:.0f}'))
+            add(P('target', label=label, shown=fmt_ratio(tp), verdict=shown))
 
     def worst_cos(e):
         cs = [c[e]['cosine'] for d in chk.values() for c in d.values() if e in c]
