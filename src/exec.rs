@@ -49,6 +49,11 @@ pub struct ExecOptions {
     /// Most blocks prefetched ahead of the one computing.
     pub lookahead: usize,
     pub evict: Evict,
+    /// Whether the prefetch thread reads each step's page-cache residency (mincore) before paging it in,
+    /// for [`BlockRecord::resident_before`]. On an unmapped range mincore looks up every 4 KiB page in the
+    /// page cache, work that shares the cores with the compute threads; a run that reports no paged-in
+    /// bytes can skip it.
+    pub page_cache_readings: bool,
 }
 
 impl Default for ExecOptions {
@@ -57,6 +62,7 @@ impl Default for ExecOptions {
             budget: None,
             lookahead: MAX_LOOKAHEAD,
             evict: Evict::Rss,
+            page_cache_readings: true,
         }
     }
 }
@@ -90,7 +96,8 @@ pub struct BlockRecord {
     pub inputs: usize,
     /// Page-rounded bytes of the block's weights.
     pub weight_bytes: u64,
-    /// Of those, in the page cache when the prefetch thread began reading them (mincore).
+    /// Of those, in the page cache when the prefetch thread began reading them (mincore); 0 when the run
+    /// took no readings ([`ExecOptions::page_cache_readings`]).
     #[serde(rename = "resident_before_bytes")]
     pub resident_before: u64,
     pub compute_faults: Faults,
@@ -501,10 +508,11 @@ impl<'e> Prefetcher<'e> {
     /// the step, off the compute thread.
     fn serve(&self, requests: Receiver<Job>) {
         let mut first_resident = vec![None; self.exec.steps.len()];
+        let readings = self.exec.opts.page_cache_readings;
         for job in requests {
             let i = match job {
                 Job::Hint(j) => {
-                    first_resident[j] = Some(self.resident(j));
+                    first_resident[j] = readings.then(|| self.resident(j));
                     if let Some(w) = self.hint(j) {
                         lock(&self.progress).refused.get_or_insert(w);
                     }
@@ -512,7 +520,11 @@ impl<'e> Prefetcher<'e> {
                 }
                 Job::Page(i) => i,
             };
-            let resident_before = first_resident[i].take().unwrap_or_else(|| self.resident(i));
+            let resident_before = match first_resident[i].take() {
+                Some(r) => r,
+                None if readings => self.resident(i),
+                None => 0,
+            };
             let (faults, read) = (Faults::thread(), process::thread_storage_read_bytes());
             let s = &self.exec.steps[i];
             for r in &s.ranges {

@@ -44,6 +44,7 @@ fn streaming_equals_plain_runner_bit_for_bit() {
                 budget: None,
                 lookahead,
                 evict,
+                ..Default::default()
             };
             let exec = Executor::new(&models, opts).unwrap();
             let (out, records) = exec.run(names.iter().map(|n| input(n)).collect()).unwrap();
@@ -67,6 +68,38 @@ fn streaming_equals_plain_runner_bit_for_bit() {
                 .all(|r| r.weight_bytes > 0 && r.weight_bytes % 4096 == 0));
         }
     }
+}
+
+#[test]
+fn page_cache_readings_only_when_asked() {
+    let models = [Model::load(fixture("vit_tiny")).unwrap()];
+    let run = |page_cache_readings| {
+        let opts = ExecOptions {
+            page_cache_readings,
+            ..Default::default()
+        };
+        Executor::new(&models, opts)
+            .unwrap()
+            .run(vec![input("vit_tiny")])
+            .unwrap()
+    };
+    // The first run reads the fixture, so the page cache holds all of it for the second.
+    let _ = run(true);
+    let (with, records) = run(true);
+    // The readings count the tensors' own bytes, the weight bytes whole pages.
+    assert!(
+        records
+            .iter()
+            .all(|r| r.resident_before > r.weight_bytes / 2 && r.resident_before <= r.weight_bytes),
+        "a cached file reads as resident: {:?}",
+        records
+            .iter()
+            .map(|r| (r.resident_before, r.weight_bytes))
+            .collect::<Vec<_>>()
+    );
+    let (without, records) = run(false);
+    assert_eq!(without, with, "the readings change no answer");
+    assert!(records.iter().all(|r| r.resident_before == 0));
 }
 
 #[test]
