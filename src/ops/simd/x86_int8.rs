@@ -62,17 +62,25 @@ unsafe fn dot_vnni(
                     ap.add(v0 * kq * 64),
                     cp.add(o0 * ld + v0 * 16),
                 );
+                // The next tile's weight rows (contiguous after these) are asked for during the first pass
+                // over these: they come from memory, these from L1 on the later passes.
+                let pf = if v0 == 0 && o0 + OT < nout {
+                    (w0.add(OT * 4 * kq), (nout - o0 - OT).min(OT) * 4 * kq / 64)
+                } else {
+                    (w0, 0)
+                };
                 match (on, vn) {
-                    (OT, VT) => tile::<OT, VT>(w0, kq, a0, c0, ld),
-                    (OT, 2) => tile::<OT, 2>(w0, kq, a0, c0, ld),
-                    (OT, _) => tile::<OT, 1>(w0, kq, a0, c0, ld),
+                    (OT, VT) => tile::<OT, VT>(w0, kq, a0, c0, ld, pf),
+                    (OT, 2) => tile::<OT, 2>(w0, kq, a0, c0, ld, pf),
+                    (OT, _) => tile::<OT, 1>(w0, kq, a0, c0, ld, pf),
                     _ => {
                         for o in 0..on {
                             let (wo, co) = (w0.add(o * 4 * kq), c0.add(o * ld));
+                            let pf = (wo, 0);
                             match vn {
-                                VT => tile::<1, VT>(wo, kq, a0, co, ld),
-                                2 => tile::<1, 2>(wo, kq, a0, co, ld),
-                                _ => tile::<1, 1>(wo, kq, a0, co, ld),
+                                VT => tile::<1, VT>(wo, kq, a0, co, ld, pf),
+                                2 => tile::<1, 2>(wo, kq, a0, co, ld, pf),
+                                _ => tile::<1, 1>(wo, kq, a0, co, ld, pf),
                             }
                         }
                     }
@@ -82,10 +90,12 @@ unsafe fn dot_vnni(
     }
 }
 
-/// One register tile: `O` output channels x `V` vectors of 16 rows, over all `kq` groups of 4 inputs.
+/// One register tile: `O` output channels x `V` vectors of 16 rows, over all `kq` groups of 4 inputs,
+/// prefetching the `lines` cache lines at `pf` into L1 meanwhile.
 ///
 /// # Safety
-/// As [`dot_vnni`], for the `O` weight rows at `w`, the `V` activation vectors at `a` and the tile at `c`.
+/// As [`dot_vnni`], for the `O` weight rows at `w`, the `V` activation vectors at `a` and the tile at `c`;
+/// `lines <= kq` and `pf .. pf + 64 lines` inside the weight.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 unsafe fn tile<const O: usize, const V: usize>(
@@ -94,9 +104,15 @@ unsafe fn tile<const O: usize, const V: usize>(
     a: *const u8,
     c: *mut i32,
     ld: usize,
+    (pf, lines): (*const i8, usize),
 ) {
     let mut sum = [[_mm512_setzero_si512(); V]; O];
     for q in 0..kq {
+        if q < lines {
+            // SAFETY: q < lines, so the 64 bytes at pf + 64 q lie inside the weight rows (see `dot_vnni`);
+            // a prefetch reads nothing into the program anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(pf.add(q * 64).cast()) };
+        }
         let mut x = [_mm512_setzero_si512(); V];
         for (v, xv) in x.iter_mut().enumerate() {
             // SAFETY: vector v0 + v, group q of the packed activations (see `dot_vnni`).
