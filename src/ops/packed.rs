@@ -123,15 +123,24 @@ fn part(
         for (t, &(r0, m)) in tiles.iter().enumerate() {
             let share = next.len().div_ceil(tiles.len());
             let ahead = next.get(t * share..).unwrap_or(&[]);
+            let ahead = &ahead[..share.min(ahead.len())];
+            let xt = &x[r0 * inp..(r0 + m) * inp];
+            // Without GELU the AVX-512 kernel applies the epilogue in its registers, on its way to y.
+            #[cfg(target_arch = "x86_64")]
+            if !ep.gelu && simd::has_avx512() {
+                let cols = p * NR..(p + 1) * NR;
+                let dst = simd::x86_packed::TileOut {
+                    y: &mut y[r0 * out + p * NR..(r0 + m - 1) * out + (p + 1) * NR],
+                    ld: out,
+                    bias: ep.bias.map(|b| &b[cols.clone()]),
+                    scale: ep.scale.map(|s| &s[cols]),
+                    accumulate: ep.accumulate,
+                };
+                simd::x86_packed::tile_into(m, xt, w, inp, ahead, dst);
+                continue;
+            }
             let acc = &mut acc[..m * NR];
-            tile(
-                m,
-                &x[r0 * inp..(r0 + m) * inp],
-                w,
-                inp,
-                acc,
-                &ahead[..share.min(ahead.len())],
-            );
+            tile(m, xt, w, inp, acc, ahead);
             simd::run(Finish {
                 acc,
                 y: &mut y[r0 * out..],
@@ -333,6 +342,47 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Each row's sums do not depend on the tile it is in, so one-row tiles through [`Finish`] are what
+    /// every tile must give, bit for bit, whether its epilogue runs as a pass or in registers (AVX-512).
+    #[test]
+    fn epilogue_in_registers_gives_the_finish_pass_values() {
+        for (rows, inp, out) in [(13, 17, 64), (197, 64, 32)] {
+            let x = values(rows * inp, 0.37);
+            let p = packed(&values(out * inp, 0.11), out, inp);
+            let (bias, scale, y0) = (values(out, 0.7), values(out, 0.9), values(rows * out, 0.53));
+            for (with_bias, with_scale, accumulate) in [
+                (false, false, false),
+                (true, false, false),
+                (true, true, true),
+                (false, false, true),
+            ] {
+                let ep = Epilogue {
+                    bias: with_bias.then_some(&bias[..]),
+                    gelu: false,
+                    scale: with_scale.then_some(&scale[..]),
+                    accumulate,
+                };
+                let mut y = y0.clone();
+                linear_packed(&x, rows, &p, out, &mut y, ep);
+                let mut want = y0.clone();
+                for r in 0..rows {
+                    for (pi, w) in p.chunks_exact(inp * NR).enumerate() {
+                        let mut acc = [0.0; NR];
+                        tile(1, &x[r * inp..(r + 1) * inp], w, inp, &mut acc, &[]);
+                        simd::run(Finish {
+                            acc: &acc,
+                            y: &mut want[r * out..],
+                            out,
+                            col: pi * NR,
+                            ep,
+                        });
+                    }
+                }
+                assert_eq!(y, want, "{rows}x{inp}x{out} {ep:?}");
             }
         }
     }

@@ -13,45 +13,111 @@ use crate::ops::packed::{MR, NR};
 /// The cache lines of `ahead` (the next panel's share) are prefetched into L2 meanwhile, one per step of
 /// the depth; prefetches do not change the sums.
 pub(crate) fn tile(m: usize, x: &[f32], w: &[f32], inp: usize, acc: &mut [f32], ahead: &[f32]) {
+    assert!(acc.len() >= m * NR, "tile output");
+    check(m, x, w, inp);
+    // SAFETY: `check` and the assert above give what `run` requires: AVX-512F, m in 1..=MR, x and w long
+    // enough, and acc writable for m * NR values (row i at i * NR).
+    unsafe { run(m, x, w, inp, ahead, Sink::Acc(acc.as_mut_ptr())) }
+}
+
+/// Where a tile leaves the registers for [`tile_into`]: `+ bias`, `* scale`, then stored into row `i` of
+/// the tile at `y[i * ld..][..NR]`, or added to what it holds. The same operations, in the same order, as
+/// `ops::packed::Finish` applies to [`tile`]'s sums (GELU aside), so the same values.
+pub(crate) struct TileOut<'a> {
+    pub y: &'a mut [f32],
+    pub ld: usize,
+    pub bias: Option<&'a [f32]>,
+    pub scale: Option<&'a [f32]>,
+    pub accumulate: bool,
+}
+
+/// [`tile`] with its epilogue applied in the registers, straight into `out.y`: no pass over a buffer of
+/// sums. Panics as [`tile`] does, and unless `out.y` holds `(m - 1) * out.ld + NR` values (`NR <= ld`)
+/// and `bias`, `scale` at least `NR`.
+pub(crate) fn tile_into(m: usize, x: &[f32], w: &[f32], inp: usize, ahead: &[f32], out: TileOut) {
+    check(m, x, w, inp);
+    assert!(
+        out.ld >= NR && out.y.len() >= (m - 1) * out.ld + NR,
+        "tile output rows"
+    );
+    assert!(
+        [out.bias, out.scale]
+            .iter()
+            .flatten()
+            .all(|v| v.len() >= NR),
+        "epilogue vectors"
+    );
+    let sink = Sink::Y {
+        y: out.y.as_mut_ptr(),
+        ld: out.ld,
+        bias: out.bias.map(<[f32]>::as_ptr),
+        scale: out.scale.map(<[f32]>::as_ptr),
+        accumulate: out.accumulate,
+    };
+    // SAFETY: as in `tile`; y is valid for reads and writes of row i's NR values at i * ld (i < m), bias
+    // and scale for reads of NR values (checked just above).
+    unsafe { run(m, x, w, inp, ahead, sink) }
+}
+
+fn check(m: usize, x: &[f32], w: &[f32], inp: usize) {
     assert!(super::has_avx512(), "AVX-512 tile on a CPU without it");
     assert!((1..=MR).contains(&m), "tile of {m} rows");
-    assert!(x.len() >= m * inp && w.len() >= inp * NR && acc.len() >= m * NR);
+    assert!(x.len() >= m * inp && w.len() >= inp * NR, "tile inputs");
+}
+
+/// Where the kernel stores its sums.
+#[derive(Clone, Copy)]
+enum Sink {
+    /// Row i at `acc + i * NR`.
+    Acc(*mut f32),
+    /// Row i at `y + i * ld`, through the epilogue (see [`TileOut`]).
+    Y {
+        y: *mut f32,
+        ld: usize,
+        bias: Option<*const f32>,
+        scale: Option<*const f32>,
+        accumulate: bool,
+    },
+}
+
+/// # Safety
+/// AVX-512F; `1 <= m <= MR`; `x` holds `m * inp` values, `w` `inp * NR`; the sink is valid for its rows as
+/// [`tile`] and [`tile_into`] check.
+unsafe fn run(m: usize, x: &[f32], w: &[f32], inp: usize, ahead: &[f32], sink: Sink) {
     let lines = ahead.len().div_ceil(16).min(inp);
     let pf = ahead.as_ptr();
-    // SAFETY: the CPU has AVX-512F (checked above); the kernel reads x[..m * inp] and w[..inp * NR] and
-    // writes acc[..m * NR], all within the slices (checked above); it prefetches ahead[16 l] for
-    // l < lines, within `ahead` (a prefetch never faults, and these addresses are in bounds anyway).
+    // SAFETY: the caller's contract; the kernel prefetches ahead[16 l] for l < lines, within `ahead` (a
+    // prefetch never faults, and these addresses are in bounds anyway).
     unsafe {
         match m {
-            1 => kernel::<1>(x, w, inp, acc, pf, lines),
-            2 => kernel::<2>(x, w, inp, acc, pf, lines),
-            3 => kernel::<3>(x, w, inp, acc, pf, lines),
-            4 => kernel::<4>(x, w, inp, acc, pf, lines),
-            5 => kernel::<5>(x, w, inp, acc, pf, lines),
-            6 => kernel::<6>(x, w, inp, acc, pf, lines),
-            7 => kernel::<7>(x, w, inp, acc, pf, lines),
-            8 => kernel::<8>(x, w, inp, acc, pf, lines),
-            9 => kernel::<9>(x, w, inp, acc, pf, lines),
-            10 => kernel::<10>(x, w, inp, acc, pf, lines),
-            11 => kernel::<11>(x, w, inp, acc, pf, lines),
-            _ => kernel::<12>(x, w, inp, acc, pf, lines),
+            1 => kernel::<1>(x, w, inp, sink, pf, lines),
+            2 => kernel::<2>(x, w, inp, sink, pf, lines),
+            3 => kernel::<3>(x, w, inp, sink, pf, lines),
+            4 => kernel::<4>(x, w, inp, sink, pf, lines),
+            5 => kernel::<5>(x, w, inp, sink, pf, lines),
+            6 => kernel::<6>(x, w, inp, sink, pf, lines),
+            7 => kernel::<7>(x, w, inp, sink, pf, lines),
+            8 => kernel::<8>(x, w, inp, sink, pf, lines),
+            9 => kernel::<9>(x, w, inp, sink, pf, lines),
+            10 => kernel::<10>(x, w, inp, sink, pf, lines),
+            11 => kernel::<11>(x, w, inp, sink, pf, lines),
+            _ => kernel::<12>(x, w, inp, sink, pf, lines),
         }
     }
 }
 
 /// # Safety
-/// AVX-512F; `x` holds `M * inp` values, `w` `inp * NR`, `acc` `M * NR`; `pf` `16 * lines` values.
+/// AVX-512F; `x` holds `M * inp` values, `w` `inp * NR`; `sink` valid for `M` rows; `pf` `16 * lines` values.
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const M: usize>(
     x: &[f32],
     w: &[f32],
     inp: usize,
-    acc: &mut [f32],
+    sink: Sink,
     pf: *const f32,
     lines: usize,
 ) {
     let (xb, wp) = (x.as_ptr(), w.as_ptr());
-    let out = acc.as_mut_ptr();
     let mut c0 = [_mm512_setzero_ps(); M];
     let mut c1 = [_mm512_setzero_ps(); M];
     for k in 0..inp {
@@ -74,10 +140,39 @@ unsafe fn kernel<const M: usize>(
         }
     }
     for i in 0..M {
-        // SAFETY: i < M, so acc[i * NR..i * NR + 32] lies in `acc`.
+        let (mut a, mut b) = (c0[i], c1[i]);
+        // SAFETY (every load and store): row i < M of the sink, NR values, and NR values of bias and
+        // scale, as the caller guarantees.
         unsafe {
-            _mm512_storeu_ps(out.add(i * NR), c0[i]);
-            _mm512_storeu_ps(out.add(i * NR + 16), c1[i]);
+            match sink {
+                Sink::Acc(acc) => {
+                    _mm512_storeu_ps(acc.add(i * NR), a);
+                    _mm512_storeu_ps(acc.add(i * NR + 16), b);
+                }
+                Sink::Y {
+                    y,
+                    ld,
+                    bias,
+                    scale,
+                    accumulate,
+                } => {
+                    if let Some(v) = bias {
+                        a = _mm512_add_ps(a, _mm512_loadu_ps(v));
+                        b = _mm512_add_ps(b, _mm512_loadu_ps(v.add(16)));
+                    }
+                    if let Some(v) = scale {
+                        a = _mm512_mul_ps(a, _mm512_loadu_ps(v));
+                        b = _mm512_mul_ps(b, _mm512_loadu_ps(v.add(16)));
+                    }
+                    let d = y.add(i * ld);
+                    if accumulate {
+                        a = _mm512_add_ps(_mm512_loadu_ps(d), a);
+                        b = _mm512_add_ps(_mm512_loadu_ps(d.add(16)), b);
+                    }
+                    _mm512_storeu_ps(d, a);
+                    _mm512_storeu_ps(d.add(16), b);
+                }
+            }
         }
     }
 }
