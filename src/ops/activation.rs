@@ -29,7 +29,7 @@ pub fn erf(x: f32) -> f32 {
 
 /// Exact (erf) GELU of one value: `x * 0.5 * (1 + erf(x / sqrt 2))`, as torch's default `nn.GELU`.
 #[inline(always)]
-pub(super) fn gelu1(x: f32) -> f32 {
+pub(crate) fn gelu1(x: f32) -> f32 {
     x * 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 

@@ -125,14 +125,15 @@ fn part(
             let ahead = next.get(t * share..).unwrap_or(&[]);
             let ahead = &ahead[..share.min(ahead.len())];
             let xt = &x[r0 * inp..(r0 + m) * inp];
-            // Without GELU the AVX-512 kernel applies the epilogue in its registers, on its way to y.
+            // The AVX-512 kernel applies the epilogue in its registers, on its way to y.
             #[cfg(target_arch = "x86_64")]
-            if !ep.gelu && simd::has_avx512() {
+            if simd::has_avx512() {
                 let cols = p * NR..(p + 1) * NR;
                 let dst = simd::x86_packed::TileOut {
                     y: &mut y[r0 * out + p * NR..(r0 + m - 1) * out + (p + 1) * NR],
                     ld: out,
                     bias: ep.bias.map(|b| &b[cols.clone()]),
+                    gelu: ep.gelu,
                     scale: ep.scale.map(|s| &s[cols]),
                     accumulate: ep.accumulate,
                 };
@@ -347,22 +348,25 @@ mod tests {
     }
 
     /// Each row's sums do not depend on the tile it is in, so one-row tiles through [`Finish`] are what
-    /// every tile must give, bit for bit, whether its epilogue runs as a pass or in registers (AVX-512).
+    /// every tile must give, bit for bit, whether its epilogue runs as a pass or in registers (AVX-512),
+    /// GELU included.
     #[test]
     fn epilogue_in_registers_gives_the_finish_pass_values() {
         for (rows, inp, out) in [(13, 17, 64), (197, 64, 32)] {
             let x = values(rows * inp, 0.37);
             let p = packed(&values(out * inp, 0.11), out, inp);
             let (bias, scale, y0) = (values(out, 0.7), values(out, 0.9), values(rows * out, 0.53));
-            for (with_bias, with_scale, accumulate) in [
-                (false, false, false),
-                (true, false, false),
-                (true, true, true),
-                (false, false, true),
+            for (with_bias, gelu, with_scale, accumulate) in [
+                (false, false, false, false),
+                (true, false, false, false),
+                (true, true, false, false),
+                (true, false, true, true),
+                (false, true, true, true),
+                (false, false, false, true),
             ] {
                 let ep = Epilogue {
                     bias: with_bias.then_some(&bias[..]),
-                    gelu: false,
+                    gelu,
                     scale: with_scale.then_some(&scale[..]),
                     accumulate,
                 };

@@ -20,13 +20,14 @@ pub(crate) fn tile(m: usize, x: &[f32], w: &[f32], inp: usize, acc: &mut [f32], 
     unsafe { run(m, x, w, inp, ahead, Sink::Acc(acc.as_mut_ptr())) }
 }
 
-/// Where a tile leaves the registers for [`tile_into`]: `+ bias`, `* scale`, then stored into row `i` of
-/// the tile at `y[i * ld..][..NR]`, or added to what it holds. The same operations, in the same order, as
-/// `ops::packed::Finish` applies to [`tile`]'s sums (GELU aside), so the same values.
+/// Where a tile leaves the registers for [`tile_into`]: `+ bias`, GELU, `* scale`, then stored into row
+/// `i` of the tile at `y[i * ld..][..NR]`, or added to what it holds. The same operations, in the same
+/// order, as `ops::packed::Finish` applies to [`tile`]'s sums, so the same values.
 pub(crate) struct TileOut<'a> {
     pub y: &'a mut [f32],
     pub ld: usize,
     pub bias: Option<&'a [f32]>,
+    pub gelu: bool,
     pub scale: Option<&'a [f32]>,
     pub accumulate: bool,
 }
@@ -51,6 +52,7 @@ pub(crate) fn tile_into(m: usize, x: &[f32], w: &[f32], inp: usize, ahead: &[f32
         y: out.y.as_mut_ptr(),
         ld: out.ld,
         bias: out.bias.map(<[f32]>::as_ptr),
+        gelu: out.gelu,
         scale: out.scale.map(<[f32]>::as_ptr),
         accumulate: out.accumulate,
     };
@@ -75,6 +77,7 @@ enum Sink {
         y: *mut f32,
         ld: usize,
         bias: Option<*const f32>,
+        gelu: bool,
         scale: Option<*const f32>,
         accumulate: bool,
     },
@@ -153,12 +156,16 @@ unsafe fn kernel<const M: usize>(
                     y,
                     ld,
                     bias,
+                    gelu,
                     scale,
                     accumulate,
                 } => {
                     if let Some(v) = bias {
                         a = _mm512_add_ps(a, _mm512_loadu_ps(v));
                         b = _mm512_add_ps(b, _mm512_loadu_ps(v.add(16)));
+                    }
+                    if gelu {
+                        (a, b) = (gelu16(a), gelu16(b));
                     }
                     if let Some(v) = scale {
                         a = _mm512_mul_ps(a, _mm512_loadu_ps(v));
@@ -175,4 +182,17 @@ unsafe fn kernel<const M: usize>(
             }
         }
     }
+}
+
+/// `gelu1` of each lane: the scalar function itself, which this AVX-512 context compiles to vector
+/// operations, so its values are bitwise those of every other GELU in the crate.
+#[target_feature(enable = "avx512f")]
+fn gelu16(v: __m512) -> __m512 {
+    let mut t = [0.0f32; 16];
+    // SAFETY: t holds the 16 values one unaligned 512-bit store writes and one load reads.
+    unsafe { _mm512_storeu_ps(t.as_mut_ptr(), v) };
+    for x in &mut t {
+        *x = crate::ops::activation::gelu1(*x);
+    }
+    unsafe { _mm512_loadu_ps(t.as_ptr()) }
 }
