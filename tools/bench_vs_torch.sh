@@ -19,7 +19,9 @@ Measures, for wstream, timm and ONNX Runtime (medians; the engines take turns, o
      twice, the first discarded; timm/ORT: a timed loop in a long-lived process loaded once and warmed up.
   2. process start to first ensemble answer, warm page cache: wall time of a whole process measured from
      outside (for Python: interpreter start-up, imports, create + load / create sessions, one image).
-  3. ensemble throughput at batch N (default 8), images/s.
+  3. ensemble throughput at batch N (default 8), images/s: timm/ORT a warm-up batch then a timed one;
+     wstream (and its packed copies, with the peer rows) a 'classify --batch N' process of 2N inputs,
+     the second batch's elapsed_ms.
   4. peak RSS (ru_maxrss = VmHWM) of the processes of 2.
   5. the smallest memory cgroup limit (tools/membox, RSS + page cache charged) under which each engine's
      process of 2 completes, bisected geometrically between 32 MiB and 8 GiB to ~5%, the weight files
