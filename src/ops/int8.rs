@@ -358,19 +358,13 @@ fn product_t_gelu(a: &Quantized, w: &Int8Weight, yt: &mut [f32], bias: Option<&[
 /// into `gelu(y + bias[o])` when `bias` is given: the i32 sums go to this thread's scratch, which the
 /// epilogue scales back while it is in cache.
 fn product_part(a: &Quantized, w: &Int8Weight, o0: usize, dst: &mut [f32], bias: Option<&[f32]>) {
-    thread_local!(static ACC: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) });
-    let (out, rows) = (w.out(), a.rows);
-    let inp = 4 * a.kq;
-    assert_eq!(w.q.len(), out * inp, "weight is not [{out}, {inp}]");
+    let rows = a.rows;
     let n = dst.len() / rows.max(1);
     assert!(
-        dst.len() == n * rows && o0 + n <= out,
-        "output channels {o0}.. of {out}"
+        dst.len() == n * rows,
+        "{} values are not rows of {rows}",
+        dst.len()
     );
-    if n == 0 || rows == 0 {
-        return;
-    }
-    let ld = LANES * a.rb;
     struct Epilogue<'a> {
         acc: &'a [i32],
         ld: usize,
@@ -398,13 +392,7 @@ fn product_part(a: &Quantized, w: &Int8Weight, o0: usize, dst: &mut [f32], bias:
             }
         }
     }
-    // Nothing inside runs rayon work, so the scratch is never borrowed twice on one thread.
-    ACC.with_borrow_mut(|acc| {
-        if acc.len() < n * ld {
-            acc.resize(n * ld, 0);
-        }
-        let acc = &mut acc[..n * ld];
-        dot(&w.q[o0 * inp..(o0 + n) * inp], a, acc, ld);
+    with_sums(a, w, o0, n, |acc, ld| {
         simd::run(Epilogue {
             acc,
             ld,
@@ -414,16 +402,58 @@ fn product_part(a: &Quantized, w: &Int8Weight, o0: usize, dst: &mut [f32], bias:
             sx: &a.scale,
             bias: bias.map(|b| &b[o0..o0 + n]),
             dst,
-        });
+        })
+    });
+}
+
+/// Runs `then(acc, ld)` on the i32 sums of output channels `o0..o0 + n` for all rows of `a`, channel i's
+/// at `acc[i * ld..]`, in this thread's scratch.
+fn with_sums(a: &Quantized, w: &Int8Weight, o0: usize, n: usize, then: impl FnOnce(&[i32], usize)) {
+    thread_local!(static ACC: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) });
+    let (out, rows) = (w.out(), a.rows);
+    let inp = 4 * a.kq;
+    assert_eq!(w.q.len(), out * inp, "weight is not [{out}, {inp}]");
+    assert!(o0 + n <= out, "output channels {o0}.. of {out}");
+    if n == 0 || rows == 0 {
+        return;
+    }
+    let ld = LANES * a.rb;
+    // Nothing inside runs rayon work, so the scratch is never borrowed twice on one thread.
+    ACC.with_borrow_mut(|acc| {
+        if acc.len() < n * ld {
+            acc.resize(n * ld, 0);
+        }
+        let acc = &mut acc[..n * ld];
+        dot(&w.q[o0 * inp..(o0 + n) * inp], a, acc, ld);
+        then(acc, ld)
     });
 }
 
 /// `x wᵀ + bias` `[rows, out]` from the quantized rows of `x`: each task's output channels are multiplied
 /// into a scratch part and transposed (adding the bias) into its columns of the result from cache, so no
 /// `[out, rows]` buffer or separate transpose pass exists. The same values as [`product_t`] then
-/// [`simd::transposed`].
+/// [`simd::transposed`]. With VNNI (AVX-512) the scaling back and the transpose are one pass from the i32
+/// sums in registers.
 fn product(a: &Quantized, w: &Int8Weight, bias: Option<&[f32]>) -> Vec<f32> {
     let bias = bias_or_zeros(bias, w.out());
+    #[cfg(target_arch = "x86_64")]
+    if native() {
+        let task = |o0: usize, n: usize, put: &mut dyn FnMut(&simd::x86_int8::Dequant)| {
+            with_sums(a, w, o0, n, |acc, ld| {
+                put(&simd::x86_int8::Dequant {
+                    acc,
+                    ld,
+                    rows: a.rows,
+                    colsum: &w.colsum[o0..o0 + n],
+                    sw: &w.scale[o0..o0 + n],
+                    bias: &bias[o0..o0 + n],
+                    zero: &a.zero,
+                    sx: &a.scale,
+                })
+            })
+        };
+        return simd::x86_int8::dequant_groups(a.rows, w.out(), OUT_PER_TASK, task);
+    }
     simd::transposed_groups(a.rows, &bias, OUT_PER_TASK, |o0, part| {
         product_part(a, w, o0, part, None)
     })

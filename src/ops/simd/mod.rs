@@ -25,7 +25,7 @@ pub(crate) mod neon_int8;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_packed;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_bf16;
 #[cfg(target_arch = "x86_64")]
@@ -336,16 +336,45 @@ pub(crate) fn transpose_add_into(
     transpose_add(src, ld_src, dst, ld_dst, cols, bias)
 }
 
-/// Where [`transposed_groups`]' tasks write: the result's elements, each written by exactly one task.
-struct Columns(*mut f32);
+/// Where [`column_groups`]' tasks write: the result's elements, each written by exactly one task.
+pub(crate) struct Columns(*mut f32);
 
 // SAFETY: the tasks sharing a `Columns` write disjoint elements (their own output channels' columns).
 unsafe impl Sync for Columns {}
 
 impl Columns {
-    fn at(&self, i: usize) -> *mut f32 {
+    /// Element `i` of the result (`j * out + n0` is row j's first element of the group at n0).
+    pub(crate) fn at(&self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
+}
+
+/// A new `[rows, out]` vector written by parallel tasks, one per group of `group` output channels:
+/// `task(n0, n, cols)` writes columns `n0..n0 + n` of every row through `cols` (element `j * out + i` at
+/// `cols.at(j * out + i)`), while whatever it computed them from is still in cache.
+///
+/// # Safety
+/// Each task must write every element of its columns, and nothing else.
+pub(crate) unsafe fn column_groups(
+    rows: usize,
+    out: usize,
+    group: usize,
+    task: impl Fn(usize, usize, &Columns) + Sync,
+) -> Vec<f32> {
+    let group = group.max(1);
+    let mut y = Vec::with_capacity(out * rows);
+    if out * rows == 0 {
+        return y;
+    }
+    let dst = Columns(y.as_mut_ptr());
+    (0..out.div_ceil(group)).into_par_iter().for_each(|t| {
+        let n0 = t * group;
+        task(n0, group.min(out - n0), &dst)
+    });
+    // SAFETY: the groups tile 0..out, and each task wrote every element of its columns for every row (the
+    // caller's contract).
+    unsafe { y.set_len(out * rows) };
+    y
 }
 
 /// `cᵀ + bias` as a new `[rows, out]` vector (`out = bias.len()`), with `c` `[out, rows]` never whole:
@@ -360,36 +389,27 @@ pub fn transposed_groups(
     fill: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     thread_local!(static PART: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) });
-    let out = bias.len();
-    let group = group.max(1);
-    let mut y = Vec::with_capacity(out * rows);
-    if out * rows == 0 {
-        return y;
-    }
-    let dst = Columns(y.as_mut_ptr());
-    (0..out.div_ceil(group)).into_par_iter().for_each(|t| {
-        let n0 = t * group;
-        let b = &bias[n0..out.min(n0 + group)];
+    let task = |n0: usize, n: usize, dst: &Columns| {
+        let b = &bias[n0..n0 + n];
         let write = |part: &mut [f32]| {
             fill(n0, part);
-            // SAFETY: `y` holds out * rows elements; this task writes element j * out + n0 + i for j < rows
-            // and i < b.len() (n0 + b.len() <= out), its own columns, which no other task touches.
-            unsafe { transpose_add_raw(part, rows, dst.at(n0), out, rows, b) };
+            // SAFETY: the result holds out * rows elements; this task writes element j * out + n0 + i for
+            // j < rows and i < n, its own columns, which no other task touches.
+            unsafe { transpose_add_raw(part, rows, dst.at(n0), bias.len(), rows, b) };
         };
         // A nested use (a stolen task inside `fill`) gets a fresh buffer.
         PART.with(|cell| match cell.try_borrow_mut() {
             Ok(mut part) => {
-                if part.len() < b.len() * rows {
-                    part.resize(b.len() * rows, 0.0);
+                if part.len() < n * rows {
+                    part.resize(n * rows, 0.0);
                 }
-                write(&mut part[..b.len() * rows])
+                write(&mut part[..n * rows])
             }
-            Err(_) => write(&mut vec![0.0; b.len() * rows]),
+            Err(_) => write(&mut vec![0.0; n * rows]),
         });
-    });
-    // SAFETY: the groups tile 0..out, and each task wrote every element of its columns for every row.
-    unsafe { y.set_len(out * rows) };
-    y
+    };
+    // SAFETY: each task transposes all `rows` columns of its part into its own output channels.
+    unsafe { column_groups(rows, bias.len(), group, task) }
 }
 
 /// [`transpose_add`] into memory given by a pointer, for tasks writing disjoint columns of one result.

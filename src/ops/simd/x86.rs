@@ -23,6 +23,41 @@ pub(super) unsafe fn avx2<K: Kernel>(k: K) -> K::Output {
     k.run()
 }
 
+/// The 16x16 transpose of `r` (register i holding row i): register j of the result holds column j.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) fn transpose16(r: &[std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    // Pairs, then quads within 128-bit lanes: u[4g + c] lane L holds column 4L + c, rows 4g..4g + 3.
+    let mut t = [_mm512_setzero_ps(); 16];
+    for p in 0..8 {
+        t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+        t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+    }
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let (lo, hi) = (t[4 * g], t[4 * g + 2]);
+        let (lo2, hi2) = (t[4 * g + 1], t[4 * g + 3]);
+        u[4 * g] = _mm512_shuffle_ps::<0x44>(lo, hi);
+        u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(lo, hi);
+        u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(lo2, hi2);
+        u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(lo2, hi2);
+    }
+    // Then 128-bit lanes across registers: column c, 4 + c, 8 + c, 12 + c, rows 0..16.
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        let v = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+        let vp = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+        let x = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+        let xp = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(v, vp);
+        out[4 + c] = _mm512_shuffle_f32x4::<0x88>(x, xp);
+        out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(v, vp);
+        out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(x, xp);
+    }
+    out
+}
+
 /// [`transpose_add`](super::transpose_add) in 16x16 register tiles.
 ///
 /// # Safety
@@ -55,44 +90,15 @@ pub(super) unsafe fn transpose_add_avx512(
             for (i, ri) in r.iter_mut().enumerate().take(w) {
                 *ri = unsafe { _mm512_maskz_loadu_ps(hmask, s.add((i0 + i) * ld_src + j0)) };
             }
-            // Pairs, then quads within 128-bit lanes: u[4g + c] lane L holds column 4L + c, rows 4g..4g + 3.
-            let mut t = [_mm512_setzero_ps(); 16];
-            for p in 0..8 {
-                t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
-                t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
-            }
-            let mut u = [_mm512_setzero_ps(); 16];
-            for g in 0..4 {
-                let (lo, hi) = (t[4 * g], t[4 * g + 2]);
-                let (lo2, hi2) = (t[4 * g + 1], t[4 * g + 3]);
-                u[4 * g] = _mm512_shuffle_ps::<0x44>(lo, hi);
-                u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(lo, hi);
-                u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(lo2, hi2);
-                u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(lo2, hi2);
-            }
-            // Then 128-bit lanes across registers: column c, 4 + c, 8 + c, 12 + c, rows 0..16.
-            for c in 0..4 {
-                let v = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
-                let vp = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
-                let x = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
-                let xp = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
-                let cols4 = [
-                    (c, _mm512_shuffle_f32x4::<0x88>(v, vp)),
-                    (4 + c, _mm512_shuffle_f32x4::<0x88>(x, xp)),
-                    (8 + c, _mm512_shuffle_f32x4::<0xDD>(v, vp)),
-                    (12 + c, _mm512_shuffle_f32x4::<0xDD>(x, xp)),
-                ];
-                for (j, col) in cols4 {
-                    if j < h {
-                        unsafe {
-                            _mm512_mask_storeu_ps(
-                                d.add((j0 + j) * ld_dst + i0),
-                                wmask,
-                                _mm512_add_ps(col, b),
-                            )
-                        };
-                    }
-                }
+            let t = transpose16(&r);
+            for (j, col) in t.iter().enumerate().take(h) {
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        d.add((j0 + j) * ld_dst + i0),
+                        wmask,
+                        _mm512_add_ps(*col, b),
+                    )
+                };
             }
         }
     }

@@ -315,3 +315,108 @@ unsafe fn quantize_cols_avx512(
         unsafe { _mm512_mask_storeu_epi32(dp.add(q * 64) as *mut i32, m, four) };
     }
 }
+
+/// Output channels `o0..o0 + n` of a linear layer's `[rows, out]` result from their i32 sums, transposed
+/// on the way: `y[j][i] = (acc[i * ld + j] - zero[j] * colsum[i]) as f32 * (sx[j] * sw[i]) + bias[i]`
+/// for `i < n = colsum.len() <= 16`, `j < rows`: `int8`'s epilogue and the bias-adding transpose after it,
+/// their operations in their order, so the same values, in one pass from registers.
+pub(crate) struct Dequant<'a> {
+    /// `[n, ld]`: channel i's sums for rows `0..rows` at `i * ld`.
+    pub acc: &'a [i32],
+    pub ld: usize,
+    pub rows: usize,
+    /// Per channel (`n` each).
+    pub colsum: &'a [i32],
+    pub sw: &'a [f32],
+    pub bias: &'a [f32],
+    /// Per row (`rows` each, at least).
+    pub zero: &'a [i32],
+    pub sx: &'a [f32],
+}
+
+/// A `[rows, out]` result from int8 sums, in parallel groups of `group` output channels: `task(o0, n, put)`
+/// computes channels `o0..o0 + n` and hands them to `put` once, which scales them back and writes them,
+/// transposed, into their columns of the result (see [`Dequant`]).
+pub(crate) fn dequant_groups(
+    rows: usize,
+    out: usize,
+    group: usize,
+    task: impl Fn(usize, usize, &mut dyn FnMut(&Dequant)) + Sync,
+) -> Vec<f32> {
+    let each = |o0: usize, n: usize, dst: &super::Columns| {
+        let mut done = false;
+        task(o0, n, &mut |d: &Dequant| {
+            assert!(
+                !done && d.rows == rows && d.colsum.len() == n,
+                "int8 sums of channels {o0}..{} written twice or of another shape",
+                o0 + n
+            );
+            // SAFETY: element j * out + o0 + i of the result for j < rows, i < n: this task's own columns,
+            // inside the result's out * rows elements (o0 + n <= out).
+            unsafe { dequant_transpose(d, dst.at(o0), out) };
+            done = true;
+        });
+        assert!(done, "int8 sums of channels {o0}.. never written");
+    };
+    // SAFETY: every task wrote every row of its channels' columns (the asserts above), and nothing else.
+    unsafe { super::column_groups(rows, out, group, each) }
+}
+
+/// Writes [`Dequant`]'s values into channel columns starting at `y` (row j's at `y + j * out`).
+///
+/// # Safety
+/// `y` must be valid for writes of element `j * out + i` for `j < d.rows`, `i < d.colsum.len()`, no other
+/// thread accessing those.
+unsafe fn dequant_transpose(d: &Dequant, y: *mut f32, out: usize) {
+    let n = d.colsum.len();
+    assert!(detected(), "dequant_transpose on a CPU without AVX-512");
+    assert!(
+        n <= 16
+            && n <= out
+            && d.sw.len() == n
+            && d.bias.len() == n
+            && d.ld >= d.rows
+            && (n == 0 || d.acc.len() >= (n - 1) * d.ld + d.rows)
+            && d.zero.len() >= d.rows
+            && d.sx.len() >= d.rows,
+        "dequant_transpose shapes"
+    );
+    // SAFETY: the features and the lengths are checked above, the writes are the caller's.
+    unsafe { dequant_transpose_avx512(d, y, out) }
+}
+
+/// # Safety
+/// As [`dequant_transpose`] checks and requires.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn dequant_transpose_avx512(d: &Dequant, y: *mut f32, out: usize) {
+    let n = d.colsum.len();
+    let nmask: __mmask16 = ((1u32 << n) - 1) as u16;
+    // SAFETY (every load and store below): lanes outside the masks are not accessed; the accessed ones are
+    // channels i < n and rows j < rows of the checked slices, and their elements of y.
+    let (cs, sw, b) = unsafe {
+        (
+            _mm512_maskz_loadu_epi32(nmask, d.colsum.as_ptr()),
+            _mm512_maskz_loadu_ps(nmask, d.sw.as_ptr()),
+            _mm512_maskz_loadu_ps(nmask, d.bias.as_ptr()),
+        )
+    };
+    for j0 in (0..d.rows).step_by(16) {
+        let h = 16.min(d.rows - j0);
+        let hmask: __mmask16 = ((1u32 << h) - 1) as u16;
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (i, ri) in r.iter_mut().enumerate().take(n) {
+            let s = unsafe { _mm512_maskz_loadu_epi32(hmask, d.acc.as_ptr().add(i * d.ld + j0)) };
+            *ri = _mm512_castsi512_ps(s);
+        }
+        let t = super::x86::transpose16(&r);
+        for (j, tj) in t.iter().enumerate().take(h) {
+            let s = _mm512_castps_si512(*tj);
+            let v = _mm512_sub_epi32(s, _mm512_mullo_epi32(_mm512_set1_epi32(d.zero[j0 + j]), cs));
+            let f = _mm512_mul_ps(
+                _mm512_cvtepi32_ps(v),
+                _mm512_mul_ps(_mm512_set1_ps(d.sx[j0 + j]), sw),
+            );
+            unsafe { _mm512_mask_storeu_ps(y.add((j0 + j) * out), nmask, _mm512_add_ps(f, b)) };
+        }
+    }
+}
