@@ -293,6 +293,30 @@ mod tests {
         assert_eq!(p2, p);
     }
 
+    /// Epilogues to test, as (bias, GELU, layer scale, accumulate): each step alone and in the models'
+    /// combinations.
+    const EPILOGUES: [(bool, bool, bool, bool); 6] = [
+        (false, false, false, false),
+        (true, false, false, false),
+        (true, true, false, false),
+        (true, false, true, true),
+        (false, true, true, true),
+        (false, false, false, true),
+    ];
+
+    fn epilogue<'a>(
+        bias: &'a [f32],
+        scale: &'a [f32],
+        (with_bias, gelu, with_scale, accumulate): (bool, bool, bool, bool),
+    ) -> Epilogue<'a> {
+        Epilogue {
+            bias: with_bias.then_some(bias),
+            gelu,
+            scale: with_scale.then_some(scale),
+            accumulate,
+        }
+    }
+
     /// Every epilogue, at row counts that leave partial tiles and split between threads, against f64; the
     /// kernel this CPU runs and the portable tile agree to rounding.
     #[test]
@@ -304,19 +328,8 @@ mod tests {
             let bias = values(out, 0.7);
             let scale = values(out, 0.9);
             let y0 = values(rows * out, 0.53);
-            for (gelu, with_bias, with_scale, accumulate) in [
-                (false, false, false, false),
-                (false, true, false, false),
-                (true, true, false, false),
-                (false, true, true, true),
-                (false, false, false, true),
-            ] {
-                let ep = Epilogue {
-                    bias: with_bias.then_some(&bias[..]),
-                    gelu,
-                    scale: with_scale.then_some(&scale[..]),
-                    accumulate,
-                };
+            for &(with_bias, gelu, with_scale, accumulate) in &EPILOGUES {
+                let ep = epilogue(&bias, &scale, (with_bias, gelu, with_scale, accumulate));
                 let mut y = y0.clone();
                 linear_packed(&x, rows, &p, out, &mut y, ep);
                 for r in 0..rows {
@@ -356,20 +369,8 @@ mod tests {
             let x = values(rows * inp, 0.37);
             let p = packed(&values(out * inp, 0.11), out, inp);
             let (bias, scale, y0) = (values(out, 0.7), values(out, 0.9), values(rows * out, 0.53));
-            for (with_bias, gelu, with_scale, accumulate) in [
-                (false, false, false, false),
-                (true, false, false, false),
-                (true, true, false, false),
-                (true, false, true, true),
-                (false, true, true, true),
-                (false, false, false, true),
-            ] {
-                let ep = Epilogue {
-                    bias: with_bias.then_some(&bias[..]),
-                    gelu,
-                    scale: with_scale.then_some(&scale[..]),
-                    accumulate,
-                };
+            for &combo in &EPILOGUES {
+                let ep = epilogue(&bias, &scale, combo);
                 let mut y = y0.clone();
                 linear_packed(&x, rows, &p, out, &mut y, ep);
                 let mut want = y0.clone();
