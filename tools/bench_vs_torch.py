@@ -81,6 +81,8 @@ def parser():
     sp.add_argument('--quick', action='store_true')
     sp.add_argument('--only', help='comma-separated phases (warm,start,cold,membox), for debugging')
     sp.add_argument('--settle', type=float, default=0.3, help='pause before each timed turn (s)')
+    sp.add_argument('--damon', choices=['pause', 'keep'], default='pause',
+                    help='a running DAMON pageout scheme (proactive reclaim): paused for the run, or kept')
     sp.add_argument('--bisect-lo', type=int, default=32)
     sp.add_argument('--bisect-hi', type=int, default=8192)
     sp.add_argument('--bisect-precision', type=float, default=0.05)

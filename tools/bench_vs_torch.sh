@@ -48,6 +48,9 @@ Options:
   --onnx-dir DIR  where the ONNX exports live (default \$WSTREAM_BENCH_ONNX_DIR or DIR/onnx); made once
   --out FILE      the markdown file whose marked section is replaced (default BENCHMARKS.md; - for none)
   --only PHASES   comma-separated subset of warm,start,cold,membox (for debugging)
+  --damon pause|keep  a running DAMON pageout scheme (proactive reclaim, which pages out page cache idle
+                  for a while: wstream's weights between their turns, never ORT's or timm's anonymous
+                  copies without swap) is paused for the run and restored after (default), or kept
   --peers LIST    peer rows (default bf16,int8,int8-wo,packed,ort-int8,candle; "none" for the old report):
                     bf16, int8, packed  wstream on 'convert --dtype bf16' / '--dtype int8' /
                                         '--layout packed' copies, made once under target/bench_vs_torch/weights/
@@ -64,7 +67,7 @@ the Rust toolchain, and root for the cgroup bisection. A full run takes about 15
 EOF
 }
 
-repeats=5; quick=0; build=1; threads=2; batch=8; only=""; wstream=""
+repeats=5; quick=0; build=1; threads=2; batch=8; only=""; wstream=""; damon=pause
 peers=bf16,int8,int8-wo,packed,ort-int8,candle; variants=()
 models=(vit_large_patch16_224 convnext_large swin_large_patch4_window7_224)
 fullsize=${WSTREAM_FULLSIZE:-/work/fullsize}
@@ -85,6 +88,7 @@ while [ $# -gt 0 ]; do
     --out) out=${2:?--out needs a file or -}; shift 2 ;;
     --only) only=${2:?--only needs phases}; shift 2 ;;
     --peers) peers=${2:?--peers needs a list or none}; shift 2 ;;
+    --damon) damon=${2:?--damon needs pause or keep}; shift 2 ;;
     --variant) variants+=(--variant "${2:?--variant needs NAME:CONVERT ARGS:CLASSIFY ARGS}"); shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench_vs_torch: unknown argument \`$1\` (see --help)" >&2; exit 2 ;;
@@ -160,7 +164,7 @@ args=(bench --fullsize "$fullsize" --onnx-dir "$onnx_dir" --threads "$threads" -
       --models "$(IFS=,; echo "${models[*]}")"
       --image "$image" --repeats "$repeats" --batch "$batch" --command "$cmdline"
       --wstream-version "$version" --rustc "$rustc_v" --dirty-files "$dirty_files" --storage "${storage:-?}"
-      --peers "$peers" --candle "$candle" "${variants[@]}")
+      --peers "$peers" --candle "$candle" --damon "$damon" "${variants[@]}")
 [ $quick = 1 ] && args+=(--quick)
 [ -n "$only" ] && args+=(--only "$only")
 [ -n "$out" ] && args+=(--out "$out")

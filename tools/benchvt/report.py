@@ -94,6 +94,9 @@ def header(add, res, meta):
           onnxruntime=v['onnxruntime'], onnx=v['onnx'], numpy=v['numpy'], python=v['python']))
     if v.get('dirty_files'):
         add(P('dirty', files=', '.join(f'`{f}`' for f in v['dirty_files'])))
+    for d in res.get('damon', []):
+        add(P('damon', kdamond=d['kdamond'], scheme=d['scheme'],
+              what='paused for the run' if d['paused'] else 'left running (`--damon keep`, or not writable)'))
     hf = res.get('huge_folio_fraction')
     add(P('setup', command=meta['command'], minutes=res['total_seconds'] // 60, seconds=res['total_seconds'] % 60,
           env=', '.join(f'{k}={val}' for k, val in meta['env'].items()) or 'none set',

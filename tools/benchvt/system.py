@@ -19,6 +19,45 @@ from pathlib import Path
 CLI = Path(__file__).resolve().parent.parent / 'bench_vs_torch.py'
 
 
+DAMON = Path('/sys/kernel/mm/damon/admin/kdamonds')
+
+
+def damon_pageout():
+    """The running kdamonds with a `pageout` scheme (proactive reclaim): each pages out memory left idle
+    for a while, page cache included. Returns [(kdamond dir, description)]."""
+    found = []
+    for k in sorted(DAMON.glob('[0-9]*')) if DAMON.is_dir() else []:
+        try:
+            if (k / 'state').read_text().strip() != 'on':
+                continue
+            for sch in sorted(k.glob('contexts/*/schemes/[0-9]*')):
+                if (sch / 'action').read_text().strip() != 'pageout':
+                    continue
+                ctx = sch.parent.parent
+                aggr_us = int((ctx / 'monitoring_attrs/intervals/aggr_us').read_text())
+                age = int((sch / 'access_pattern/age/min').read_text())
+                quota = int((sch / 'quotas/bytes').read_text())
+                reset = int((sch / 'quotas/reset_interval_ms').read_text())
+                found.append((k, f'pages idle {age * aggr_us / 1e6:.0f} s or more, up to '
+                                 f'{quota / 2**20:.0f} MiB per {reset} ms'))
+                break
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def set_kdamonds(dirs, state):
+    """Writes `state` ('on' / 'off') to each kdamond; returns those that took it."""
+    done = []
+    for k in dirs:
+        try:
+            (k / 'state').write_text(state)
+            done.append(k)
+        except OSError:
+            pass
+    return done
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 
