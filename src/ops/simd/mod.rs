@@ -25,7 +25,7 @@ pub(crate) mod neon_int8;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_packed;
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod x86;
+mod x86;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_bf16;
 #[cfg(target_arch = "x86_64")]

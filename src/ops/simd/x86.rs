@@ -26,7 +26,7 @@ pub(super) unsafe fn avx2<K: Kernel>(k: K) -> K::Output {
 /// The 16x16 transpose of `r` (register i holding row i): register j of the result holds column j.
 #[target_feature(enable = "avx512f")]
 #[inline]
-pub(crate) fn transpose16(r: &[std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+pub(super) fn transpose16(r: &[std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
     use std::arch::x86_64::*;
     // Pairs, then quads within 128-bit lanes: u[4g + c] lane L holds column 4L + c, rows 4g..4g + 3.
     let mut t = [_mm512_setzero_ps(); 16];

@@ -13,11 +13,15 @@ use crate::ops::packed::{MR, NR};
 /// The cache lines of `ahead` (the next panel's share) are prefetched into L2 meanwhile, one per step of
 /// the depth; prefetches do not change the sums.
 pub(crate) fn tile(m: usize, x: &[f32], w: &[f32], inp: usize, acc: &mut [f32], ahead: &[f32]) {
-    assert!(acc.len() >= m * NR, "tile output");
-    check(m, x, w, inp);
-    // SAFETY: `check` and the assert above give what `run` requires: AVX-512F, m in 1..=MR, x and w long
-    // enough, and acc writable for m * NR values (row i at i * NR).
-    unsafe { run(m, x, w, inp, ahead, Sink::Acc(acc.as_mut_ptr())) }
+    let out = TileOut {
+        y: acc,
+        ld: NR,
+        bias: None,
+        gelu: false,
+        scale: None,
+        accumulate: false,
+    };
+    tile_into(m, x, w, inp, ahead, out)
 }
 
 /// Where a tile leaves the registers for [`tile_into`]: `+ bias`, GELU, `* scale`, then stored into row
@@ -33,10 +37,12 @@ pub(crate) struct TileOut<'a> {
 }
 
 /// [`tile`] with its epilogue applied in the registers, straight into `out.y`: no pass over a buffer of
-/// sums. Panics as [`tile`] does, and unless `out.y` holds `(m - 1) * out.ld + NR` values (`NR <= ld`)
-/// and `bias`, `scale` at least `NR`.
+/// sums. Panics unless `super::has_avx512()`, `1 <= m <= MR`, `x` and `w` hold `m * inp` and `inp * NR`
+/// values, `out.y` holds `(m - 1) * out.ld + NR` values (`NR <= ld`) and `bias`, `scale` at least `NR`.
 pub(crate) fn tile_into(m: usize, x: &[f32], w: &[f32], inp: usize, ahead: &[f32], out: TileOut) {
-    check(m, x, w, inp);
+    assert!(super::has_avx512(), "AVX-512 tile on a CPU without it");
+    assert!((1..=MR).contains(&m), "tile of {m} rows");
+    assert!(x.len() >= m * inp && w.len() >= inp * NR, "tile inputs");
     assert!(
         out.ld >= NR && out.y.len() >= (m - 1) * out.ld + NR,
         "tile output rows"
@@ -48,7 +54,7 @@ pub(crate) fn tile_into(m: usize, x: &[f32], w: &[f32], inp: usize, ahead: &[f32
             .all(|v| v.len() >= NR),
         "epilogue vectors"
     );
-    let sink = Sink::Y {
+    let sink = Sink {
         y: out.y.as_mut_ptr(),
         ld: out.ld,
         bias: out.bias.map(<[f32]>::as_ptr),
@@ -56,41 +62,11 @@ pub(crate) fn tile_into(m: usize, x: &[f32], w: &[f32], inp: usize, ahead: &[f32
         scale: out.scale.map(<[f32]>::as_ptr),
         accumulate: out.accumulate,
     };
-    // SAFETY: as in `tile`; y is valid for reads and writes of row i's NR values at i * ld (i < m), bias
-    // and scale for reads of NR values (checked just above).
-    unsafe { run(m, x, w, inp, ahead, sink) }
-}
-
-fn check(m: usize, x: &[f32], w: &[f32], inp: usize) {
-    assert!(super::has_avx512(), "AVX-512 tile on a CPU without it");
-    assert!((1..=MR).contains(&m), "tile of {m} rows");
-    assert!(x.len() >= m * inp && w.len() >= inp * NR, "tile inputs");
-}
-
-/// Where the kernel stores its sums.
-#[derive(Clone, Copy)]
-enum Sink {
-    /// Row i at `acc + i * NR`.
-    Acc(*mut f32),
-    /// Row i at `y + i * ld`, through the epilogue (see [`TileOut`]).
-    Y {
-        y: *mut f32,
-        ld: usize,
-        bias: Option<*const f32>,
-        gelu: bool,
-        scale: Option<*const f32>,
-        accumulate: bool,
-    },
-}
-
-/// # Safety
-/// AVX-512F; `1 <= m <= MR`; `x` holds `m * inp` values, `w` `inp * NR`; the sink is valid for its rows as
-/// [`tile`] and [`tile_into`] check.
-unsafe fn run(m: usize, x: &[f32], w: &[f32], inp: usize, ahead: &[f32], sink: Sink) {
     let lines = ahead.len().div_ceil(16).min(inp);
     let pf = ahead.as_ptr();
-    // SAFETY: the caller's contract; the kernel prefetches ahead[16 l] for l < lines, within `ahead` (a
-    // prefetch never faults, and these addresses are in bounds anyway).
+    // SAFETY: the CPU has AVX-512F and the lengths are what `kernel` reads and writes (checked above); it
+    // prefetches ahead[16 l] for l < lines, within `ahead` (a prefetch never faults, and these addresses
+    // are in bounds anyway).
     unsafe {
         match m {
             1 => kernel::<1>(x, w, inp, sink, pf, lines),
@@ -107,6 +83,17 @@ unsafe fn run(m: usize, x: &[f32], w: &[f32], inp: usize, ahead: &[f32], sink: S
             _ => kernel::<12>(x, w, inp, sink, pf, lines),
         }
     }
+}
+
+/// [`TileOut`] as the kernel reads it: row i at `y + i * ld`.
+#[derive(Clone, Copy)]
+struct Sink {
+    y: *mut f32,
+    ld: usize,
+    bias: Option<*const f32>,
+    gelu: bool,
+    scale: Option<*const f32>,
+    accumulate: bool,
 }
 
 /// # Safety
@@ -147,39 +134,24 @@ unsafe fn kernel<const M: usize>(
         // SAFETY (every load and store): row i < M of the sink, NR values, and NR values of bias and
         // scale, as the caller guarantees.
         unsafe {
-            match sink {
-                Sink::Acc(acc) => {
-                    _mm512_storeu_ps(acc.add(i * NR), a);
-                    _mm512_storeu_ps(acc.add(i * NR + 16), b);
-                }
-                Sink::Y {
-                    y,
-                    ld,
-                    bias,
-                    gelu,
-                    scale,
-                    accumulate,
-                } => {
-                    if let Some(v) = bias {
-                        a = _mm512_add_ps(a, _mm512_loadu_ps(v));
-                        b = _mm512_add_ps(b, _mm512_loadu_ps(v.add(16)));
-                    }
-                    if gelu {
-                        (a, b) = (gelu16(a), gelu16(b));
-                    }
-                    if let Some(v) = scale {
-                        a = _mm512_mul_ps(a, _mm512_loadu_ps(v));
-                        b = _mm512_mul_ps(b, _mm512_loadu_ps(v.add(16)));
-                    }
-                    let d = y.add(i * ld);
-                    if accumulate {
-                        a = _mm512_add_ps(_mm512_loadu_ps(d), a);
-                        b = _mm512_add_ps(_mm512_loadu_ps(d.add(16)), b);
-                    }
-                    _mm512_storeu_ps(d, a);
-                    _mm512_storeu_ps(d.add(16), b);
-                }
+            if let Some(v) = sink.bias {
+                a = _mm512_add_ps(a, _mm512_loadu_ps(v));
+                b = _mm512_add_ps(b, _mm512_loadu_ps(v.add(16)));
             }
+            if sink.gelu {
+                (a, b) = (gelu16(a), gelu16(b));
+            }
+            if let Some(v) = sink.scale {
+                a = _mm512_mul_ps(a, _mm512_loadu_ps(v));
+                b = _mm512_mul_ps(b, _mm512_loadu_ps(v.add(16)));
+            }
+            let d = sink.y.add(i * sink.ld);
+            if sink.accumulate {
+                a = _mm512_add_ps(_mm512_loadu_ps(d), a);
+                b = _mm512_add_ps(_mm512_loadu_ps(d.add(16)), b);
+            }
+            _mm512_storeu_ps(d, a);
+            _mm512_storeu_ps(d.add(16), b);
         }
     }
 }
