@@ -271,7 +271,7 @@ class Bench:
             b = a.batch
             for e, w in workers.items():
                 w.run(models=self.models, source=self.image, batch=b, warmup=1, n=0)
-            packed = [v.engine for v in self.variants if 'packed' in v.name and v.engine in self.variant_dirs]
+            packed = [v.engine for v in self.variants if 'packed' in v.name]
             for r in range(a.tp_repeats):
                 log(f'throughput (batch {b}): round {r + 1}/{a.tp_repeats}')
                 for e in rotated(ENGINES + packed, r):
