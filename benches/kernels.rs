@@ -87,12 +87,24 @@ fn window_attention(c: &mut Criterion) {
                 *v += b;
             }
         };
-        g.bench_function(
-            BenchmarkId::from_parameter(format!("stage{stage}_{windows}x{heads}heads")),
-            |bench| {
-                bench.iter(|| ops::attention(black_box(&qkv), windows, 49, heads, 32, Some(&add)))
-            },
-        );
+        for (kind, products) in [("", ops::Products::F32), ("_bf16", ops::Products::Bf16)] {
+            g.bench_function(
+                BenchmarkId::from_parameter(format!("stage{stage}_{windows}x{heads}heads{kind}")),
+                |bench| {
+                    bench.iter(|| {
+                        ops::attention(
+                            black_box(&qkv),
+                            windows,
+                            49,
+                            heads,
+                            32,
+                            Some(&add),
+                            products,
+                        )
+                    })
+                },
+            );
+        }
     }
     g.finish();
 }
@@ -101,9 +113,11 @@ fn window_attention(c: &mut Criterion) {
 fn vit_l_rest(c: &mut Criterion) {
     let mut g = c.benchmark_group("vit_l_rest");
     let qkv = values(197 * 3 * 1024, 9);
-    g.bench_function("attention_197x16heads", |bench| {
-        bench.iter(|| ops::attention(black_box(&qkv), 1, 197, 16, 64, None))
-    });
+    for (kind, products) in [("", ops::Products::F32), ("_bf16", ops::Products::Bf16)] {
+        g.bench_function(format!("attention_197x16heads{kind}"), |bench| {
+            bench.iter(|| ops::attention(black_box(&qkv), 1, 197, 16, 64, None, products))
+        });
+    }
     let x = values(197 * 1024, 10);
     let (w, b) = (values(1024, 11), values(1024, 12));
     g.bench_function("layer_norm_197x1024", |bench| {

@@ -80,6 +80,23 @@ impl Linear {
         }
     }
 
+    /// What the attention fed by this layer (its qkv projection) multiplies in: bf16 when this layer's own
+    /// product runs in a narrow type here (a bf16 weight with the bf16 kernel, or an int8 one in W8A8), f32
+    /// otherwise (f32 files keep their parity with timm; `--int8-activations off` keeps today's path).
+    pub fn attention_products(&self, w: &Weights) -> Result<ops::Products> {
+        let weight = w.weight(self.weight)?;
+        let narrow = match &weight {
+            Weight::Bf16(_) => ops::bf16_native() && self.in_dim.is_multiple_of(2),
+            Weight::I8 { .. } => w8a8_runs(w, self.w8a8, self.in_dim),
+            _ => false,
+        };
+        Ok(if narrow {
+            ops::Products::Bf16
+        } else {
+            ops::Products::F32
+        })
+    }
+
     /// `residual += scale * forward(x)` in the kernel's epilogue when the weight is stored packed;
     /// `Ok(false)` (nothing done) otherwise, and the caller adds the residual itself.
     pub fn add_to(
@@ -181,11 +198,16 @@ fn int8_weight<'a>(
     inp: usize,
 ) -> Result<Option<Int8Weight<'a>>> {
     match weight {
-        Weight::I8 { q, scale } if allowed && w.int8_activations() && int8::available(inp) => {
+        Weight::I8 { q, scale } if w8a8_runs(w, allowed, inp) => {
             Ok(Some(Int8Weight::new(q, scale, w.colsum(p)?)))
         }
         _ => Ok(None),
     }
+}
+
+/// Whether an int8 weight of `inp` inputs, `allowed` W8A8 for its layer, is multiplied in int8 here.
+fn w8a8_runs(w: &Weights, allowed: bool, inp: usize) -> bool {
+    allowed && w.int8_activations() && int8::available(inp)
 }
 
 /// timm's `nn.LayerNorm` (and `LayerNorm2d` on channels-last features) over the last `dim` values.

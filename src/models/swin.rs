@@ -582,7 +582,16 @@ impl Forward for SwinBlock {
             }
         };
         let attn_dim = self.proj.in_dim;
-        let attn = ops::attention(&qkv, groups, n, heads, attn_dim / heads, Some(&add_bias));
+        let products = self.qkv.attention_products(w)?;
+        let attn = ops::attention(
+            &qkv,
+            groups,
+            n,
+            heads,
+            attn_dim / heads,
+            Some(&add_bias),
+            products,
+        );
         drop(qkv);
         let proj = self.proj.forward(w, &attn, groups * n)?;
         drop(attn);

@@ -238,7 +238,8 @@ impl Forward for EncoderBlock {
         self.norm1.apply(w, &mut h)?;
         let qkv = self.qkv.forward(w, &h, rows)?;
         drop(h);
-        let attn = ops::attention(&qkv, b, t, self.heads, dim / self.heads, None);
+        let products = self.qkv.attention_products(w)?;
+        let attn = ops::attention(&qkv, b, t, self.heads, dim / self.heads, None, products);
         drop(qkv);
         let ls1 = w.maybe_floats(self.ls1)?;
         if !self

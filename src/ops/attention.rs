@@ -4,10 +4,23 @@
 //! windows, measured). Here each block of query rows of a sequence gathers q, kᵀ and v of one head after
 //! another into small dense buffers, reused across heads, and multiplies them with a register-tiled kernel that
 //! [`simd::run`] compiles for the CPU's widest vectors, writing each head's product into its output columns.
+//! Blocks of bf16 and int8 files can ask for the products in bf16 ([`Products`]).
 
 use rayon::prelude::*;
 
+use super::bf16;
 use super::simd::{self, Kernel, LANES};
+
+/// What attention's two products (`q kᵀ` and `softmax · v`) multiply in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    F32,
+    /// q, k, v and the probabilities rounded to bf16 (nearest, ties to even), the sums in f32, with the bf16
+    /// kernel of `ops::bf16` (`vdpbf16ps` or BFDOT): for blocks whose linear layers already run in bf16 or
+    /// int8, where the f32 products were the largest part left (about an eighth of ViT-L's int8 time). The
+    /// scores' softmax stays f32. Where the CPU has no bf16 kernel, or a head's width is odd, f32.
+    Bf16,
+}
 
 /// Adds to row `row` of one `[tokens, tokens]` score matrix, given (group, head, row).
 pub type ScoreBias<'a> = dyn Fn(usize, usize, usize, &mut [f32]) + Sync + 'a;
@@ -25,9 +38,11 @@ pub fn attention(
     heads: usize,
     head_dim: usize,
     bias: Option<&ScoreBias<'_>>,
+    products: Products,
 ) -> Vec<f32> {
     let (t, d, c) = (tokens, head_dim, heads * head_dim);
     assert_eq!(qkv.len(), groups * t * 3 * c, "qkv size");
+    let narrow = products == Products::Bf16 && d.is_multiple_of(2) && bf16::available();
     // Blocks of query rows, one per thread when there are fewer groups than threads (ViT, Swin's last stage);
     // each block does all heads, so it owns whole rows of the output. Each block packs kᵀ and v itself: more
     // blocks would repeat that more.
@@ -38,7 +53,7 @@ pub fn attention(
         out.par_chunks_mut(rows * c)
             .enumerate()
             .for_each(|(b, out)| {
-                run_block(Block {
+                let block = Block {
                     qkv: &qkv[g * t * 3 * c..(g + 1) * t * 3 * c],
                     out,
                     first: b * rows,
@@ -46,7 +61,12 @@ pub fn attention(
                     heads,
                     head_dim: d,
                     bias: bias.map(|f| (f, g)),
-                })
+                };
+                if narrow {
+                    simd::run(Narrow(block))
+                } else {
+                    run_block(block)
+                }
             })
     });
     out
@@ -86,6 +106,18 @@ impl<const R: usize> Kernel for Tiled<'_, '_, R> {
     fn run(self) {
         let Tiled(b) = self;
         b.run::<R>()
+    }
+}
+
+/// A [`Block`] with its products in bf16 ([`Products::Bf16`]).
+struct Narrow<'a, 'b>(Block<'a, 'b>);
+
+impl Kernel for Narrow<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        self.0.run_bf16()
     }
 }
 
@@ -135,6 +167,75 @@ impl Block<'_, '_> {
                 t,
                 d,
             );
+        }
+    }
+}
+
+impl Block<'_, '_> {
+    /// [`Block::run`] with the products in bf16: per head, q (scaled) as bf16 rows and k packed as the
+    /// kernel's `[head_dim / 2, tokens]` pairs; the scores' rows get the bias and the softmax in f32 and are
+    /// rounded to bf16 rows; v is packed as pairs of consecutive tokens. Score rows are padded to whole
+    /// vectors (pad scores -inf, so probability 0, and zero rows of v behind them): the softmax and the
+    /// rounding then have no scalar tails, which cost ViT-L's 197-token rows as much as their 12 vectors.
+    #[inline(always)]
+    fn run_bf16(self) {
+        let (t, d) = (self.tokens, self.head_dim);
+        let (c, pairs) = (self.heads * d, d / 2);
+        let rows = self.out.len() / c;
+        let scale = (d as f32).powf(-0.5);
+        let (tp, ldv) = (t.next_multiple_of(LANES), d.next_multiple_of(LANES));
+        let mut q = vec![0u16; rows * d];
+        let mut k = vec![0u32; t * pairs];
+        let mut kt = vec![0u32; pairs * tp];
+        let mut v = vec![0u32; tp / 2 * ldv];
+        let mut scores = vec![0.0f32; rows * tp];
+        let mut p = vec![0u16; rows * tp];
+        let mut o = vec![0.0f32; rows * d];
+        let zeros = vec![0.0f32; d];
+        let row =
+            |i: usize, which: usize, h: usize| &self.qkv[i * 3 * c + which * c + h * d..][..d];
+        for h in 0..self.heads {
+            for (i, q) in q.chunks_exact_mut(d).enumerate() {
+                for (dst, &src) in q.iter_mut().zip(row(self.first + i, 0, h)) {
+                    *dst = bf16::round(src * scale);
+                }
+            }
+            for (j, k) in k.chunks_exact_mut(pairs).enumerate() {
+                for (dst, two) in k.iter_mut().zip(row(j, 1, h).chunks_exact(2)) {
+                    *dst = bf16::pair(two[0], two[1]);
+                }
+            }
+            bf16::pack_pairs(&k, t, pairs, &mut kt, tp);
+            for (jp, v) in v.chunks_exact_mut(ldv).take(t.div_ceil(2)).enumerate() {
+                let even = row(2 * jp, 2, h);
+                let odd = if 2 * jp + 1 < t {
+                    row(2 * jp + 1, 2, h)
+                } else {
+                    &zeros
+                };
+                for ((dst, &e), &o) in v.iter_mut().zip(even).zip(odd) {
+                    *dst = bf16::pair(e, o);
+                }
+            }
+            bf16::matmul_packed(&q, (rows, d), &kt, tp, tp, &mut scores);
+            for (i, (s, pr)) in scores
+                .chunks_exact_mut(tp)
+                .zip(p.chunks_exact_mut(tp))
+                .enumerate()
+            {
+                if let Some((add, g)) = self.bias {
+                    add(g, h, self.first + i, &mut s[..t]);
+                }
+                s[t..].fill(f32::NEG_INFINITY);
+                softmax(s);
+                for (dst, &src) in pr.iter_mut().zip(s.iter()) {
+                    *dst = bf16::round(src);
+                }
+            }
+            bf16::matmul_packed(&p, (rows, tp), &v, ldv, d, &mut o);
+            for (dst, src) in self.out.chunks_exact_mut(c).zip(o.chunks_exact(d)) {
+                dst[h * d..][..d].copy_from_slice(src);
+            }
         }
     }
 }
@@ -371,7 +472,7 @@ mod tests {
                 .enumerate()
                 .for_each(|(j, v)| *v += (gi + hi + i * t + j) as f32 * 0.01)
         };
-        let out = attention(&qkv, g, t, h, d, Some(&add));
+        let out = attention(&qkv, g, t, h, d, Some(&add), Products::F32);
         let at = |gi: usize, i: usize, which: usize, hi: usize, dd: usize| {
             qkv[(gi * t + i) * 3 * c + which * c + hi * d + dd]
         };
@@ -401,5 +502,91 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Naive attention in f64 over operands first passed through `r` (q after its scale), probabilities
+    /// through `r` too: with `r` rounding to bf16, what [`Products::Bf16`] computes up to f32 sums.
+    fn naive(
+        qkv: &[f32],
+        (g, t, h, d): (usize, usize, usize, usize),
+        bias: impl Fn(usize, usize, usize, usize) -> f64,
+        r: impl Fn(f64) -> f64,
+    ) -> Vec<f64> {
+        let c = h * d;
+        let at = |gi: usize, i: usize, which: usize, hi: usize, dd: usize| {
+            qkv[(gi * t + i) * 3 * c + which * c + hi * d + dd] as f64
+        };
+        let scale = (d as f32).powf(-0.5);
+        let mut out = vec![0.0; g * t * c];
+        for gi in 0..g {
+            for hi in 0..h {
+                for i in 0..t {
+                    let s: Vec<f64> = (0..t)
+                        .map(|j| {
+                            (0..d)
+                                .map(|dd| {
+                                    r((at(gi, i, 0, hi, dd) as f32 * scale) as f64)
+                                        * r(at(gi, j, 1, hi, dd))
+                                })
+                                .sum::<f64>()
+                                + bias(gi, hi, i, j)
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                    for dd in 0..d {
+                        out[(gi * t + i) * c + hi * d + dd] = (0..t)
+                            .map(|j| r((s[j] - m).exp() / z) * r(at(gi, j, 2, hi, dd)))
+                            .sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// bf16 products: the bf16-rounded operands' attention, at an odd token count (padded rows and a zero
+    /// row of v) with a bias, split into row blocks; where this process has no bf16 kernel, exactly the f32
+    /// products.
+    #[test]
+    fn bf16_products_match_rounded_operands() {
+        let (g, t, h, d) = (2, 21, 3, 8);
+        let c = h * d;
+        let qkv: Vec<f32> = (0..g * t * 3 * c)
+            .map(|i| (i as f32 * 0.37).sin() * 2.0)
+            .collect();
+        let b = |gi: usize, hi: usize, i: usize, j: usize| ((gi + hi + i * t + j) % 7) as f64 * 0.1;
+        let add = |gi: usize, hi: usize, i: usize, s: &mut [f32]| {
+            for (j, v) in s.iter_mut().enumerate() {
+                *v += b(gi, hi, i, j) as f32;
+            }
+        };
+        let narrow = attention(&qkv, g, t, h, d, Some(&add), Products::Bf16);
+        let wide = attention(&qkv, g, t, h, d, Some(&add), Products::F32);
+        if !bf16::available() {
+            assert_eq!(narrow, wide);
+        } else {
+            check_bf16(&narrow, &qkv, (g, t, h, d), b);
+        }
+    }
+
+    fn check_bf16(
+        narrow: &[f32],
+        qkv: &[f32],
+        (g, t, h, d): (usize, usize, usize, usize),
+        b: impl Fn(usize, usize, usize, usize) -> f64 + Copy,
+    ) {
+        let round = |v: f64| half::bf16::from_f32(v as f32).to_f32() as f64;
+        let want = naive(qkv, (g, t, h, d), b, round);
+        let exact = naive(qkv, (g, t, h, d), b, |v| v);
+        let (mut worst, mut moved) = (0.0f64, 0.0f64);
+        for ((&got, &want), &exact) in narrow.iter().zip(&want).zip(&exact) {
+            worst = worst.max((got as f64 - want).abs());
+            moved = moved.max((got as f64 - exact).abs());
+        }
+        // About 3e-7 here; a probability rounded the other way (f32 softmax vs f64) would move an output by
+        // ~2^-9 of its share, still far below the bf16 rounding's own effect.
+        assert!(worst < 2e-5, "{worst:e} from the bf16 operands' attention");
+        assert!(moved > 2e-3, "no bf16 rounding visible ({moved:e})");
     }
 }

@@ -1,7 +1,8 @@
 //! bf16 weights multiplied in bf16: linear layers and the MLP of a bf16 file, with `vdpbf16ps` (AVX512_BF16,
 //! `simd/x86_bf16.rs`) or BFDOT (aarch64's FEAT_BF16, `simd/neon_bf16.rs`) into f32 accumulators where the
 //! CPU has it. Everything else stays f32: LayerNorm, softmax, GELU, the
-//! residual adds, and the bias and GELU applied to each slab of outputs as it leaves the kernel.
+//! residual adds, and the bias and GELU applied to each slab of outputs as it leaves the kernel. The same
+//! kernel runs attention's two products for blocks whose layers are narrow ([`matmul_packed`]).
 //!
 //! The weight is read in place, `[out, in]` rows as the file stores them (source or exec layout): a tile
 //! broadcasts one pair of a channel's inputs at a time, so it needs no repacking. The activation is what gets
@@ -73,7 +74,7 @@ fn present() -> bool {
 
 /// `f32` to bf16, round to nearest, ties to even; NaN stays a (quiet) NaN.
 #[inline(always)]
-fn round(v: f32) -> u16 {
+pub(super) fn round(v: f32) -> u16 {
     let b = v.to_bits();
     if v.is_nan() {
         return ((b >> 16) | 0x40) as u16;
@@ -83,7 +84,7 @@ fn round(v: f32) -> u16 {
 
 /// Two inputs as one packed pair: the even one in the low half, as a bf16 row stores them.
 #[inline(always)]
-fn pair(even: f32, odd: f32) -> u32 {
+pub(super) fn pair(even: f32, odd: f32) -> u32 {
     round(even) as u32 | (round(odd) as u32) << 16
 }
 
@@ -345,6 +346,35 @@ fn mlp_native(
         y.extend_from_slice(&part);
     }
     y
+}
+
+/// `c [m, n] = a [m, k] × b`, products in bf16 and sums in f32, for attention's small products
+/// (`ops::attention`): `a` is `m` rows of `k` (even) bf16 values, read a pair at a time as a weight's rows
+/// are; `b` is packed `[k / 2, ld]` as an activation is (`ld >= n` rounded up to 16); `c` is `[m, n]`. Only
+/// where [`available`].
+pub(super) fn matmul_packed(
+    a: &[u16],
+    (m, k): (usize, usize),
+    b: &[u32],
+    ld: usize,
+    n: usize,
+    c: &mut [f32],
+) {
+    for (s, cs) in c[..m * n].chunks_mut(NR * n).enumerate() {
+        let nr = cs.len() / n;
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        kernel::slab(a, k, (s * NR, nr), (0, k / 2), b, ld, n, cs, false);
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            let _ = (a, k, b, ld, nr);
+            unreachable!("no bf16 kernel on this architecture");
+        }
+    }
+}
+
+/// `dst[p * ld + m] = src[m * pairs + p]`: bf16 rows (pairs of values as u32) packed for [`matmul_packed`].
+pub(super) fn pack_pairs(src: &[u32], rows: usize, pairs: usize, dst: &mut [u32], ld: usize) {
+    transpose(src, rows, pairs, dst, ld);
 }
 
 /// [`slab`] one pair at a time, in the kernel's order, each step this architecture's instruction's

@@ -34,7 +34,7 @@ pub mod packed;
 pub(crate) mod simd;
 
 pub use self::activation::{bias_gelu, erf, gelu};
-pub use self::attention::{attention, ScoreBias};
+pub use self::attention::{attention, Products, ScoreBias};
 pub use self::bf16::available as bf16_native;
 pub use self::conv::{depthwise_conv, patch_cols, patch_conv, Layout};
 pub use self::gemm::{matmul, matmul_t, MatRef};
