@@ -49,11 +49,14 @@ pub struct ExecOptions {
     /// Most blocks prefetched ahead of the one computing.
     pub lookahead: usize,
     pub evict: Evict,
-    /// Whether the prefetch thread reads each step's page-cache residency (mincore) before paging it in,
-    /// for [`BlockRecord::resident_before`]. On an unmapped range mincore looks up every 4 KiB page in the
-    /// page cache, work that shares the cores with the compute threads; a run that reports no paged-in
-    /// bytes can skip it.
-    pub page_cache_readings: bool,
+    /// Whether the run takes the records' readings: each step's page-cache residency before it is paged in
+    /// ([`BlockRecord::resident_before`], mincore on the prefetch thread), the bytes read from storage
+    /// ([`BlockRecord::storage_read`], four reads of /proc/thread-self/io per block) and the memory after
+    /// each block ([`BlockRecord::mem_after`], /proc/self/status). On an unmapped range mincore looks up
+    /// every 4 KiB page in the page cache, and each /proc read is a file opened, formatted and parsed: work
+    /// on the cores the compute threads use, some of it on the compute thread itself. A run that reports
+    /// none of them skips them.
+    pub readings: bool,
 }
 
 impl Default for ExecOptions {
@@ -62,7 +65,7 @@ impl Default for ExecOptions {
             budget: None,
             lookahead: MAX_LOOKAHEAD,
             evict: Evict::Rss,
-            page_cache_readings: true,
+            readings: true,
         }
     }
 }
@@ -97,13 +100,13 @@ pub struct BlockRecord {
     /// Page-rounded bytes of the block's weights.
     pub weight_bytes: u64,
     /// Of those, in the page cache when the prefetch thread began reading them (mincore); 0 when the run
-    /// took no readings ([`ExecOptions::page_cache_readings`]).
+    /// took no readings ([`ExecOptions::readings`]).
     #[serde(rename = "resident_before_bytes")]
     pub resident_before: u64,
     pub compute_faults: Faults,
     pub prefetch_faults: Faults,
     /// Bytes read from storage for this block, by the prefetch thread and by the compute thread while it ran,
-    /// where the kernel accounts them (/proc/thread-self/io).
+    /// where the kernel accounts them (/proc/thread-self/io); `None` when the run took no readings.
     #[serde(rename = "storage_read_bytes")]
     pub storage_read: Option<u64>,
     /// Time the compute thread waited for the block's prefetch.
@@ -117,6 +120,7 @@ pub struct BlockRecord {
     pub start: Duration,
     #[serde(rename = "end_ms", serialize_with = "as_ms")]
     pub end: Duration,
+    /// The process's memory after the block ran; zeros when the run took no readings.
     #[serde(rename = "mem_after_bytes")]
     pub mem_after: MemReading,
     #[serde(rename = "released_bytes")]
@@ -373,7 +377,9 @@ impl<'m> Executor<'m> {
             self.warn(&w, observe);
         }
 
-        let (faults, read) = (Faults::thread(), process::thread_storage_read_bytes());
+        let readings = self.opts.readings;
+        let storage_read = || readings.then(process::thread_storage_read_bytes).flatten();
+        let (faults, read) = (Faults::thread(), storage_read());
         let compute_start = Instant::now();
         weight::take_scratch();
         let x = acts[step.model]
@@ -391,7 +397,7 @@ impl<'m> Executor<'m> {
         }
         let scratch_bytes = weight::take_scratch() as u64;
         let compute_faults = Faults::thread().since(faults);
-        let compute_read = read_since(read, process::thread_storage_read_bytes());
+        let compute_read = read_since(read, storage_read());
         let released = self.release(i)?;
         if step.block + 1 == model.blocks.len() && step.model + 1 < self.models.len() {
             process::trim_freed_heap();
@@ -414,7 +420,11 @@ impl<'m> Executor<'m> {
             compute,
             start: begin,
             end: prefetcher.start.elapsed(),
-            mem_after: MemReading::now(),
+            mem_after: if readings {
+                MemReading::now()
+            } else {
+                MemReading::default()
+            },
             released,
             scratch_bytes,
         };
@@ -508,7 +518,7 @@ impl<'e> Prefetcher<'e> {
     /// the step, off the compute thread.
     fn serve(&self, requests: Receiver<Job>) {
         let mut first_resident = vec![None; self.exec.steps.len()];
-        let readings = self.exec.opts.page_cache_readings;
+        let readings = self.exec.opts.readings;
         for job in requests {
             let i = match job {
                 Job::Hint(j) => {
@@ -525,7 +535,8 @@ impl<'e> Prefetcher<'e> {
                 None if readings => self.resident(i),
                 None => 0,
             };
-            let (faults, read) = (Faults::thread(), process::thread_storage_read_bytes());
+            let storage_read = || readings.then(process::thread_storage_read_bytes).flatten();
+            let (faults, read) = (Faults::thread(), storage_read());
             let s = &self.exec.steps[i];
             for r in &s.ranges {
                 residency::populate(self.exec.file(s.model, r.file).bytes(), r.range.clone());
@@ -533,7 +544,7 @@ impl<'e> Prefetcher<'e> {
             let done = Prefetched {
                 resident_before,
                 faults: Faults::thread().since(faults),
-                storage_read: read_since(read, process::thread_storage_read_bytes()),
+                storage_read: read_since(read, storage_read()),
                 at: self.start.elapsed(),
             };
             let mut p = lock(&self.progress);

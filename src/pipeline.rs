@@ -128,9 +128,9 @@ pub struct Options {
     /// CPU has AVX512-VNNI; the layers a model keeps wider excepted) rather than widened to f32 (the
     /// weight-only path, `false`). No effect on other dtypes.
     pub int8_activations: bool,
-    /// Whether the run reads the weights' page-cache residency before paging them in (the records'
-    /// `resident_before`, hence paged-in bytes); see [`ExecOptions::page_cache_readings`].
-    pub page_cache_readings: bool,
+    /// Whether the run takes the records' readings (page-cache residency, storage reads, memory after each
+    /// block); see [`ExecOptions::readings`].
+    pub readings: bool,
 }
 
 /// The memory limit without [`Options::memory`] and without a cgroup limit.
@@ -173,7 +173,7 @@ impl Default for Options {
             transform: Overrides::default(),
             label_type: LabelType::default(),
             int8_activations: true,
-            page_cache_readings: true,
+            readings: true,
         }
     }
 }
@@ -857,7 +857,7 @@ fn exec_options(options: &Options) -> ExecOptions {
     ExecOptions {
         budget: options.budget,
         evict: options.evict,
-        page_cache_readings: options.page_cache_readings,
+        readings: options.readings,
         ..ExecOptions::default()
     }
 }

@@ -71,11 +71,11 @@ fn streaming_equals_plain_runner_bit_for_bit() {
 }
 
 #[test]
-fn page_cache_readings_only_when_asked() {
+fn readings_only_when_asked() {
     let models = [Model::load(fixture("vit_tiny")).unwrap()];
-    let run = |page_cache_readings| {
+    let run = |readings| {
         let opts = ExecOptions {
-            page_cache_readings,
+            readings,
             ..Default::default()
         };
         Executor::new(&models, opts)
@@ -97,9 +97,12 @@ fn page_cache_readings_only_when_asked() {
             .map(|r| (r.resident_before, r.weight_bytes))
             .collect::<Vec<_>>()
     );
+    assert!(records.iter().all(|r| r.mem_after.vm_rss > 0));
     let (without, records) = run(false);
     assert_eq!(without, with, "the readings change no answer");
-    assert!(records.iter().all(|r| r.resident_before == 0));
+    assert!(records
+        .iter()
+        .all(|r| r.resident_before == 0 && r.storage_read.is_none() && r.mem_after.vm_rss == 0));
 }
 
 #[test]

@@ -412,7 +412,7 @@ impl RunArgs {
                 LabelType::Index => classify::LabelType::Index,
             },
             int8_activations: self.int8_activations == OnOff::On,
-            page_cache_readings: true,
+            readings: true,
         }
     }
 }
@@ -474,8 +474,8 @@ pub fn run(args: Args) -> Result<()> {
             OutputType::Logit => Output::Logit,
             OutputType::Features => Output::Features,
         },
-        // Only the memory report shows the paged-in bytes these readings give.
-        page_cache_readings: args.memory_report,
+        // Only the memory report shows what these readings give.
+        readings: args.memory_report,
         ..args.run.options(args.top as usize, args.logits)
     };
     let note = |msg: String| {
