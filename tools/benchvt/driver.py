@@ -182,7 +182,7 @@ class Bench:
     def phase_warm(self):
         a = self.a
         log('warm: starting the timm and ORT workers (each loads the models)')
-        warm_cache(self.weight_files)
+        self.res['compacted'] = warm_cache(self.weight_files)
         self.res['huge_folio_fraction'] = huge_folio_fraction(self.weight_files)
         workers = {}
         try:

@@ -101,7 +101,8 @@ def header(add, res, meta):
     add(P('setup', command=meta['command'], minutes=res['total_seconds'] // 60, seconds=res['total_seconds'] % 60,
           env=', '.join(f'{k}={val}' for k, val in meta['env'].items()) or 'none set',
           threads=meta['threads'], fullsize=meta['fullsize'], opset=OPSET, onnx_dir=meta['onnx_dir'],
-          repeats=meta['repeats'], folios='' if hf is None else P('folios', percent=f'{hf * 100:.0f}')))
+          repeats=meta['repeats'], folios='' if hf is None else P('folios', percent=f'{hf * 100:.0f}'),
+          compacted=P('compacted') if res.get('compacted') else ''))
 
 
 def table(add, res, meta, models, get):
