@@ -379,6 +379,18 @@ impl Pipeline {
         items: &[Item],
         stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<(Vec<Result<Answer>>, Vec<BlockRecord>)> {
+        self.run_batch_readings(items, stop, self.options.readings)
+    }
+
+    /// [`Pipeline::run_batch_until`], taking the records' readings as `readings` says rather than as
+    /// [`Options::readings`] does: for a caller that reports them for some runs only (Python's
+    /// `profile=True`).
+    pub fn run_batch_readings(
+        &self,
+        items: &[Item],
+        stop: &(dyn Fn() -> bool + Sync),
+        readings: bool,
+    ) -> Result<(Vec<Result<Answer>>, Vec<BlockRecord>)> {
         let start = Instant::now();
         let mut prepared: Vec<Result<Prepared>> =
             items.iter().map(|item| self.prepare(item)).collect();
@@ -392,7 +404,13 @@ impl Pipeline {
         let mut records = Vec::new();
         let mut answers = Vec::new();
         if !good.is_empty() {
-            let executor = Executor::new(&self.models, exec_options(&self.options))?;
+            let executor = Executor::new(
+                &self.models,
+                ExecOptions {
+                    readings,
+                    ..exec_options(&self.options)
+                },
+            )?;
             let fit = plan_batch(
                 &self.models,
                 &self.sizes(),

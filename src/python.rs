@@ -330,7 +330,7 @@ impl Model {
     ) -> PyResult<Py<PyAny>> {
         let n = items.len();
         let (answers, records) = self.settings.run(py, |stop| {
-            let (results, records) = pipeline.run_batch_until(&items, stop)?;
+            let (results, records) = pipeline.run_batch_readings(&items, stop, profile_too)?;
             Ok((answers(results)?, records))
         })?;
         let rows: Vec<f32> = answers
@@ -643,7 +643,7 @@ impl Ensemble {
         }
         let n = items.len();
         let (answers, records) = self.settings.run(py, |stop| {
-            let (results, records) = self.pipeline.run_batch_until(&items, stop)?;
+            let (results, records) = self.pipeline.run_batch_readings(&items, stop, profile)?;
             Ok((answers(results)?, records))
         })?;
         let models = self.pipeline.models().len();

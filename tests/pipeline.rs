@@ -164,6 +164,36 @@ fn a_batch_from_memory_answers_each_input() {
 }
 
 #[test]
+fn readings_are_taken_per_run_as_asked() {
+    let vit = fixture("vit_tiny");
+    let pipeline = Pipeline::load(&[&vit], Options::default()).unwrap();
+    let items = [Item {
+        name: "cat".into(),
+        source: Source::Image(image("cat.jpg")),
+    }];
+    let (with, records) = pipeline
+        .run_batch_readings(&items, &|| false, true)
+        .unwrap();
+    assert!(records.iter().all(|r| r.mem_after.vm_rss > 0));
+    let (without, records) = pipeline
+        .run_batch_readings(&items, &|| false, false)
+        .unwrap();
+    assert!(records
+        .iter()
+        .all(|r| r.mem_after.vm_rss == 0 && r.storage_read.is_none() && r.resident_before == 0));
+    let models = |a: Vec<Result<Answer, Error>>| {
+        a.into_iter()
+            .map(|a| format!("{:?}", a.unwrap().models))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        models(with),
+        models(without),
+        "the readings change no answer"
+    );
+}
+
+#[test]
 fn a_server_can_share_a_pipeline() {
     fn shareable<T: Send + Sync>() {}
     shareable::<Pipeline>();

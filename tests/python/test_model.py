@@ -235,6 +235,8 @@ def test_profile_records():
         assert key in row, key
     assert all(not isinstance(v, dict) for v in row.values())
     assert sum(r["weight_bytes"] for r in prof.records) > 0
+    # A profile takes the readings (plain calls skip them).
+    assert all(r["mem_after_bytes_vm_rss"] > 0 for r in prof.rows())
     assert "peak RSS (VmHWM)" in str(prof) and "blocks.0" not in prof.records[0]["block"]
     _, feats_prof = m.forward_features(x, profile=True)
     assert feats_prof.records[-1]["block"] == "head"
