@@ -227,9 +227,10 @@ impl Block<'_, '_> {
                     add(g, h, self.first + i, &mut s[..t]);
                 }
                 s[t..].fill(f32::NEG_INFINITY);
-                softmax(s);
+                // The softmax's last pass, the scaling, done as the probabilities are rounded.
+                let inv = exp_shifted(s);
                 for (dst, &src) in pr.iter_mut().zip(s.iter()) {
-                    *dst = bf16::round(src);
+                    *dst = bf16::round(src * inv);
                 }
             }
             bf16::matmul_packed(&p, (rows, tp), &v, ldv, d, &mut o);
@@ -243,6 +244,15 @@ impl Block<'_, '_> {
 /// Softmax of one row in place, with [`exp`] and lane-wise max and sum so every pass vectorises.
 #[inline(always)]
 fn softmax(row: &mut [f32]) {
+    let inv = exp_shifted(row);
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// The softmax but for its scaling: `row[j] = e^(row[j] - max)`; returns `1 / Σ row[j]`.
+#[inline(always)]
+fn exp_shifted(row: &mut [f32]) -> f32 {
     // A plain comparison: `f32::max`'s NaN handling costs two more instructions in the reduction's chain.
     let max = simd::reduce(
         row,
@@ -253,10 +263,7 @@ fn softmax(row: &mut [f32]) {
     for x in row.iter_mut() {
         *x = exp(*x - max);
     }
-    let inv = 1.0 / simd::reduce(row, 0.0, |v| v, |a, b| a + b);
-    for x in row.iter_mut() {
-        *x *= inv;
-    }
+    1.0 / simd::reduce(row, 0.0, |v| v, |a, b| a + b)
 }
 
 /// `e^x` for `x <= 0` (softmax after the max is subtracted), within 2 ulp of the correctly rounded value down
