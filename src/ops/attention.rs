@@ -472,42 +472,19 @@ mod tests {
     #[test]
     fn matches_naive_attention_with_bias() {
         let (g, t, h, d) = (2, 5, 3, 4);
-        let c = h * d;
-        let qkv: Vec<f32> = (0..g * t * 3 * c).map(|i| (i as f32 * 0.5).sin()).collect();
+        let qkv: Vec<f32> = (0..g * t * 3 * h * d)
+            .map(|i| (i as f32 * 0.5).sin())
+            .collect();
+        let b = |gi: usize, hi: usize, i: usize, j: usize| (gi + hi + i * t + j) as f64 * 0.01;
         let add = |gi: usize, hi: usize, i: usize, s: &mut [f32]| {
-            s.iter_mut()
-                .enumerate()
-                .for_each(|(j, v)| *v += (gi + hi + i * t + j) as f32 * 0.01)
+            for (j, v) in s.iter_mut().enumerate() {
+                *v += b(gi, hi, i, j) as f32;
+            }
         };
         let out = attention(&qkv, g, t, h, d, Some(&add), Products::F32);
-        let at = |gi: usize, i: usize, which: usize, hi: usize, dd: usize| {
-            qkv[(gi * t + i) * 3 * c + which * c + hi * d + dd]
-        };
-        for gi in 0..g {
-            for hi in 0..h {
-                for i in 0..t {
-                    let s: Vec<f32> = (0..t)
-                        .map(|j| {
-                            (0..d)
-                                .map(|dd| at(gi, i, 0, hi, dd) * at(gi, j, 1, hi, dd))
-                                .sum::<f32>()
-                                / (d as f32).sqrt()
-                                + (gi + hi + i * t + j) as f32 * 0.01
-                        })
-                        .collect();
-                    let m = s.iter().cloned().fold(f32::MIN, f32::max);
-                    let e: Vec<f32> = s.iter().map(|v| (v - m).exp()).collect();
-                    let z: f32 = e.iter().sum();
-                    for dd in 0..d {
-                        let want: f32 = (0..t).map(|j| e[j] / z * at(gi, j, 2, hi, dd)).sum();
-                        let got = out[(gi * t + i) * c + hi * d + dd];
-                        assert!(
-                            (got - want).abs() < 1e-5,
-                            "{gi} {hi} {i} {dd}: {got} vs {want}"
-                        );
-                    }
-                }
-            }
+        let want = naive(&qkv, (g, t, h, d), b, |v| v);
+        for (k, (&got, &want)) in out.iter().zip(&want).enumerate() {
+            assert!((got as f64 - want).abs() < 1e-5, "{k}: {got} vs {want}");
         }
     }
 
