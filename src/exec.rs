@@ -377,9 +377,7 @@ impl<'m> Executor<'m> {
             self.warn(&w, observe);
         }
 
-        let readings = self.opts.readings;
-        let storage_read = || readings.then(process::thread_storage_read_bytes).flatten();
-        let (faults, read) = (Faults::thread(), storage_read());
+        let (faults, read) = (Faults::thread(), self.storage_read());
         let compute_start = Instant::now();
         weight::take_scratch();
         let x = acts[step.model]
@@ -397,7 +395,7 @@ impl<'m> Executor<'m> {
         }
         let scratch_bytes = weight::take_scratch() as u64;
         let compute_faults = Faults::thread().since(faults);
-        let compute_read = read_since(read, storage_read());
+        let compute_read = read_since(read, self.storage_read());
         let released = self.release(i)?;
         if step.block + 1 == model.blocks.len() && step.model + 1 < self.models.len() {
             process::trim_freed_heap();
@@ -420,7 +418,7 @@ impl<'m> Executor<'m> {
             compute,
             start: begin,
             end: prefetcher.start.elapsed(),
-            mem_after: if readings {
+            mem_after: if self.opts.readings {
                 MemReading::now()
             } else {
                 MemReading::default()
@@ -441,6 +439,14 @@ impl<'m> Executor<'m> {
 
     fn file(&self, model: usize, file: usize) -> &MappedFile {
         &self.models[model].store.files()[file]
+    }
+
+    /// The calling thread's bytes read from storage so far, when the run takes readings.
+    fn storage_read(&self) -> Option<u64> {
+        self.opts
+            .readings
+            .then(process::thread_storage_read_bytes)
+            .flatten()
     }
 
     fn release(&self, i: usize) -> Result<Released> {
@@ -535,8 +541,7 @@ impl<'e> Prefetcher<'e> {
                 None if readings => self.resident(i),
                 None => 0,
             };
-            let storage_read = || readings.then(process::thread_storage_read_bytes).flatten();
-            let (faults, read) = (Faults::thread(), storage_read());
+            let (faults, read) = (Faults::thread(), self.exec.storage_read());
             let s = &self.exec.steps[i];
             for r in &s.ranges {
                 residency::populate(self.exec.file(s.model, r.file).bytes(), r.range.clone());
@@ -544,7 +549,7 @@ impl<'e> Prefetcher<'e> {
             let done = Prefetched {
                 resident_before,
                 faults: Faults::thread().since(faults),
-                storage_read: read_since(read, storage_read()),
+                storage_read: read_since(read, self.exec.storage_read()),
                 at: self.start.elapsed(),
             };
             let mut p = lock(&self.progress);
