@@ -86,7 +86,7 @@ impl Linear {
     pub fn attention_products(&self, w: &Weights) -> Result<ops::Products> {
         let weight = w.weight(self.weight)?;
         let narrow = match &weight {
-            Weight::Bf16(_) => ops::bf16_native() && self.in_dim.is_multiple_of(2),
+            Weight::Bf16(_) => ops::bf16_runs(self.in_dim),
             Weight::I8 { .. } => w8a8_runs(w, self.w8a8, self.in_dim),
             _ => false,
         };

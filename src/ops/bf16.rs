@@ -49,7 +49,7 @@ const BLOCK_PAIRS: usize = 512;
 const ROWS_PER_PASS: usize = 512;
 
 /// Whether products with `inp` inputs per channel run natively on this CPU.
-fn native(inp: usize) -> bool {
+pub(crate) fn native(inp: usize) -> bool {
     inp > 0 && inp.is_multiple_of(2) && available()
 }
 

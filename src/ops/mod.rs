@@ -36,6 +36,7 @@ pub(crate) mod simd;
 pub use self::activation::{bias_gelu, erf, gelu};
 pub use self::attention::{attention, Products, ScoreBias};
 pub use self::bf16::available as bf16_native;
+pub(crate) use self::bf16::native as bf16_runs;
 pub use self::conv::{depthwise_conv, patch_cols, patch_conv, Layout};
 pub use self::gemm::{matmul, matmul_t, MatRef};
 pub use self::linear::{linear, linear_add, linear_weight, mlp, mlp_add, WIDEN_CHUNK_BYTES};
