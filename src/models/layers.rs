@@ -84,10 +84,9 @@ impl Linear {
     /// product runs in a narrow type here (a bf16 weight with the bf16 kernel, or an int8 one in W8A8), f32
     /// otherwise (f32 files keep their parity with timm; `--int8-activations off` keeps today's path).
     pub fn attention_products(&self, w: &Weights) -> Result<ops::Products> {
-        let weight = w.weight(self.weight)?;
-        let narrow = match &weight {
-            Weight::Bf16(_) => ops::bf16_runs(self.in_dim),
-            Weight::I8 { .. } => w8a8_runs(w, self.w8a8, self.in_dim),
+        let narrow = match w.dtype(self.weight)? {
+            safetensors::Dtype::BF16 => ops::bf16_runs(self.in_dim),
+            safetensors::Dtype::I8 => w8a8_runs(w, self.w8a8, self.in_dim),
             _ => false,
         };
         Ok(if narrow {

@@ -265,6 +265,11 @@ impl<'a> Weights<'a> {
         self.store.weight(self.name(p))
     }
 
+    /// The stored dtype of weight `p`, without viewing it.
+    pub fn dtype(&self, p: Param) -> Result<safetensors::Dtype> {
+        Ok(self.store.info(self.name(p))?.dtype)
+    }
+
     /// Whether int8 weights are to be multiplied in int8 (W8A8) where the CPU can: the pipeline's
     /// `int8_activations` option; `false` keeps the weight-only (widening) path.
     pub fn int8_activations(&self) -> bool {
