@@ -197,51 +197,20 @@ unsafe fn transpose_pairs_avx512(
         let h = 16.min(rows - m0);
         for p0 in (0..pairs).step_by(16) {
             let wd = 16.min(pairs - p0);
-            let mut r = [_mm512_setzero_si512(); 16];
+            // Loaded as f32 lanes: x86::transpose16 only moves 32-bit lanes, so the pairs keep their bits.
+            let mut r = [_mm512_setzero_ps(); 16];
             for (i, ri) in r.iter_mut().enumerate().take(h) {
                 // SAFETY: row m0 + i < rows, pairs p0..p0 + wd <= pairs.
                 *ri = unsafe {
-                    _mm512_maskz_loadu_epi32(mask(wd), s.add((m0 + i) * pairs + p0) as *const _)
+                    _mm512_maskz_loadu_ps(mask(wd), s.add((m0 + i) * pairs + p0) as *const f32)
                 };
             }
-            // The shuffle network of `transpose_add_avx512`, on 32-bit integers.
-            let mut t = [_mm512_setzero_si512(); 16];
-            for q in 0..8 {
-                t[2 * q] = _mm512_unpacklo_epi32(r[2 * q], r[2 * q + 1]);
-                t[2 * q + 1] = _mm512_unpackhi_epi32(r[2 * q], r[2 * q + 1]);
-            }
-            let mut u = [_mm512_setzero_si512(); 16];
-            for g in 0..4 {
-                let (lo, hi) = (t[4 * g], t[4 * g + 2]);
-                let (lo2, hi2) = (t[4 * g + 1], t[4 * g + 3]);
-                u[4 * g] = _mm512_unpacklo_epi64(lo, hi);
-                u[4 * g + 1] = _mm512_unpackhi_epi64(lo, hi);
-                u[4 * g + 2] = _mm512_unpacklo_epi64(lo2, hi2);
-                u[4 * g + 3] = _mm512_unpackhi_epi64(lo2, hi2);
-            }
-            for c in 0..4 {
-                let v = _mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]);
-                let vp = _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]);
-                let x = _mm512_shuffle_i32x4::<0xDD>(u[c], u[4 + c]);
-                let xp = _mm512_shuffle_i32x4::<0xDD>(u[8 + c], u[12 + c]);
-                let cols4 = [
-                    (c, _mm512_shuffle_i32x4::<0x88>(v, vp)),
-                    (4 + c, _mm512_shuffle_i32x4::<0x88>(x, xp)),
-                    (8 + c, _mm512_shuffle_i32x4::<0xDD>(v, vp)),
-                    (12 + c, _mm512_shuffle_i32x4::<0xDD>(x, xp)),
-                ];
-                for (j, col) in cols4 {
-                    if j < wd {
-                        // SAFETY: pair p0 + j < pairs, tokens m0..m0 + h <= rows <= ld.
-                        unsafe {
-                            _mm512_mask_storeu_epi32(
-                                d.add((p0 + j) * ld + m0) as *mut _,
-                                mask(h),
-                                col,
-                            )
-                        };
-                    }
-                }
+            let t = super::x86::transpose16(&r);
+            for (j, col) in t.iter().enumerate().take(wd) {
+                // SAFETY: pair p0 + j < pairs, tokens m0..m0 + h <= rows <= ld.
+                unsafe {
+                    _mm512_mask_storeu_ps(d.add((p0 + j) * ld + m0) as *mut f32, mask(h), *col)
+                };
             }
         }
     }
