@@ -1,6 +1,7 @@
 //! Int8 weights computed in int8 (W8A8): each activation row is quantized on the fly to u8 with its own
 //! scale and zero point (asymmetric, per token), multiplied with the file's per-output-channel int8 weights
-//! into i32 (`vpdpbusd` on AVX512-VNNI, `simd/x86_int8.rs`; SDOT on aarch64 with `dotprod`,
+//! into i32 (`vpdpbusd` on AVX512-VNNI, else AVX2's exact i16 `vpmaddwd`, `simd/x86_int8.rs`; SDOT on
+//! aarch64 with `dotprod`,
 //! `simd/neon_int8.rs`), and turned back into f32 as each tile of
 //! outputs leaves the kernel. LayerNorm, softmax and GELU stay f32 around it.
 //!
@@ -59,8 +60,8 @@ pub fn colsums(q: &[i8], inp: usize) -> Vec<i32> {
         .collect()
 }
 
-/// Whether W8A8 runs here for a layer of `inp` inputs: the CPU has AVX512-VNNI or aarch64's `dotprod` (and
-/// `WSTREAM_KERNELS=portable` is not set), and the inputs come in whole groups of four (every timm
+/// Whether W8A8 runs here for a layer of `inp` inputs: the CPU has AVX512-VNNI, AVX2 or aarch64's `dotprod`
+/// (and `WSTREAM_KERNELS=portable` is not set), and the inputs come in whole groups of four (every timm
 /// layer's do). Otherwise int8 weights take the widening path.
 pub fn available(inp: usize) -> bool {
     native() && inp.is_multiple_of(4) && inp > 0
@@ -74,7 +75,7 @@ fn native() -> bool {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            simd::x86_int8::detected()
+            simd::x86_int8::detected() || simd::x86_int8::avx2_detected()
         }
         #[cfg(target_arch = "aarch64")]
         {
@@ -83,6 +84,14 @@ fn native() -> bool {
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         false
     })
+}
+
+/// Whether the AVX-512 kernels run: the VNNI product, and the quantizers and the scaling-back transpose
+/// written for its 16-row vectors. With AVX2 alone, the product is `dot_avx2` and the rest the portable
+/// loops, compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+fn vnni() -> bool {
+    native() && simd::x86_int8::detected()
 }
 
 /// Activation rows quantized to u8 and packed for the kernel (see the module doc).
@@ -193,7 +202,7 @@ fn quantize_with(x: &[f32], rows: usize, inp: usize, hand: bool) -> Quantized {
         .zip(x.par_chunks(LANES * inp))
         .for_each_init(Vec::new, |row, (((data, zero), scale), x)| {
             #[cfg(target_arch = "x86_64")]
-            if hand && native() {
+            if hand && vnni() {
                 simd::x86_int8::quantize_rows(x, inp, data, zero, scale);
                 return;
             }
@@ -277,7 +286,7 @@ fn quantize_t_with(xt: &[f32], inp: usize, rows: usize, hand: bool) -> Quantized
         .enumerate()
         .for_each(|(v, ((data, zero), scale))| {
             #[cfg(target_arch = "x86_64")]
-            if hand && native() {
+            if hand && vnni() {
                 simd::x86_int8::quantize_cols(xt, rows, v * LANES, data, zero, scale);
                 return;
             }
@@ -306,8 +315,11 @@ fn dot(w: &[i8], a: &Quantized, acc: &mut [i32], ld: usize) {
         "dot output"
     );
     #[cfg(target_arch = "x86_64")]
-    if native() {
+    if vnni() {
         simd::x86_int8::dot(w, nout, a.kq, &a.data, a.rb, acc, ld);
+        return;
+    } else if native() {
+        simd::x86_int8::dot_avx2(w, nout, a.kq, &a.data, a.rb, acc, ld);
         return;
     }
     #[cfg(target_arch = "aarch64")]
@@ -437,7 +449,7 @@ fn with_sums(a: &Quantized, w: &Int8Weight, o0: usize, n: usize, then: impl FnOn
 fn product(a: &Quantized, w: &Int8Weight, bias: Option<&[f32]>) -> Vec<f32> {
     let bias = bias_or_zeros(bias, w.out());
     #[cfg(target_arch = "x86_64")]
-    if native() {
+    if vnni() {
         let task = |o0: usize, n: usize, put: &mut dyn FnMut(&simd::x86_int8::Dequant)| {
             with_sums(a, w, o0, n, |acc, ld| {
                 put(&simd::x86_int8::Dequant {
@@ -492,7 +504,7 @@ pub fn mlp(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn weights(out: usize, inp: usize) -> (Vec<i8>, Vec<f32>) {
@@ -520,12 +532,13 @@ mod tests {
             .collect()
     }
 
-    /// The VNNI kernel against the portable reference, exactly (integers), at every tile remainder: 1-9
-    /// outputs, 1-4 vectors of rows, one group of four inputs up to ViT-L's 4096, the extremes of u8 and s8.
+    /// The kernel this CPU runs (VNNI, AVX2 or SDOT) against the portable reference, exactly (integers), at
+    /// every tile remainder: 1-9 outputs, 1-4 vectors of rows, one group of four inputs up to ViT-L's 4096,
+    /// the extremes of u8 and s8.
     #[test]
     fn kernel_matches_portable_exactly() {
         if !native() {
-            crate::ops::int8::tests::skip("AVX512-VNNI or dotprod");
+            crate::ops::int8::tests::skip("AVX512-VNNI, AVX2 or dotprod");
             return;
         }
         for (out, rows, inp) in [
@@ -579,6 +592,44 @@ mod tests {
             let mut a = Quantized::empty(16, 4096);
             a.data.fill(u);
             check(&[w; 7 * 4096], &a, &format!("u8 {u} x s8 {w}"));
+        }
+    }
+
+    /// The AVX2 kernel against the portable reference, exactly, called directly (so it also runs on CPUs
+    /// with VNNI and when `WSTREAM_KERNELS=portable` is set): 1-9 outputs (tiles of 4 and their
+    /// remainders), 1-3 vectors of rows, group counts that leave the widening's tail, and the extremes a
+    /// saturating byte product would get wrong (u8 255 against s8 -128 and 127).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_kernel_matches_portable_exactly() {
+        if !simd::x86_int8::avx2_detected() {
+            skip("AVX2");
+            return;
+        }
+        let check = |q: &[i8], a: &Quantized, what: &str| {
+            let out = q.len() / (4 * a.kq);
+            let ld = LANES * a.rb + 3;
+            let mut got = vec![7; out * ld];
+            let mut want = vec![7; out * ld];
+            simd::x86_int8::dot_avx2(q, out, a.kq, &a.data, a.rb, &mut got, ld);
+            dot_portable(q, a, &mut want, ld);
+            assert_eq!(got, want, "{what}");
+        };
+        for (out, rows, inp) in [
+            (1, 1, 4),
+            (4, 16, 64),
+            (9, 33, 100),
+            (6, 48, 4096),
+            (3, 5, 28),
+        ] {
+            let (q, _) = weights(out, inp);
+            let a = quantize(&acts(rows, inp), rows, inp);
+            check(&q, &a, &format!("{out} x {rows} x {inp}"));
+        }
+        for (u, w) in [(255u8, -128i8), (255, 127), (0, -128), (0, 127)] {
+            let mut a = Quantized::empty(16, 4096);
+            a.data.fill(u);
+            check(&[w; 5 * 4096], &a, &format!("u8 {u} x s8 {w}"));
         }
     }
 

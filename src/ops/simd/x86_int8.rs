@@ -1,6 +1,8 @@
-//! The AVX512-VNNI kernel of [`crate::ops::int8`]: `u8 x s8` dot products with `vpdpbusd` into i32. Its
-//! portable reference, `int8::dot_portable`, computes the same integers (integer sums are exact in any
-//! order), which a test there checks.
+//! The x86 kernels of [`crate::ops::int8`]: `u8 x s8` dot products into i32, with `vpdpbusd` where the CPU
+//! has AVX512-VNNI, else with AVX2's `vpmaddwd` on the bytes widened to i16 (exact: AVX2's byte product
+//! `vpmaddubsw` saturates its i16 pair sums, so it is not used). Their portable reference,
+//! `int8::dot_portable`, computes the same integers (integer sums are exact in any order), which a test
+//! there checks for each.
 
 use std::arch::x86_64::*;
 
@@ -132,6 +134,154 @@ unsafe fn tile<const O: usize, const V: usize>(
         for (v, s) in so.iter().enumerate() {
             // SAFETY: element (o, 16 v .. 16 v + 16) of the tile, inside acc (see `dot_vnni`).
             unsafe { _mm512_storeu_si512(c.add(o * ld + v * 16) as *mut _, *s) };
+        }
+    }
+}
+
+/// Output channels per register tile of [`dot_avx2`]: 4 x 2 accumulators (16 rows in two halves), the
+/// four i16 halves of the 16 rows' bytes and two broadcast weight pairs take 14 of the 16 registers.
+const OT2: usize = 4;
+
+/// Whether the CPU has what [`dot_avx2`] needs.
+pub(crate) fn avx2_detected() -> bool {
+    is_x86_feature_detected!("avx2")
+}
+
+/// [`dot`]'s integers with AVX2, for CPUs without AVX512-VNNI, after checking the CPU and every length
+/// (panics otherwise: a caller's bug). Each tile's weight rows are first widened to i16 pairs in this
+/// thread's scratch (`OT2` rows at a time, reused for every vector of rows).
+pub(crate) fn dot_avx2(
+    w: &[i8],
+    nout: usize,
+    kq: usize,
+    act: &[u8],
+    rb: usize,
+    acc: &mut [i32],
+    ld: usize,
+) {
+    thread_local!(static WIDE: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) });
+    assert!(avx2_detected(), "dot_avx2 on a CPU without AVX2");
+    super::check_int8_dot(w, nout, kq, act, rb, acc, ld);
+    WIDE.with_borrow_mut(|wide| {
+        wide.resize(OT2 * 4 * kq, 0);
+        // SAFETY: AVX2 and the lengths `dot_avx2_impl` requires were checked above; `wide` holds the
+        // OT2 * 4 * kq i16 it needs.
+        unsafe { dot_avx2_impl(w, nout, kq, act, rb, acc, ld, wide) }
+    })
+}
+
+/// # Safety
+/// As [`dot_vnni`], but for AVX2 instead of AVX-512; `wide.len() >= OT2 * 4 * kq`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_avx2_impl(
+    w: &[i8],
+    nout: usize,
+    kq: usize,
+    act: &[u8],
+    rb: usize,
+    acc: &mut [i32],
+    ld: usize,
+    wide: &mut [i16],
+) {
+    let (wp, ap, cp) = (w.as_ptr(), act.as_ptr(), acc.as_mut_ptr());
+    for o0 in (0..nout).step_by(OT2) {
+        let on = OT2.min(nout - o0);
+        // SAFETY: rows o0..o0 + on of w (on * 4 * kq bytes) lie inside w; wide holds them widened.
+        unsafe { widen_pairs(wp.add(o0 * 4 * kq), on * kq, wide.as_mut_ptr()) };
+        for v in 0..rb {
+            // SAFETY: vector v of act and rows o0..o0 + on, 16 v.. of acc lie inside the checked lengths.
+            unsafe {
+                let (a0, c0) = (ap.add(v * kq * 64), cp.add(o0 * ld + v * 16));
+                match on {
+                    OT2 => tile_avx2::<OT2>(wide.as_ptr(), kq, a0, c0, ld),
+                    3 => tile_avx2::<3>(wide.as_ptr(), kq, a0, c0, ld),
+                    2 => tile_avx2::<2>(wide.as_ptr(), kq, a0, c0, ld),
+                    _ => tile_avx2::<1>(wide.as_ptr(), kq, a0, c0, ld),
+                }
+            }
+        }
+    }
+}
+
+/// Widens `groups` groups of four int8 weights at `w` to i16, each group reordered `w0 w2 w1 w3`: the
+/// pair that multiplies a row's even bytes (0 and 2), then the pair for its odd bytes (1 and 3).
+///
+/// # Safety
+/// AVX2; `w` readable for `4 groups` bytes, `dst` writable for `4 groups` i16.
+#[target_feature(enable = "avx2")]
+unsafe fn widen_pairs(w: *const i8, groups: usize, dst: *mut i16) {
+    // Within each 128-bit lane: i16 elements 0 2 1 3 and 4 6 5 7 (as byte indices).
+    let order = _mm256_setr_epi8(
+        0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15, 0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13,
+        10, 11, 14, 15,
+    );
+    let mut g = 0;
+    while g + 4 <= groups {
+        // SAFETY: groups g..g + 4: 16 bytes of w, 16 i16 of dst.
+        unsafe {
+            let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(4 * g) as *const _));
+            _mm256_storeu_si256(dst.add(4 * g) as *mut _, _mm256_shuffle_epi8(x, order));
+        }
+        g += 4;
+    }
+    for g in g..groups {
+        for (j, k) in [0, 2, 1, 3].into_iter().enumerate() {
+            // SAFETY: element k of group g < groups.
+            unsafe { *dst.add(4 * g + j) = *w.add(4 * g + k) as i16 };
+        }
+    }
+}
+
+/// One register tile of [`dot_avx2_impl`]: `O` output channels x one vector of 16 rows (two halves of 8),
+/// over all `kq` groups of 4 inputs. A row's 4 bytes are split into its even bytes (0, 2) and odd bytes
+/// (1, 3) as i16 pairs, each multiplied with the matching weight pair and summed by `vpmaddwd`.
+///
+/// # Safety
+/// AVX2; `wide` holds the `O` channels' widened groups (`[O][kq][4]` i16), `a` the vector's `kq * 64`
+/// bytes, `c` the tile's `O` rows of 16 i32 at stride `ld`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn tile_avx2<const O: usize>(
+    wide: *const i16,
+    kq: usize,
+    a: *const u8,
+    c: *mut i32,
+    ld: usize,
+) {
+    let mut sum = [[_mm256_setzero_si256(); 2]; O];
+    let low = _mm256_set1_epi16(0xff);
+    for q in 0..kq {
+        let mut even = [_mm256_setzero_si256(); 2];
+        let mut odd = [_mm256_setzero_si256(); 2];
+        for h in 0..2 {
+            // SAFETY: half h of group q of the vector (see the function's contract).
+            let x = unsafe { _mm256_loadu_si256(a.add(q * 64 + h * 32) as *const _) };
+            even[h] = _mm256_and_si256(x, low);
+            odd[h] = _mm256_srli_epi16::<8>(x);
+        }
+        for (o, so) in sum.iter_mut().enumerate() {
+            // SAFETY: group q of channel o in wide: i16 pairs (w0, w2) and (w1, w3).
+            let (pe, po) = unsafe {
+                let p = wide.add((o * kq + q) * 4) as *const i32;
+                (
+                    _mm256_set1_epi32(p.read_unaligned()),
+                    _mm256_set1_epi32(p.add(1).read_unaligned()),
+                )
+            };
+            for h in 0..2 {
+                let t = _mm256_add_epi32(
+                    _mm256_madd_epi16(even[h], pe),
+                    _mm256_madd_epi16(odd[h], po),
+                );
+                so[h] = _mm256_add_epi32(so[h], t);
+            }
+        }
+    }
+    for (o, so) in sum.iter().enumerate() {
+        for (h, s) in so.iter().enumerate() {
+            // SAFETY: element (o, 8 h .. 8 h + 8) of the tile, inside acc.
+            unsafe { _mm256_storeu_si256(c.add(o * ld + h * 8) as *mut _, *s) };
         }
     }
 }
