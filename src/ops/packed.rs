@@ -9,7 +9,7 @@
 //! threads; each thread walks every panel, so a panel comes from memory once and is reused from its L2
 //! by every tile of that thread's rows.
 //!
-//! The AVX-512 kernel is in `simd/x86_packed.rs`, its NEON twin (the same panels) in `simd/neon_packed.rs`;
+//! The AVX-512 kernel and its AVX2 form are in `simd/x86_packed.rs`, their NEON twin (the same panels) in `simd/neon_packed.rs`;
 //! [`tile_portable`] is the reference beside them, run on any other CPU (and under
 //! `WSTREAM_KERNELS=portable`), compiled for AVX2 where present.
 
@@ -140,6 +140,20 @@ fn part(
                 simd::x86_packed::tile_into(m, xt, w, inp, ahead, dst);
                 continue;
             }
+            #[cfg(target_arch = "x86_64")]
+            if simd::has_avx2() {
+                let cols = p * NR..(p + 1) * NR;
+                let dst = simd::x86_packed::TileOut {
+                    y: &mut y[r0 * out + p * NR..(r0 + m - 1) * out + (p + 1) * NR],
+                    ld: out,
+                    bias: ep.bias.map(|b| &b[cols.clone()]),
+                    gelu: ep.gelu,
+                    scale: ep.scale.map(|s| &s[cols]),
+                    accumulate: ep.accumulate,
+                };
+                simd::x86_packed::tile_into_avx2(m, xt, w, inp, dst);
+                continue;
+            }
             let acc = &mut acc[..m * NR];
             tile(m, xt, w, inp, acc, ahead);
             simd::run(Finish {
@@ -169,6 +183,10 @@ fn tile(m: usize, x: &[f32], w: &[f32], inp: usize, acc: &mut [f32], ahead: &[f3
     #[cfg(target_arch = "x86_64")]
     if simd::has_avx512() {
         return simd::x86_packed::tile(m, x, w, inp, acc, ahead);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd::has_avx2() {
+        return simd::x86_packed::tile_avx2(m, x, w, inp, acc);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = ahead;
@@ -403,6 +421,58 @@ mod tests {
             tile_portable(&x, &w, inp, &mut b);
             for (x, y) in a.iter().zip(&b) {
                 assert!((x - y).abs() < 1e-4, "m {m}: {x} vs {y}");
+            }
+        }
+    }
+
+    /// The AVX2 tile, called directly (so it runs on AVX-512 CPUs too): every row count, each epilogue in
+    /// its registers bitwise as the [`Finish`] pass applies it to its sums, the sums within rounding of the
+    /// portable tile and, where the CPU has AVX-512, bitwise those of the AVX-512 tile (the same FMAs).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_tile_matches_the_others() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            crate::ops::int8::tests::skip("AVX2");
+            return;
+        }
+        let inp = 67;
+        let w = values(inp * NR, 0.11);
+        let (bias, scale) = (values(NR, 0.7), values(NR, 0.9));
+        for m in 1..=MR {
+            let x = values(m * inp, 0.37);
+            let (mut a, mut b) = (vec![0.0; m * NR], vec![0.0; m * NR]);
+            simd::x86_packed::tile_avx2(m, &x, &w, inp, &mut a);
+            tile_portable(&x, &w, inp, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-4, "m {m}: {x} vs {y}");
+            }
+            if simd::has_avx512() {
+                let mut c = vec![0.0; m * NR];
+                simd::x86_packed::tile(m, &x, &w, inp, &mut c, &[]);
+                assert_eq!(a, c, "m {m}");
+            }
+            for &combo in &EPILOGUES {
+                let ep = epilogue(&bias, &scale, combo);
+                let y0 = values(m * NR, 0.53);
+                let mut got = y0.clone();
+                let dst = simd::x86_packed::TileOut {
+                    y: &mut got,
+                    ld: NR,
+                    bias: ep.bias,
+                    gelu: ep.gelu,
+                    scale: ep.scale,
+                    accumulate: ep.accumulate,
+                };
+                simd::x86_packed::tile_into_avx2(m, &x, &w, inp, dst);
+                let mut want = y0.clone();
+                simd::run(Finish {
+                    acc: &a,
+                    y: &mut want,
+                    out: NR,
+                    col: 0,
+                    ep,
+                });
+                assert_eq!(got, want, "m {m} {ep:?}");
             }
         }
     }

@@ -168,6 +168,12 @@ pub(crate) fn has_avx512() -> bool {
     level() == Level::Avx512
 }
 
+/// Whether the best level here is AVX2 with FMA (no AVX-512; not `WSTREAM_KERNELS=portable`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2() -> bool {
+    level() == Level::Avx2
+}
+
 /// The optional aarch64 extensions, for the kernels that dispatch on them: SDOT/UDOT (`dotprod`) and
 /// SMMLA (`i8mm`) for int8 products, BFDOT/BFMMLA (`bf16`) for bf16 ones. All false when the portable
 /// kernels are forced.
