@@ -1,6 +1,7 @@
 //! bf16 weights multiplied in bf16: linear layers and the MLP of a bf16 file, with `vdpbf16ps` (AVX512_BF16,
-//! `simd/x86_bf16.rs`) or BFDOT (aarch64's FEAT_BF16, `simd/neon_bf16.rs`) into f32 accumulators where the
-//! CPU has it. Everything else stays f32: LayerNorm, softmax, GELU, the
+//! `simd/x86_bf16.rs`; on CPUs with only AVX2 and FMA, FMAs taking the same steps on the halves widened in
+//! registers) or BFDOT (aarch64's FEAT_BF16, `simd/neon_bf16.rs`) into f32 accumulators where the CPU has
+//! it. Everything else stays f32: LayerNorm, softmax, GELU, the
 //! residual adds, and the bias and GELU applied to each slab of outputs as it leaves the kernel. The same
 //! kernel runs attention's two products for blocks whose layers are narrow ([`matmul_packed`]).
 //!
