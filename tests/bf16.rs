@@ -118,7 +118,7 @@ fn logits(model: &Path, kernels: Option<&str>) -> String {
 
 /// The widening path (`WSTREAM_KERNELS=portable`, as on a CPU without the instruction) gives a bf16 file
 /// bitwise the logits of an f32 file holding the same (widened) values: today's outputs. Where the CPU has
-/// the instruction (AVX512_BF16, or aarch64's FEAT_BF16) the default run differs from it: the native path
+/// a bf16 kernel (AVX512_BF16, AVX2 with FMA, or aarch64's FEAT_BF16) the default run differs from it: the native path
 /// is the one taken; where it lacks it (a Pi 5's Cortex-A76, `QEMU_CPU=cortex-a76`) the default run is the
 /// widening path, bit for bit.
 #[test]
@@ -131,9 +131,11 @@ fn widening_path_is_unchanged_and_native_path_is_taken() {
     // The CPU's own answer, not `ops::bf16_native`: this test may run under WSTREAM_KERNELS=portable, which
     // the child below does not inherit.
     #[cfg(target_arch = "x86_64")]
-    let native = std::arch::is_x86_feature_detected!("avx512f")
+    let native = (std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512bf16");
+        && std::arch::is_x86_feature_detected!("avx512bf16"))
+        || (std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"));
     #[cfg(target_arch = "aarch64")]
     let native = std::arch::is_aarch64_feature_detected!("bf16");
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]

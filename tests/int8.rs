@@ -51,7 +51,9 @@ fn argmax(v: &[f32]) -> usize {
 fn vnni_or_skip(what: &str) -> bool {
     let ok = int8::available(64);
     if !ok && std::env::var_os("WSTREAM_KERNELS").is_none_or(|v| v != "portable") {
-        skip_or_fail(&format!("{what}: this CPU has no AVX512-VNNI"));
+        skip_or_fail(&format!(
+            "{what}: this CPU has no int8 kernel (AVX512-VNNI, AVX2, dotprod)"
+        ));
     }
     ok
 }
