@@ -125,9 +125,9 @@ fn part(
             let ahead = next.get(t * share..).unwrap_or(&[]);
             let ahead = &ahead[..share.min(ahead.len())];
             let xt = &x[r0 * inp..(r0 + m) * inp];
-            // The AVX-512 kernel applies the epilogue in its registers, on its way to y.
+            // The x86 kernels apply the epilogue in their registers, on its way to y.
             #[cfg(target_arch = "x86_64")]
-            if simd::has_avx512() {
+            if simd::has_avx512() || simd::has_avx2() {
                 let cols = p * NR..(p + 1) * NR;
                 let dst = simd::x86_packed::TileOut {
                     y: &mut y[r0 * out + p * NR..(r0 + m - 1) * out + (p + 1) * NR],
@@ -137,21 +137,11 @@ fn part(
                     scale: ep.scale.map(|s| &s[cols]),
                     accumulate: ep.accumulate,
                 };
-                simd::x86_packed::tile_into(m, xt, w, inp, ahead, dst);
-                continue;
-            }
-            #[cfg(target_arch = "x86_64")]
-            if simd::has_avx2() {
-                let cols = p * NR..(p + 1) * NR;
-                let dst = simd::x86_packed::TileOut {
-                    y: &mut y[r0 * out + p * NR..(r0 + m - 1) * out + (p + 1) * NR],
-                    ld: out,
-                    bias: ep.bias.map(|b| &b[cols.clone()]),
-                    gelu: ep.gelu,
-                    scale: ep.scale.map(|s| &s[cols]),
-                    accumulate: ep.accumulate,
-                };
-                simd::x86_packed::tile_into_avx2(m, xt, w, inp, dst);
+                if simd::has_avx512() {
+                    simd::x86_packed::tile_into(m, xt, w, inp, ahead, dst);
+                } else {
+                    simd::x86_packed::tile_into_avx2(m, xt, w, inp, dst);
+                }
                 continue;
             }
             let acc = &mut acc[..m * NR];
