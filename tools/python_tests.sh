@@ -11,11 +11,16 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/wstream-py.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 "${PYTHON:-python3}" -m venv "$work/venv"
 py=$work/venv/bin/python
-cargo clippy --quiet --lib --features python -- -D warnings
 "$py" -m pip install --quiet --disable-pip-version-check "maturin>=1.9,<2" "numpy>=1.21" pytest Pillow
-"$work/venv/bin/maturin" build --release --quiet --interpreter "$py" --out "$work/wheels"
+# The wheel's build lints src/python.rs (the `python` feature) too: clippy-driver compiles wstream's own
+# crate, as `cargo clippy` would with -D warnings (CLIPPY_ARGS, separated as cargo-clippy separates them).
+RUSTC_WORKSPACE_WRAPPER=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver) \
+  CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" \
+  "$work/venv/bin/maturin" build --release --quiet --interpreter "$py" --out "$work/wheels"
 "$py" -m pip install --quiet --disable-pip-version-check --no-index --no-deps "$work"/wheels/wstream-*.whl
-cargo build --release --quiet --bin wstream
+# The CLI as `cargo test --release` builds it (CI's earlier step): after that, a plain `cargo build` would
+# compile the crate and several dependencies again, since the tests' dev-dependencies add features to them.
+cargo test --release --quiet --no-run --test help
 large=$root/target/tmp/ensemble
 for arch in vit_large_patch16_224 convnext_large swin_large_patch4_window7_224; do
   if [ ! -f "$large/$arch/config.json" ]; then
