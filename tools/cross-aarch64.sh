@@ -120,15 +120,10 @@ export CARGO_PROFILE_RELEASE_DEBUG=0
 cd "$root"
 cross=(-Zbuild-std --target "$triple" --target-dir "$build" --no-default-features --features cli,serve)
 
-# One build both lints and compiles: clippy-driver as the compiler of wstream's own targets (what `cargo
-# clippy` does for a check-only pass, with its -D warnings in CLIPPY_ARGS, separated as cargo-clippy
-# separates them), so the crates are not compiled twice, once for the lints and once for the tests.
-driver=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver) ||
-  die "clippy-driver not found: rustup component add clippy"
-export RUSTC_WORKSPACE_WRAPPER=$driver
-export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+# One build both lints and compiles (tools/with-clippy.sh), so the crates are not compiled twice, once for the
+# lints and once for the tests.
 say "clippy (-D warnings) and release build of every target for $triple"
-cargo test --release --no-run --all-targets "${cross[@]}"
+"$root/tools/with-clippy.sh" cargo test --release --no-run --all-targets "${cross[@]}"
 [ "$run_tests" = 1 ] || exit 0
 # The three synthetic Large models (2.6 GB of f32) run for many minutes under emulation, and two serve
 # tests assert wall-clock bounds (a batch window, a client timeout) that emulation's 10-50x slowdown
@@ -149,4 +144,4 @@ skip_args=()
 for t in "${skipped[@]}"; do skip_args+=(--skip "$t"); done
 # One test at a time: qemu-user can deadlock a fork made while another thread of the process runs (seen: a
 # serve test's spawned child stuck in a futex before its exec, the test waiting on its pipe for ever).
-cargo test --release "${cross[@]}" -- --test-threads=1 "${skip_args[@]}"
+"$root/tools/with-clippy.sh" cargo test --release "${cross[@]}" -- --test-threads=1 "${skip_args[@]}"

@@ -12,11 +12,8 @@ trap 'rm -rf "$work"' EXIT
 "${PYTHON:-python3}" -m venv "$work/venv"
 py=$work/venv/bin/python
 "$py" -m pip install --quiet --disable-pip-version-check "maturin>=1.9,<2" "numpy>=1.21" pytest Pillow
-# The wheel's build lints src/python.rs (the `python` feature) too: clippy-driver compiles wstream's own
-# crate, as `cargo clippy` would with -D warnings (CLIPPY_ARGS, separated as cargo-clippy separates them).
-RUSTC_WORKSPACE_WRAPPER=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver) \
-  CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" \
-  "$work/venv/bin/maturin" build --release --quiet --interpreter "$py" --out "$work/wheels"
+# The wheel's build lints src/python.rs (the `python` feature) too (tools/with-clippy.sh).
+tools/with-clippy.sh "$work/venv/bin/maturin" build --release --quiet --interpreter "$py" --out "$work/wheels"
 "$py" -m pip install --quiet --disable-pip-version-check --no-index --no-deps "$work"/wheels/wstream-*.whl
 # The CLI as `cargo test --release` builds it (CI's earlier step): after that, a plain `cargo build` would
 # compile the crate and several dependencies again, since the tests' dev-dependencies add features to them.
