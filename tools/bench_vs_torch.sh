@@ -57,7 +57,9 @@ Options:
                     int8-wo             the int8 copies run with 'classify --int8-activations off'
                     ort-int8            onnxruntime.quantization.quantize_dynamic (MatMul, per-channel s8
                                         weights) of the ONNX exports, made once under target/bench_vs_torch/ort-int8/
-                    candle              candle-transformers' ConvNeXt-L (tools/candle_convnext.rs), ConvNeXt-L only
+                    candle              candle-transformers' ConvNeXt-L (tools/candle_convnext.rs), ConvNeXt-L
+                                        only; built with the bench profile, which optimizes candle (always,
+                                        --no-build or not: a test build leaves it unoptimized)
                   a variant whose 'convert' or 'classify' refuses its flags is skipped with a note
   --variant SPEC  a wstream variant NAME:CONVERT ARGS:CLASSIFY ARGS, e.g.
                   'int8-wo:--dtype int8:--int8-activations off' (replaces that name's default); name it in --peers
@@ -142,9 +144,12 @@ if [ $build = 1 ]; then
 fi
 wstream=${wstream:-$root/target/release/wstream}
 candle=$root/target/release/examples/candle_convnext
-if [[ ",$peers," == *,candle,* ]] && { [ $build = 1 ] || [ ! -x "$candle" ]; }; then
-  echo "bench_vs_torch: cargo build --release --example candle_convnext" >&2
-  cargo build --release --quiet --example candle_convnext || die "cargo build --example candle_convnext failed"
+# Built even with --no-build: `cargo test --release` leaves an example of the same path with candle compiled
+# unoptimized (Cargo.toml's release profile); the bench profile optimizes it. A no-op when that one is there.
+if [[ ",$peers," == *,candle,* ]]; then
+  echo "bench_vs_torch: cargo build --profile bench --example candle_convnext" >&2
+  cargo build --profile bench --quiet --example candle_convnext ||
+    die "cargo build --profile bench --example candle_convnext failed"
 fi
 [ -x "$wstream" ] || die "no $wstream; run cargo build --release (or drop --no-build)"
 checkout=$(dirname "$wstream")

@@ -5,7 +5,7 @@
 //! buffered VarBuilder), as a program that owns its tensors holds them.
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release --example candle_convnext -- \
+//! RAYON_NUM_THREADS=2 cargo run --profile bench --example candle_convnext -- \
 //!     /work/fullsize/convnext_large /work/fullsize/convnext_large/reference/cat.input.npy
 //! ```
 //!
