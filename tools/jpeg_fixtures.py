@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Make tests/data/jpeg/: small JPEGs of every kind Pillow writes, a few other formats, and what Pillow and
-timm make of them, for tests/jpeg.rs.
+timm make of them, for tests/suite/jpeg.rs.
 
 For each image file NAME.EXT it writes NAME.EXT.pillow.png: `Image.open(NAME.EXT).convert("RGB")`, the pixels
 timm sees (PNG, so lossless; wstream's PNG decoding is exact). For some of them and the tiny model fixtures

@@ -17,7 +17,7 @@ tools/with-clippy.sh "$work/venv/bin/maturin" build --release --quiet --interpre
 "$py" -m pip install --quiet --disable-pip-version-check --no-index --no-deps "$work"/wheels/wstream-*.whl
 # The CLI as `cargo test --release` builds it (CI's earlier step): after that, a plain `cargo build` would
 # compile the crate and several dependencies again, since the tests' dev-dependencies add features to them.
-cargo test --release --quiet --no-run --test help
+cargo test --release --quiet --no-run --test suite
 large=$root/target/tmp/ensemble
 for arch in vit_large_patch16_224 convnext_large swin_large_patch4_window7_224; do
   if [ ! -f "$large/$arch/config.json" ]; then

@@ -49,7 +49,7 @@ pub fn locate_models(given: &[PathBuf]) -> wstream::Result<Vec<PathBuf>> {
         })
         .collect()
 }
-/// Run from the repository's root, every example works on the bundled fixtures (tests/help.rs runs them).
+/// Run from the repository's root, every example works on the bundled fixtures (tests/suite/help.rs runs them).
 const EXAMPLES: &str = "\
 Examples (from the repository's root):
   wstream classify --model tests/fixtures/convnext_tiny tests/data/cat.jpg

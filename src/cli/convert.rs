@@ -23,7 +23,7 @@ enum LayoutArg {
     Packed,
 }
 
-/// Run by tests/help.rs, from the repository's root (with /tmp/ replaced by a temporary folder).
+/// Run by tests/suite/help.rs, from the repository's root (with /tmp/ replaced by a temporary folder).
 const EXAMPLES: &str = "\
 Examples (from the repository's root):
   wstream convert tests/fixtures/vit_tiny /tmp/vit_tiny_int8 --dtype int8

@@ -12,7 +12,7 @@ use wstream::Store;
 
 use super::{human_bytes, out, printable};
 
-/// Run by tests/help.rs, from the repository's root.
+/// Run by tests/suite/help.rs, from the repository's root.
 const EXAMPLES: &str = "\
 Examples (from the repository's root):
   wstream inspect tests/fixtures/vit_tiny

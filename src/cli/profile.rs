@@ -19,7 +19,7 @@ enum Format {
     Csv,
 }
 
-/// Run by tests/help.rs, from the repository's root.
+/// Run by tests/suite/help.rs, from the repository's root.
 const EXAMPLES: &str = "\
 Examples (from the repository's root):
   wstream profile --model tests/fixtures/convnext_tiny tests/data/cat.jpg

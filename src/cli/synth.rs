@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use wstream::synth;
 
-/// Run by tests/help.rs (with /tmp/ replaced by a temporary folder).
+/// Run by tests/suite/help.rs (with /tmp/ replaced by a temporary folder).
 const EXAMPLES: &str = "\
 Example:
   wstream synth --arch vit_tiny_patch16_224 --out /tmp/vit_tiny_synth";

@@ -1,5 +1,5 @@
 //! What each fuzz target does with one input. Shared by the libFuzzer targets (tools/fuzz/fuzz_targets, run
-//! with cargo-fuzz on nightly) and by the stable replay test (tests/fuzz_corpus.rs), so the committed corpus
+//! with cargo-fuzz on nightly) and by the stable replay test (tests/suite/fuzz_corpus.rs), so the committed corpus
 //! and crash inputs go through exactly the code the fuzzer ran. An `Err` from wstream is a fine outcome; a
 //! panic, abort or hang is a finding.
 

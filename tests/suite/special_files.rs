@@ -1,7 +1,7 @@
 //! Files that are not regular files (FIFOs, devices) and files too large to read into memory, wherever
 //! wstream reads one: refused with one line naming the file, never a hang or an endless read.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

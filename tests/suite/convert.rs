@@ -1,7 +1,7 @@
 //! `wstream convert`: f16/bf16/int8 values, the exec layout (alignment, padding, order, identical logits),
 //! what is recorded, and the refusals.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

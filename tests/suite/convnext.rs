@@ -1,7 +1,7 @@
 //! ConvNeXt parity with timm on the committed tiny fixture, refusal of mismatched checkpoints, and an ignored
 //! full-size (convnext_large) parity + timing run.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -297,8 +297,8 @@ fn wrong_input_shape_is_an_error_not_a_panic() {
     assert!(err.contains("stages.0.blocks.0"), "{err}");
 }
 
-/// Full-size parity and speed: `WSTREAM_FULLSIZE=/work/fullsize cargo test --release --test convnext --
-/// --ignored --nocapture`.
+/// Full-size parity and speed: `WSTREAM_FULLSIZE=/work/fullsize cargo test --release --test suite --
+/// --ignored --nocapture convnext_large_fullsize`.
 #[test]
 #[ignore = "needs WSTREAM_FULLSIZE (timm exports made by tools/export_timm.py)"]
 fn convnext_large_fullsize() {

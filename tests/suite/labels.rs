@@ -2,7 +2,7 @@
 //! top level or in `pretrained_cfg`, `label_descriptions`, `--label-type`, ImageNet-1k's synsets and
 //! descriptions, and heads of other sizes (ImageNet-22k's 21,841 classes).
 
-mod common;
+use crate::common;
 
 use serde_json::json;
 use wstream::classify::{labels, LabelType};

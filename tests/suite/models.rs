@@ -2,7 +2,7 @@
 //! whose rows disagree with config.json's `num_classes`. Each is a load error naming the tensor, never a panic,
 //! and `convert` of such a checkpoint writes nothing.
 
-mod common;
+use crate::common;
 
 use common::{edited, Tensors};
 use wstream::models::Model;

@@ -1,7 +1,7 @@
 //! Image preprocessing against timm's eval transform (`tests/fixtures/*/reference/<stem>.input.npy`,
 //! made by timm 1.0.31 + Pillow 13.0.0 from `tests/data/`), and the errors for bad image files.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -325,7 +325,7 @@ fn grey_and_rgba_become_rgb_like_pillow() {
 ///         np.save(f'/tmp/pp224/{m}.{f.split(".")[0]}.npy', x.astype(np.float32))
 /// EOF
 /// WSTREAM_PP224=/tmp/pp224 WSTREAM_FULLSIZE=/work/fullsize \
-///     cargo test --release --test preprocess -- --ignored --nocapture
+///     cargo test --release --test suite -- --ignored --nocapture preprocess::
 /// ```
 #[test]
 #[ignore = "needs WSTREAM_PP224 (timm outputs) and WSTREAM_FULLSIZE (model configs)"]

@@ -1,6 +1,6 @@
 //! ViT parity with timm on the committed tiny fixture.
 
-mod common;
+use crate::common;
 
 use common::parity;
 
@@ -9,8 +9,8 @@ fn vit_tiny_matches_timm_block_by_block() {
     parity::check("vit_tiny", |_, act| act.clone(), 1e-4, 1e-4);
 }
 
-/// Full-size parity and speed: `WSTREAM_FULLSIZE=/work/fullsize cargo test --release --test vit --
-/// --ignored --nocapture`.
+/// Full-size parity and speed: `WSTREAM_FULLSIZE=/work/fullsize cargo test --release --test suite --
+/// --ignored --nocapture vit_large_fullsize`.
 #[test]
 #[ignore = "needs WSTREAM_FULLSIZE (timm exports made by tools/export_timm.py)"]
 fn vit_large_fullsize() {

@@ -1,7 +1,7 @@
 //! `.npy` inputs through `classify`: malformed headers and impossible shapes are one error line, never a
 //! panic or a silent empty answer, and a batch array gives each item the answer it gets alone.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! What a timm user asks of answers: pre-logits features matching timm's, logits beside the top classes,
 //! synthetic weights flagged wherever they run, and models of the same name told apart.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! of timm's logits, stream like f32 (bitwise equal to the plain runner, scratch reported), and a corrupted
 //! int8 scale is one clear error.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! under /tmp/ go to a temporary folder instead). `demo` shows none: it writes 2.6 GB of synthetic
 //! weights when the real ones are missing.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -6,7 +6,7 @@
 //! must still panic: once the fix lands the test fails and asks for the line to be removed, and from then
 //! on the input guards against the bug coming back.
 
-#[path = "../tools/fuzz/src/lib.rs"]
+#[path = "../../tools/fuzz/src/lib.rs"]
 mod fuzz;
 
 use std::collections::BTreeSet;

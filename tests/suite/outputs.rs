@@ -1,7 +1,7 @@
 //! What wstream writes: checked before the run, written whole or not at all, removed when interrupted, and
 //! never blocked by what a killed run left behind.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! `resolve_data_config` + `create_transform` (`tests/fixtures/transforms/`, made by
 //! `tools/transform_refs.py` with timm 1.0.31 + Pillow 13.0.0 from PNG photos, so bit for bit).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! mask) against values timm computes, a refused config/weights pairing, and (ignored) the full-size
 //! swin_large parity and timing.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -215,8 +215,8 @@ fn original_layout_checkpoint_is_remapped() {
     assert!(d <= 1e-4, "logits max abs diff {d}");
 }
 
-/// Full-size parity and speed: `WSTREAM_FULLSIZE=/work/fullsize cargo test --release --test swin --
-/// --ignored --nocapture`.
+/// Full-size parity and speed: `WSTREAM_FULLSIZE=/work/fullsize cargo test --release --test suite --
+/// --ignored --nocapture swin_large_fullsize`.
 #[test]
 #[ignore = "needs WSTREAM_FULLSIZE (timm exports made by tools/export_timm.py)"]
 fn swin_large_fullsize() {

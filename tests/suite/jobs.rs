@@ -3,7 +3,7 @@
 //! variables) whose union is the full run, no progress bytes on a pipe, and the deployment files in
 //! tools/deploy run on the fixtures.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::Write;

@@ -1,8 +1,9 @@
 //! The packed layout (`wstream convert --layout packed`): what the file holds, that `--layout source` restores
 //! the source tensors bit for bit, that the executor's ranges cover the panels, and the refusals. Parity with
-//! timm is checked per family (tests/vit.rs, convnext.rs, swin.rs: `*_packed_matches_timm_block_by_block`).
+//! timm is checked per family (tests/suite/vit.rs, convnext.rs, swin.rs:
+//! `*_packed_matches_timm_block_by_block`).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

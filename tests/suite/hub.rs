@@ -1,7 +1,7 @@
 //! Models from a (fake) local Hugging Face cache, offline, and the default models' folder: every run is a
 //! spawned `wstream` whose environment names the cache or the weights folder.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};

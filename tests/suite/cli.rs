@@ -1,6 +1,6 @@
 //! User-facing errors of `classify`: one line on stderr naming what is wrong, a non-zero exit, no output.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

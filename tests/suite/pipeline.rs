@@ -1,7 +1,7 @@
 //! The library's classify pipeline gives exactly what `wstream classify --json --logits` prints: the same
 //! logits bit for bit, the same ranking, the same JSON, from paths and from inputs held in memory.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

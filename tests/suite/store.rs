@@ -1,6 +1,6 @@
 //! The store: valid files, sharded checkpoints, zero-copy views, and a clear error for each kind of bad file.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! and logits through the whole image path against timm's, on the files in tests/data/jpeg made by
 //! tools/jpeg_fixtures.py (which says how each was written).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
