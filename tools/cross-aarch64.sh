@@ -140,8 +140,49 @@ say "tests under qemu-aarch64 (QEMU_CPU=${QEMU_CPU:-max}); skipped under emulati
 say "  cargo test: ${large[*]} (the Large models take many minutes in qemu)"
 say "  ${timed[*]} (wall-clock bounds)"
 say "  and ${host[*]} (the host's page tables, not the guest's)"
-skip_args=()
-for t in "${skipped[@]}"; do skip_args+=(--skip "$t"); done
-# One test at a time: qemu-user can deadlock a fork made while another thread of the process runs (seen: a
-# serve test's spawned child stuck in a futex before its exec, the test waiting on its pipe for ever).
-"$root/tools/with-clippy.sh" cargo test --release "${cross[@]}" -- --test-threads=1 "${skip_args[@]}"
+# The test binaries `cargo test` would run (not the examples or benches), from the build above (a no-op).
+mapfile -t tests < <("$root/tools/with-clippy.sh" cargo test --release --no-run "${cross[@]}" \
+  --message-format=json-render-diagnostics | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    kinds = set(m.get("target", {}).get("kind", []))
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] \
+            and not kinds & {"example", "bench"}:
+        print(m["target"]["name"] + ("-" + "-".join(sorted(kinds)) if kinds & {"lib", "bin"} else ""),
+              m["executable"])
+')
+[ ${#tests[@]} -gt 0 ] || die "cargo listed no test binaries"
+# Each process runs its tests one at a time: qemu-user can deadlock a fork made while another thread of the
+# process runs (seen: a serve test's spawned child stuck in a futex before its exec, the test waiting on its
+# pipe for ever). Two processes run at once instead, one per core, each on one group of one binary's tests:
+# a module (a file of tests/suite, a module of the library) where the names have one, else the whole binary.
+# Each group's output is printed whole when it ends.
+logs=$(mktemp -d "${TMPDIR:-/tmp}/wstream-qemu.XXXXXX")
+trap 'rm -rf "$logs" "${tmp:-}"' EXIT
+printf '%s\n' "${skipped[@]}" >"$logs/skipped"
+for entry in "${tests[@]}"; do
+  read -r name exe <<<"$entry"
+  "$exe" --list --format terse | sed -n 's/: test$//p' | { grep -vF -f "$logs/skipped" || true; } |
+    awk -v name="$name" -v exe="$exe" '
+      { group = index($0, "::") ? substr($0, 1, index($0, "::") - 1) : "-"; names[group] = names[group] " " $0 }
+      END { for (g in names) print name, exe, g names[g] }'
+done >"$logs/groups"
+run_group() {
+  local name=$1 exe=$2 group=$3 start=$SECONDS status=0
+  shift 3
+  "$exe" --test-threads=1 --exact "$@" >"$logs/$name.$group" 2>&1 || status=$?
+  {
+    echo "     Running $name ${group/#-/(all)} ($exe): $((SECONDS - start)) s, exit status $status"
+    cat "$logs/$name.$group"
+  } | flock "$logs" cat
+  [ "$status" = 0 ] || echo "$name $group" >>"$logs/failed"
+}
+export -f run_group
+export logs
+# The largest groups first, so that none of them ends the run alone.
+awk '{print NF, $0}' "$logs/groups" | sort -k1,1nr | cut -d' ' -f2- | xargs -P 2 -L 1 bash -c 'run_group "$@"' _
+if [ -s "$logs/failed" ]; then
+  die "tests failed under qemu in: $(paste -sd, "$logs/failed")"
+fi
+say "all $(wc -l <"$logs/groups") groups of ${#tests[@]} test binaries passed under qemu"
