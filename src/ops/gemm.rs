@@ -107,6 +107,9 @@ fn gemm_into(dst: &mut [f32], transposed: bool, a: MatRef, b: MatRef, accumulate
     }
 }
 
+/// Each part runs on one thread: [`gemm_into`] splits a product over the pool itself.
+const PARALLELISM: gemm_common::Parallelism = gemm_common::Parallelism::None;
+
 /// Row alignment of the parts [`gemm_into`] splits a product into: the crate's widest AVX-512
 /// microkernel is 64 rows high, so where the crate keeps this orientation no part ends in a narrow remainder
 /// tile a whole one would cover. (A row-major destination it turns around: these rows become its columns,
@@ -151,28 +154,49 @@ unsafe fn kernel(
 ) {
     // SAFETY: the caller's contract: every element written, (i0 + r) * dst_rs + j * dst_cs for r < rows
     // and j < b.cols, lies in `dst`, and every element read, a's rows i0..i0 + rows and all of b, lies in
-    // their slices. T = f32 is a type gemm supports.
-    unsafe {
-        gemm::gemm(
-            rows,
-            b.cols,
-            a.cols,
+    // their slices.
+    let (dst, lhs, rhs) = unsafe {
+        (
             dst.0.add(i0 * dst_rs),
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
             a.data.as_ptr().add(i0 * a.row_stride),
-            a.col_stride as isize,
-            a.row_stride as isize,
             b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
+        )
+    };
+    let (dst_cs, dst_rs) = (dst_cs as isize, dst_rs as isize);
+    let (lhs_cs, lhs_rs) = (a.col_stride as isize, a.row_stride as isize);
+    let (rhs_cs, rhs_rs) = (b.col_stride as isize, b.row_stride as isize);
+    // As `gemm::gemm` does: a row-oriented destination is computed as its transpose, bᵀ × aᵀ (the
+    // micro-kernels write columns).
+    #[rustfmt::skip]
+    let (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) = if dst_cs < dst_rs {
+        (b.cols, rows, dst_rs, dst_cs, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs)
+    } else {
+        (rows, b.cols, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs)
+    };
+    let gemm = gemm_f32::gemm::f32::get_gemm_fn();
+    // SAFETY: as above (the same elements, read and written through the transposed strides); the strides
+    // are non-negative, which is all gemm-f32 asks beyond `gemm::gemm`'s contract.
+    unsafe {
+        gemm(
+            m,
+            n,
+            a.cols,
+            dst,
+            dst_cs,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
             1.0,
             1.0,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            PARALLELISM,
         );
     }
 }
