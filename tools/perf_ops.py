@@ -3,8 +3,10 @@ record` (DWARF call graphs, so inlined kernels count) of `wstream classify --thr
 N times (batch 1, page cache warm after the first), then each kernel's inclusive share of the samples. CPU
 time, not wall time: other processes on a shared machine slow it less than they slow a stopwatch.
 
-Usage: python3 tools/perf_ops.py [--passes N] [--freq HZ] [--wstream PATH] MODEL_DIR...
-  (needs `perf`, apt package linux-perf; default models: the synthetic Large ones in /work/synth)
+Usage: python3 tools/perf_ops.py [--passes N] [--freq HZ] [--wstream PATH] [--vector-only] MODEL_DIR...
+  (needs `perf`, apt package linux-perf; default models: the synthetic Large ones in /work/synth; a
+  converted folder, e.g. `convert --dtype int8`, shows its own kernels' rows)
+  --vector-only   skip the WSTREAM_KERNELS=portable run
 """
 import argparse
 import os
@@ -18,6 +20,12 @@ DEFAULT = [f"/work/synth/{m}" for m in ("vit_large_patch16_224", "convnext_large
 # Kernel -> the function whose inclusive samples are its time (first match of a sample's symbol list).
 OPS = [
     ("matrix products (gemm crate)", r"^wstream::ops::gemm::gemm_into$"),
+    # The converted files' kernels (`convert --layout packed`, `--dtype bf16`, `--dtype int8`).
+    ("packed products + epilogue", r"^wstream::ops::packed::part$"),
+    ("bf16 products", r"^wstream::ops::bf16::group$"),
+    ("bf16 activation packing", r"^wstream::ops::bf16::pack_rows$"),
+    ("int8 products + epilogue", r"^wstream::ops::int8::product_part$"),
+    ("int8 activation quantizing", r"^wstream::ops::int8::(quantize_with|quantize_t_with)$"),
     ("attention", r"^wstream::ops::attention::attention$"),
     ("depthwise 7x7", r"^wstream::ops::conv::depthwise_conv$"),
     ("LayerNorm", r"^wstream::ops::norm::layer_norm$"),
@@ -57,15 +65,20 @@ def main():
     ap.add_argument("--passes", type=int, default=4)
     ap.add_argument("--freq", type=int, default=499)
     ap.add_argument("--wstream", default=os.path.join(ROOT, "target/release/wstream"))
+    ap.add_argument("--vector-only", action="store_true")
     ap.add_argument("models", nargs="*", default=DEFAULT)
     a = ap.parse_args()
-    print(f"| model: kernel | vector: CPU ms per image | portable | portable / vector |")
-    print("| --- | ---: | ---: | ---: |")
+    if a.vector_only:
+        print("| model: kernel | CPU ms per image | share |")
+        print("| --- | ---: | ---: |")
+    else:
+        print("| model: kernel | vector: CPU ms per image | portable | portable / vector |")
+        print("| --- | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
         for model in a.models:
             name = os.path.basename(model.rstrip("/"))
             ms = {}
-            for portable in (False, True):
+            for portable in (False,) if a.vector_only else (False, True):
                 cpu_ms, shares = record(a.wstream, model, a.passes, a.freq, portable, os.path.join(tmp, "p.data"))
                 per_image = cpu_ms / a.passes
                 row = {}
@@ -74,7 +87,13 @@ def main():
                 row["whole process"] = per_image
                 ms[portable] = row
             for op in [o for o, _ in OPS] + ["whole process"]:
-                v, p = ms[False][op], ms[True][op]
+                v = ms[False][op]
+                if v < 0.05 and op != "whole process":
+                    continue
+                if a.vector_only:
+                    print(f"| {name}: {op} | {v:,.1f} | {v / ms[False]['whole process']:.0%} |")
+                    continue
+                p = ms[True][op]
                 ratio = f"{p / v:.2f}x" if v > 0.5 else ""
                 print(f"| {name}: {op} | {v:,.1f} | {p:,.1f} | {ratio} |")
             sys.stdout.flush()
