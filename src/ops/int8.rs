@@ -87,8 +87,8 @@ fn native() -> bool {
 }
 
 /// Whether the AVX-512 kernels run: the VNNI product, and the quantizers and the scaling-back transpose
-/// written for its 16-row vectors. With AVX2 alone, the product is `dot_avx2` and the rest the portable
-/// loops, compiled for AVX2.
+/// written for its 16-row vectors. With AVX2 alone, the product is `dot_avx2`, the quantizers their AVX2
+/// forms and the scaling-back transpose the portable loop, compiled for AVX2.
 #[cfg(target_arch = "x86_64")]
 fn vnni() -> bool {
     native() && simd::x86_int8::detected()
@@ -154,7 +154,7 @@ pub fn quantize(x: &[f32], rows: usize, inp: usize) -> Quantized {
     quantize_with(x, rows, inp, native())
 }
 
-/// [`quantize`], with the AVX-512 loop when `hand` (and the CPU has it), else the portable one.
+/// [`quantize`], with the AVX-512 or AVX2 loop when `hand` (and the CPU has one), else the portable one.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn quantize_with(x: &[f32], rows: usize, inp: usize, hand: bool) -> Quantized {
     assert_eq!(x.len(), rows * inp, "input is not [rows, {inp}]");
@@ -205,6 +205,9 @@ fn quantize_with(x: &[f32], rows: usize, inp: usize, hand: bool) -> Quantized {
             if hand && vnni() {
                 simd::x86_int8::quantize_rows(x, inp, data, zero, scale);
                 return;
+            } else if hand && simd::x86_int8::avx2_detected() {
+                simd::x86_int8::quantize_rows_avx2(x, inp, data, zero, scale);
+                return;
             }
             simd::run(Block {
                 x,
@@ -224,7 +227,7 @@ pub fn quantize_t(xt: &[f32], inp: usize, rows: usize) -> Quantized {
     quantize_t_with(xt, inp, rows, native())
 }
 
-/// [`quantize_t`], with the AVX-512 loop when `hand` (and the CPU has it), else the portable one.
+/// [`quantize_t`], with the AVX-512 or AVX2 loop when `hand` (and the CPU has one), else the portable one.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn quantize_t_with(xt: &[f32], inp: usize, rows: usize, hand: bool) -> Quantized {
     assert_eq!(xt.len(), rows * inp, "activation is not [{inp}, rows]");
@@ -288,6 +291,9 @@ fn quantize_t_with(xt: &[f32], inp: usize, rows: usize, hand: bool) -> Quantized
             #[cfg(target_arch = "x86_64")]
             if hand && vnni() {
                 simd::x86_int8::quantize_cols(xt, rows, v * LANES, data, zero, scale);
+                return;
+            } else if hand && simd::x86_int8::avx2_detected() {
+                simd::x86_int8::quantize_cols_avx2(xt, rows, v * LANES, data, zero, scale);
                 return;
             }
             simd::run(Block {

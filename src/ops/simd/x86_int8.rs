@@ -466,6 +466,213 @@ unsafe fn quantize_cols_avx512(
     }
 }
 
+/// [`quant16`] on 8 lanes, for the AVX2 quantizers: the same operations in the same order.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn quant8(v: __m256, inv: __m256, zero: __m256) -> __m256i {
+    let t =
+        _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v, inv));
+    let t = _mm256_add_ps(t, zero);
+    // vmaxps returns its second operand when the first is NaN: 0.
+    let t = _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps(255.0));
+    _mm256_cvttps_epi32(t)
+}
+
+/// [`quantize_rows`] with AVX2 (CPUs without AVX-512): the same bytes and parameters.
+pub(crate) fn quantize_rows_avx2(
+    x: &[f32],
+    inp: usize,
+    data: &mut [u8],
+    zero: &mut [i32],
+    scale: &mut [f32],
+) {
+    assert!(avx2_detected(), "quantize_rows_avx2 on a CPU without AVX2");
+    let n = x.len() / inp.max(1);
+    assert!(
+        inp.is_multiple_of(4)
+            && x.len() == n * inp
+            && n <= 16
+            && data.len() >= inp * 16
+            && zero.len() >= n
+            && scale.len() >= n,
+        "quantize_rows_avx2 shapes"
+    );
+    // SAFETY: the features and lengths `quantize_rows_avx2_impl` requires were checked just above.
+    unsafe { quantize_rows_avx2_impl(x, inp, data, zero, scale) }
+}
+
+/// # Safety
+/// As [`quantize_rows_avx2`] checks.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_rows_avx2_impl(
+    x: &[f32],
+    inp: usize,
+    data: &mut [u8],
+    zero: &mut [i32],
+    scale: &mut [f32],
+) {
+    let dp = data.as_mut_ptr();
+    let whole = inp / 8 * 8;
+    for (l, xr) in x.chunks_exact(inp).enumerate() {
+        let p = xr.as_ptr();
+        let (mut lo, mut hi, mut fin) = (
+            _mm256_set1_ps(f32::INFINITY),
+            _mm256_set1_ps(f32::NEG_INFINITY),
+            _mm256_setzero_ps(),
+        );
+        for k in (0..whole).step_by(8) {
+            // SAFETY: elements k..k + 8 <= inp of the row.
+            let v = unsafe { _mm256_loadu_ps(p.add(k)) };
+            lo = _mm256_min_ps(lo, v);
+            hi = _mm256_max_ps(hi, v);
+            fin = _mm256_add_ps(fin, _mm256_mul_ps(v, _mm256_setzero_ps()));
+        }
+        let (mut lo_a, mut hi_a, mut fin_a) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
+        // SAFETY: each array is 8 f32, what one unaligned 256-bit store writes.
+        unsafe {
+            _mm256_storeu_ps(lo_a.as_mut_ptr(), lo);
+            _mm256_storeu_ps(hi_a.as_mut_ptr(), hi);
+            _mm256_storeu_ps(fin_a.as_mut_ptr(), fin);
+        }
+        let tail = &xr[whole..];
+        let lo = lo_a
+            .iter()
+            .chain(tail)
+            .fold(f32::INFINITY, |a, &b| a.min(b));
+        let hi = hi_a
+            .iter()
+            .chain(tail)
+            .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let fin = fin_a.iter().sum::<f32>() + tail.iter().map(|v| v * 0.0).sum::<f32>();
+        let (s, inv, z) = crate::ops::int8::range_params(lo, hi, fin == 0.0);
+        (scale[l], zero[l]) = (s, z);
+        let (vinv, vz) = (_mm256_set1_ps(inv), _mm256_set1_ps(z as f32));
+        let mut k = 0;
+        while k < inp {
+            // Eight inputs, or the last four (inp is a multiple of 4).
+            let v = if k + 8 <= inp {
+                // SAFETY: elements k..k + 8 <= inp of the row.
+                unsafe { _mm256_loadu_ps(p.add(k)) }
+            } else {
+                // SAFETY: elements k..k + 4 = inp of the row.
+                _mm256_castps128_ps256(unsafe { _mm_loadu_ps(p.add(k)) })
+            };
+            let q = quant8(v, vinv, vz);
+            // Per 128-bit half: its four i32 (0..=255) become its low four bytes.
+            let b = _mm256_packus_epi16(_mm256_packus_epi32(q, q), _mm256_setzero_si256());
+            let groups = [_mm256_extract_epi32::<0>(b), _mm256_extract_epi32::<4>(b)];
+            for (g, &four) in groups.iter().enumerate().take((inp - k).min(8) / 4) {
+                // SAFETY: group k / 4 + g < inp / 4 of row l: byte (k / 4 + g) * 64 + 4 l, 4 bytes, inside
+                // data's inp * 16.
+                unsafe { (dp.add((k / 4 + g) * 64 + l * 4) as *mut i32).write_unaligned(four) };
+            }
+            k += 8;
+        }
+    }
+}
+
+/// [`quantize_cols`] with AVX2 (CPUs without AVX-512): the same bytes and parameters, the 16 rows of a column
+/// as two registers.
+pub(crate) fn quantize_cols_avx2(
+    xt: &[f32],
+    rows: usize,
+    r0: usize,
+    data: &mut [u8],
+    zero: &mut [i32],
+    scale: &mut [f32],
+) {
+    assert!(avx2_detected(), "quantize_cols_avx2 on a CPU without AVX2");
+    let inp = xt.len() / rows.max(1);
+    assert!(
+        r0 < rows
+            && xt.len() == inp * rows
+            && inp.is_multiple_of(4)
+            && data.len() >= inp * 16
+            && zero.len() >= 16
+            && scale.len() >= 16,
+        "quantize_cols_avx2 shapes"
+    );
+    // SAFETY: the features and lengths `quantize_cols_avx2_impl` requires were checked just above.
+    unsafe { quantize_cols_avx2_impl(xt, rows, r0, data, zero, scale) }
+}
+
+/// # Safety
+/// As [`quantize_cols_avx2`] checks.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_cols_avx2_impl(
+    xt: &[f32],
+    rows: usize,
+    r0: usize,
+    data: &mut [u8],
+    zero: &mut [i32],
+    scale: &mut [f32],
+) {
+    let inp = xt.len() / rows;
+    let n = 16.min(rows - r0);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // Lanes of rows r0 + h * 8 + i < r0 + n, for the halves h = 0, 1.
+    let mask = [
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32 - 8), lane),
+    ];
+    // A masked lane is neither read nor written, but its address may lie past the slice: wrapping pointer
+    // arithmetic, and the unmasked lanes are rows r0..r0 + n < rows of a column k < inp of xt.
+    let p = xt.as_ptr().wrapping_add(r0);
+    let load = |k: usize, h: usize| unsafe {
+        _mm256_maskload_ps(p.wrapping_add(k * rows + 8 * h), mask[h])
+    };
+    let mut lo = [_mm256_set1_ps(f32::INFINITY); 2];
+    let mut hi = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+    let mut fin = [_mm256_setzero_ps(); 2];
+    for k in 0..inp {
+        for h in 0..2 {
+            let v = load(k, h);
+            lo[h] = _mm256_min_ps(lo[h], v);
+            hi[h] = _mm256_max_ps(hi[h], v);
+            fin[h] = _mm256_add_ps(fin[h], _mm256_mul_ps(v, _mm256_setzero_ps()));
+        }
+    }
+    let (mut lo_a, mut hi_a, mut fin_a) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 16]);
+    // SAFETY: each array is 16 f32, two unaligned 256-bit stores of 8.
+    unsafe {
+        for h in 0..2 {
+            _mm256_storeu_ps(lo_a.as_mut_ptr().add(8 * h), lo[h]);
+            _mm256_storeu_ps(hi_a.as_mut_ptr().add(8 * h), hi[h]);
+            _mm256_storeu_ps(fin_a.as_mut_ptr().add(8 * h), fin[h]);
+        }
+    }
+    let (mut inv, mut zf) = ([0.0f32; 16], [0.0f32; 16]);
+    for l in 0..n {
+        let (s, i, z) = crate::ops::int8::range_params(lo_a[l], hi_a[l], fin_a[l] == 0.0);
+        (scale[l], inv[l], zero[l], zf[l]) = (s, i, z, z as f32);
+    }
+    // SAFETY: each array is 16 f32, two unaligned 256-bit loads of 8.
+    let (vinv, vz) = unsafe {
+        (
+            [
+                _mm256_loadu_ps(inv.as_ptr()),
+                _mm256_loadu_ps(inv.as_ptr().add(8)),
+            ],
+            [
+                _mm256_loadu_ps(zf.as_ptr()),
+                _mm256_loadu_ps(zf.as_ptr().add(8)),
+            ],
+        )
+    };
+    let dp = data.as_mut_ptr();
+    for q in 0..inp / 4 {
+        for h in 0..2 {
+            let mut four = _mm256_setzero_si256();
+            for j in 0..4 {
+                let b = quant8(load(4 * q + j, h), vinv[h], vz[h]);
+                four = _mm256_or_si256(four, _mm256_sllv_epi32(b, _mm256_set1_epi32(8 * j as i32)));
+            }
+            // SAFETY: bytes q * 64 + 32 h.. + 32 of data (q < inp / 4); rows past n stay as they were (zero).
+            unsafe { _mm256_maskstore_epi32(dp.add(q * 64 + 32 * h) as *mut i32, mask[h], four) };
+        }
+    }
+}
+
 /// Output channels `o0..o0 + n` of a linear layer's `[rows, out]` result from their i32 sums, transposed
 /// on the way: `y[j][i] = (acc[i * ld + j] - zero[j] * colsum[i]) as f32 * (sx[j] * sw[i]) + bias[i]`
 /// for `i < n = colsum.len() <= 16`, `j < rows`: `int8`'s epilogue and the bias-adding transpose after it,
