@@ -298,6 +298,14 @@ pub(crate) fn quantize_rows(
     scale: &mut [f32],
 ) {
     assert!(detected(), "quantize_rows on a CPU without AVX-512");
+    check_rows(x, inp, data, zero, scale);
+    // SAFETY: the features and lengths `quantize_rows_avx512` requires were checked just above.
+    unsafe { quantize_rows_avx512(x, inp, data, zero, scale) }
+}
+
+/// The lengths the row quantizers need (panics otherwise: a caller's bug): at most 16 rows of `inp` inputs
+/// (a multiple of 4) in `x`, room for their bytes, zero points and scales.
+fn check_rows(x: &[f32], inp: usize, data: &[u8], zero: &[i32], scale: &[f32]) {
     let n = x.len() / inp.max(1);
     assert!(
         inp.is_multiple_of(4)
@@ -308,8 +316,37 @@ pub(crate) fn quantize_rows(
             && scale.len() >= n,
         "quantize_rows shapes"
     );
-    // SAFETY: the features and lengths `quantize_rows_avx512` requires were checked just above.
-    unsafe { quantize_rows_avx512(x, inp, data, zero, scale) }
+}
+
+/// The lengths the column quantizers need (panics otherwise): `xt` `[inp, rows]` with `inp` a multiple of 4,
+/// `r0 < rows`, room for 16 rows' bytes, zero points and scales.
+fn check_cols(xt: &[f32], rows: usize, r0: usize, data: &[u8], zero: &[i32], scale: &[f32]) {
+    let inp = xt.len() / rows.max(1);
+    assert!(
+        r0 < rows
+            && xt.len() == inp * rows
+            && inp.is_multiple_of(4)
+            && data.len() >= inp * 16
+            && zero.len() >= 16
+            && scale.len() >= 16,
+        "quantize_cols shapes"
+    );
+}
+
+/// The first `n` rows' scales and zero points from their ranges (`int8::range_params`), and the
+/// reciprocal scales and zero points as f32 lanes for the quantizing pass.
+fn row_params(
+    (lo, hi, fin): (&[f32; 16], &[f32; 16], &[f32; 16]),
+    n: usize,
+    zero: &mut [i32],
+    scale: &mut [f32],
+) -> ([f32; 16], [f32; 16]) {
+    let (mut inv, mut zf) = ([0.0f32; 16], [0.0f32; 16]);
+    for l in 0..n {
+        let (s, i, z) = crate::ops::int8::range_params(lo[l], hi[l], fin[l] == 0.0);
+        (scale[l], inv[l], zero[l], zf[l]) = (s, i, z, z as f32);
+    }
+    (inv, zf)
 }
 
 /// `q = clamp(round_ties_even(v * inv) + zero, 0, 255)` per lane, as i32: `int8::quant`'s operations in
@@ -398,16 +435,7 @@ pub(crate) fn quantize_cols(
     scale: &mut [f32],
 ) {
     assert!(detected(), "quantize_cols on a CPU without AVX-512");
-    let inp = xt.len() / rows.max(1);
-    assert!(
-        r0 < rows
-            && xt.len() == inp * rows
-            && inp.is_multiple_of(4)
-            && data.len() >= inp * 16
-            && zero.len() >= 16
-            && scale.len() >= 16,
-        "quantize_cols shapes"
-    );
+    check_cols(xt, rows, r0, data, zero, scale);
     // SAFETY: the features and lengths `quantize_cols_avx512` requires were checked just above.
     unsafe { quantize_cols_avx512(xt, rows, r0, data, zero, scale) }
 }
@@ -446,11 +474,7 @@ unsafe fn quantize_cols_avx512(
         _mm512_storeu_ps(hi_a.as_mut_ptr(), hi);
         _mm512_storeu_ps(fin_a.as_mut_ptr(), fin);
     }
-    let (mut inv, mut zf) = ([0.0f32; 16], [0.0f32; 16]);
-    for l in 0..n {
-        let (s, i, z) = crate::ops::int8::range_params(lo_a[l], hi_a[l], fin_a[l] == 0.0);
-        (scale[l], inv[l], zero[l], zf[l]) = (s, i, z, z as f32);
-    }
+    let (inv, zf) = row_params((&lo_a, &hi_a, &fin_a), n, zero, scale);
     // SAFETY: each array is 16 f32, what one unaligned 512-bit load reads.
     let (vinv, vz) = unsafe { (_mm512_loadu_ps(inv.as_ptr()), _mm512_loadu_ps(zf.as_ptr())) };
     let dp = data.as_mut_ptr();
@@ -487,16 +511,7 @@ pub(crate) fn quantize_rows_avx2(
     scale: &mut [f32],
 ) {
     assert!(avx2_detected(), "quantize_rows_avx2 on a CPU without AVX2");
-    let n = x.len() / inp.max(1);
-    assert!(
-        inp.is_multiple_of(4)
-            && x.len() == n * inp
-            && n <= 16
-            && data.len() >= inp * 16
-            && zero.len() >= n
-            && scale.len() >= n,
-        "quantize_rows_avx2 shapes"
-    );
+    check_rows(x, inp, data, zero, scale);
     // SAFETY: the features and lengths `quantize_rows_avx2_impl` requires were checked just above.
     unsafe { quantize_rows_avx2_impl(x, inp, data, zero, scale) }
 }
@@ -582,16 +597,7 @@ pub(crate) fn quantize_cols_avx2(
     scale: &mut [f32],
 ) {
     assert!(avx2_detected(), "quantize_cols_avx2 on a CPU without AVX2");
-    let inp = xt.len() / rows.max(1);
-    assert!(
-        r0 < rows
-            && xt.len() == inp * rows
-            && inp.is_multiple_of(4)
-            && data.len() >= inp * 16
-            && zero.len() >= 16
-            && scale.len() >= 16,
-        "quantize_cols_avx2 shapes"
-    );
+    check_cols(xt, rows, r0, data, zero, scale);
     // SAFETY: the features and lengths `quantize_cols_avx2_impl` requires were checked just above.
     unsafe { quantize_cols_avx2_impl(xt, rows, r0, data, zero, scale) }
 }
@@ -641,11 +647,7 @@ unsafe fn quantize_cols_avx2_impl(
             _mm256_storeu_ps(fin_a.as_mut_ptr().add(8 * h), fin[h]);
         }
     }
-    let (mut inv, mut zf) = ([0.0f32; 16], [0.0f32; 16]);
-    for l in 0..n {
-        let (s, i, z) = crate::ops::int8::range_params(lo_a[l], hi_a[l], fin_a[l] == 0.0);
-        (scale[l], inv[l], zero[l], zf[l]) = (s, i, z, z as f32);
-    }
+    let (inv, zf) = row_params((&lo_a, &hi_a, &fin_a), n, zero, scale);
     // SAFETY: each array is 16 f32, two unaligned 256-bit loads of 8.
     let (vinv, vz) = unsafe {
         (
