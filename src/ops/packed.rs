@@ -113,9 +113,27 @@ fn part(
     y: &mut [f32],
     ep: Epilogue,
 ) {
+    let panel = inp * NR;
+    #[cfg(target_arch = "x86_64")]
+    if !simd::has_avx512() && simd::has_avx2() {
+        let mut partial = vec![0.0f32; rows * NR];
+        for (p, w) in panels.chunks_exact(panel).enumerate() {
+            let next = panels.get(panel * (p + 1)..panel * (p + 2)).unwrap_or(&[]);
+            let cols = p * NR..(p + 1) * NR;
+            let dst = simd::x86_packed::TileOut {
+                y: &mut y[p * NR..(rows - 1) * out + (p + 1) * NR],
+                ld: out,
+                bias: ep.bias.map(|b| &b[cols.clone()]),
+                gelu: ep.gelu,
+                scale: ep.scale.map(|s| &s[cols]),
+                accumulate: ep.accumulate,
+            };
+            simd::x86_packed::panel_avx2(rows, x, w, inp, next, &mut partial, dst);
+        }
+        return;
+    }
     let tiles = tiles(rows);
     let mut acc = [0.0f32; MR * NR];
-    let panel = inp * NR;
     for (p, w) in panels.chunks_exact(panel).enumerate() {
         // The next panel, a share per tile, asked for while this one computes from L2 (the first tile of
         // each panel would otherwise wait on memory).
@@ -127,7 +145,7 @@ fn part(
             let xt = &x[r0 * inp..(r0 + m) * inp];
             // The x86 kernels apply the epilogue in their registers, on its way to y.
             #[cfg(target_arch = "x86_64")]
-            if simd::has_avx512() || simd::has_avx2() {
+            if simd::has_avx512() {
                 let cols = p * NR..(p + 1) * NR;
                 let dst = simd::x86_packed::TileOut {
                     y: &mut y[r0 * out + p * NR..(r0 + m - 1) * out + (p + 1) * NR],
@@ -137,11 +155,7 @@ fn part(
                     scale: ep.scale.map(|s| &s[cols]),
                     accumulate: ep.accumulate,
                 };
-                if simd::has_avx512() {
-                    simd::x86_packed::tile_into(m, xt, w, inp, ahead, dst);
-                } else {
-                    simd::x86_packed::tile_into_avx2(m, xt, w, inp, dst);
-                }
+                simd::x86_packed::tile_into(m, xt, w, inp, ahead, dst);
                 continue;
             }
             let acc = &mut acc[..m * NR];
@@ -417,7 +431,8 @@ mod tests {
 
     /// The AVX2 tile, called directly (so it runs on AVX-512 CPUs too): every row count, each epilogue in
     /// its registers bitwise as the [`Finish`] pass applies it to its sums, the sums within rounding of the
-    /// portable tile and, where the CPU has AVX-512, bitwise those of the AVX-512 tile (the same FMAs).
+    /// portable tile, bitwise those of one pass over the whole depth (the depth spans three blocks) and,
+    /// where the CPU has AVX-512, bitwise those of the AVX-512 tile (the same FMAs).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_tile_matches_the_others() {
@@ -425,7 +440,7 @@ mod tests {
             crate::ops::int8::tests::skip("AVX2");
             return;
         }
-        let inp = 67;
+        let inp = 2 * simd::x86_packed::KC + 67;
         let w = values(inp * NR, 0.11);
         let (bias, scale) = (values(NR, 0.7), values(NR, 0.9));
         for m in 1..=MR {
@@ -436,6 +451,18 @@ mod tests {
             for (x, y) in a.iter().zip(&b) {
                 assert!((x - y).abs() < 1e-4, "m {m}: {x} vs {y}");
             }
+            let mut whole = vec![0.0; m * NR];
+            let dst = simd::x86_packed::TileOut {
+                y: &mut whole,
+                ld: NR,
+                bias: None,
+                gelu: false,
+                scale: None,
+                accumulate: false,
+            };
+            let mut partial = vec![0.0; m * NR];
+            simd::x86_packed::panel_avx2_blocks(m, &x, &w, inp, &[], &mut partial, dst, inp);
+            assert_eq!(a, whole, "m {m}: blocks vs one pass");
             if simd::has_avx512() {
                 let mut c = vec![0.0; m * NR];
                 simd::x86_packed::tile(m, &x, &w, inp, &mut c, &[]);

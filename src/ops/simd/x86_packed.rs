@@ -1,7 +1,8 @@
 //! The x86 micro-kernels of `ops::packed`. AVX-512: a tile of up to `MR` rows times one panel of `NR` = 32
 //! output channels, accumulated over the whole depth in 2 x `m` registers. AVX2 (16 registers of 8 lanes):
-//! the same tile as up to 6 rows times half a panel at a time, 2 x 6 accumulators (the classic 6 x 16
-//! FMA tile), the same FMAs in the same order, so the same sums bit for bit. Their portable reference is
+//! up to 6 rows times half a panel at a time, 2 x 6 accumulators (the classic 6 x 16 FMA tile), over the
+//! depth in blocks that stay in L1 (`panel_avx2`), the sums of one block resumed by the next: the same FMAs
+//! in the same order, so the same sums bit for bit. Their portable reference is
 //! `ops::packed::tile_portable` (the same sums, with FMA's single rounding per step instead of two).
 
 use std::arch::x86_64::*;
@@ -99,33 +100,144 @@ fn check(m: usize, x: &[f32], w: &[f32], inp: usize, out: &TileOut) {
     );
 }
 
-/// [`tile_into`] with AVX2 and FMA: rows 0..6 then 6..m, each over the panel's two halves of 16 channels.
-/// Panics unless the CPU has AVX2 and FMA and the lengths are as [`tile_into`] requires.
+/// Depth per block of the AVX2 loop: a block of the panel (32 KB) stays in L1 while every group of rows
+/// runs over it, and each group's 6 rows of it (6 KB) come from L2 (see [`panel_avx2`] for when).
+pub(crate) const KC: usize = 256;
+
+/// [`tile_into`] with AVX2 and FMA (any row count, as [`panel_avx2`]). Panics unless the CPU has AVX2 and
+/// FMA and the lengths are as [`tile_into`] requires.
 pub(crate) fn tile_into_avx2(m: usize, x: &[f32], w: &[f32], inp: usize, out: TileOut) {
+    check(m, x, w, inp, &out);
+    panel_avx2(m, x, w, inp, &[], &mut vec![0.0; m * NR], out)
+}
+
+/// `rows` rows of `x` (`[rows, inp]`) times one panel `w` with AVX2 and FMA, through `out`'s epilogue into
+/// its first `rows` rows. The depth runs in blocks of [`KC`] (while such a block of all `rows` rows, 1 KB
+/// a row, fits a quarter of L2; else in one block); within a block, each group of up to 6 rows
+/// meets the panel's two halves of 16 channels in turn (the classic 6 x 16 FMA tile, 12 accumulators). Between blocks a
+/// group's sums wait in `partial` (`[rows, NR]`) and are loaded back as the next block's starting
+/// accumulators: the same FMAs in the same order as one pass over the whole depth, so the same sums bit
+/// for bit, and those of the AVX-512 tile.
+///
+/// The cache lines of `ahead` (the next panel) are asked for meanwhile, a share per call of the kernel, one
+/// per step of its depth: in a model the weights come from memory, where the hardware prefetcher stops at
+/// each 4 KiB page.
+///
+/// Panics unless the CPU has AVX2 and FMA, `x`, `w` and `partial` hold `rows * inp`, `inp * NR` and
+/// `rows * NR` values, `out.y` holds `(rows - 1) * out.ld + NR` (`NR <= ld`) and bias and scale `NR`.
+pub(crate) fn panel_avx2(
+    rows: usize,
+    x: &[f32],
+    w: &[f32],
+    inp: usize,
+    ahead: &[f32],
+    partial: &mut [f32],
+    out: TileOut,
+) {
+    // Blocks only while a block of all the rows stays in L2: past that (a batch), the short strided runs
+    // of each group's rows cost more than the whole-depth half panel's trips to L2.
+    let kc = if rows * KC * 4 <= 256 << 10 { KC } else { inp };
+    panel_avx2_blocks(rows, x, w, inp, ahead, partial, out, kc)
+}
+
+/// [`panel_avx2`] with blocks of `kc` steps of the depth (a test's handle on the blocking).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn panel_avx2_blocks(
+    rows: usize,
+    x: &[f32],
+    w: &[f32],
+    inp: usize,
+    ahead: &[f32],
+    partial: &mut [f32],
+    out: TileOut,
+    kc: usize,
+) {
     assert!(
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
         "AVX2 tile on a CPU without it"
     );
-    check(m, x, w, inp, &out);
+    assert!(rows > 0 && inp > 0 && kc > 0, "empty panel product");
+    assert!(
+        x.len() >= rows * inp && w.len() >= inp * NR && partial.len() >= rows * NR,
+        "panel inputs"
+    );
+    assert!(
+        out.ld >= NR && out.y.len() >= (rows - 1) * out.ld + NR,
+        "panel output rows"
+    );
+    assert!(
+        [out.bias, out.scale]
+            .iter()
+            .flatten()
+            .all(|v| v.len() >= NR),
+        "epilogue vectors"
+    );
     let sink = Sink::of(out);
-    for r0 in (0..m).step_by(6) {
-        let rows = 6.min(m - r0);
-        for h in [0, 16] {
-            // SAFETY: AVX2 and FMA are present and the lengths checked above: rows r0..r0 + rows < m of
-            // x, columns h..h + 16 of the panel and of the sink's rows (bias and scale hold NR values).
-            unsafe {
-                let (x, w, sink) = (x.as_ptr().add(r0 * inp), w.as_ptr().add(h), sink.at(r0, h));
-                match rows {
-                    1 => kernel_avx2::<1>(x, w, inp, sink),
-                    2 => kernel_avx2::<2>(x, w, inp, sink),
-                    3 => kernel_avx2::<3>(x, w, inp, sink),
-                    4 => kernel_avx2::<4>(x, w, inp, sink),
-                    5 => kernel_avx2::<5>(x, w, inp, sink),
-                    _ => kernel_avx2::<6>(x, w, inp, sink),
+    let raw = Sink::of(TileOut {
+        y: partial,
+        ld: NR,
+        bias: None,
+        gelu: false,
+        scale: None,
+        accumulate: false,
+    });
+    // Groups of at most 6 rows, their sizes differing by at most one (99 rows: 17 groups of 5 or 6, not
+    // 16 of 6 and one of 3, whose 6 accumulators would wait on the FMA latency).
+    let groups = rows.div_ceil(6);
+    let calls = inp.div_ceil(kc) * groups * 2;
+    let share = ahead.len().div_ceil(16).div_ceil(calls);
+    let mut call = 0;
+    for k0 in (0..inp).step_by(kc) {
+        let depth = kc.min(inp - k0);
+        let last = k0 + depth == inp;
+        for g in 0..groups {
+            for h in [0, 16] {
+                let (r0, r1) = (g * rows / groups, (g + 1) * rows / groups);
+                // SAFETY: AVX2 and FMA are present and the lengths checked above: rows r0..r1 <= rows of
+                // x (from column k0, depth values each) and of the sinks, steps k0..k0 + depth <= inp of
+                // the panel's columns h..h + 16, and 16 values of bias and scale from h.
+                unsafe {
+                    let x = x.as_ptr().add(r0 * inp + k0);
+                    let w = w.as_ptr().add(k0 * NR + h);
+                    let start = (k0 > 0).then(|| raw.at(r0, h).y.cast_const());
+                    let sink = if last { sink } else { raw }.at(r0, h);
+                    // This call's share of the next panel's lines, at most one per step.
+                    let first = (call * share * 16).min(ahead.len());
+                    let lines = (ahead.len() - first).div_ceil(16).min(share).min(depth);
+                    call += 1;
+                    let b = Block {
+                        x,
+                        w,
+                        inp,
+                        depth,
+                        start,
+                        ahead: (ahead.as_ptr().add(first), lines),
+                    };
+                    match r1 - r0 {
+                        1 => kernel_avx2::<1>(b, sink),
+                        2 => kernel_avx2::<2>(b, sink),
+                        3 => kernel_avx2::<3>(b, sink),
+                        4 => kernel_avx2::<4>(b, sink),
+                        5 => kernel_avx2::<5>(b, sink),
+                        _ => kernel_avx2::<6>(b, sink),
+                    }
                 }
             }
         }
     }
+}
+
+/// What [`kernel_avx2`] multiplies: rows `x + i * inp` over `depth` steps of the half panel at `w` (16
+/// values at `w + k * NR`), its accumulators starting from `start`'s rows of 16 (at stride `NR`) or zero;
+/// meanwhile it prefetches `ahead`'s lines (pointer, count: one per step).
+#[derive(Clone, Copy)]
+struct Block {
+    x: *const f32,
+    w: *const f32,
+    inp: usize,
+    depth: usize,
+    start: Option<*const f32>,
+    ahead: (*const f32, usize),
 }
 
 /// [`TileOut`] as the kernel reads it: row i at `y + i * ld`.
@@ -168,18 +280,41 @@ impl Sink {
     }
 }
 
-/// `M` rows (`x + i * inp`) times 16 channels of a panel (`w + k * NR`, 16 values) over the whole depth,
-/// then the sink's epilogue on the 16 values of each row.
+/// `M` rows times 16 channels of a panel over one [`Block`] of the depth, then the sink's epilogue on the
+/// 16 values of each row.
 ///
 /// # Safety
-/// AVX2 and FMA; `x` readable for `M` rows of `inp`, `w` for `inp` steps of `NR` (16 used), `sink` valid
-/// for `M` rows of 16 values (and 16 of bias and scale).
+/// AVX2 and FMA; `b.x` readable for `M` rows of `b.depth` values at stride `b.inp`, `b.w` for `b.depth`
+/// steps of `NR` (16 used), `b.start` (if any) for `M` rows of 16 at stride `NR`; `sink` valid for `M`
+/// rows of 16 values (and 16 of bias and scale); `b.ahead`'s lines at most `b.depth`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2<const M: usize>(x: *const f32, w: *const f32, inp: usize, sink: Sink) {
+unsafe fn kernel_avx2<const M: usize>(b: Block, sink: Sink) {
+    let Block {
+        x,
+        w,
+        inp,
+        depth,
+        start,
+        ahead: (pf, lines),
+    } = b;
     let mut c0 = [_mm256_setzero_ps(); M];
     let mut c1 = [_mm256_setzero_ps(); M];
-    for k in 0..inp {
-        // SAFETY (every load of the loop): step k < inp of the panel, element k of rows i < M.
+    if let Some(s) = start {
+        for i in 0..M {
+            // SAFETY: row i < M of `start`, 16 values.
+            unsafe {
+                c0[i] = _mm256_loadu_ps(s.add(i * NR));
+                c1[i] = _mm256_loadu_ps(s.add(i * NR + 8));
+            }
+        }
+    }
+    for k in 0..depth {
+        if k < lines {
+            // SAFETY: line k < lines of the caller's share of the next panel; a prefetch reads nothing into
+            // the program anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(pf.add(k * 16).cast()) };
+        }
+        // SAFETY (every load of the loop): step k < depth of the panel, element k of rows i < M.
         let (w0, w1) = unsafe {
             (
                 _mm256_loadu_ps(w.add(k * NR)),
