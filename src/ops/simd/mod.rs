@@ -444,6 +444,12 @@ unsafe fn transpose_add_raw(
         unsafe { x86::transpose_add_avx512(src, ld_src, d, ld_dst, cols, bias) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx2 {
+        // SAFETY: the CPU has AVX2 (checked by `level`); the bounds are the caller's and the asserts'.
+        unsafe { x86::transpose_add_avx2(src, ld_src, d, ld_dst, cols, bias) };
+        return;
+    }
     #[cfg(target_arch = "aarch64")]
     if level() == Level::Neon {
         // SAFETY: the bounds are the caller's and the asserts'.
@@ -661,21 +667,36 @@ mod tests {
         }
     }
 
-    /// The AVX-512 transpose against its portable reference, bitwise, on strided sub-blocks with partial tiles
-    /// (where the CPU has AVX-512; elsewhere the portable path is all there is).
+    /// The x86 transposes against their portable reference, bitwise, on strided sub-blocks with partial tiles
+    /// in either direction or both: the AVX2 one on every x86-64 CPU with AVX2, the AVX-512 one where the CPU
+    /// has it.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn transpose_kernel_matches_portable() {
-        if cpu_level() != Level::Avx512 {
-            eprintln!("skipped: this CPU has no AVX-512, so only the portable transpose runs");
-            return;
-        }
         let shapes = [
+            (8, 8, 8, 8),
             (16, 16, 16, 16),
             (5, 3, 7, 9),
+            (3, 5, 5, 3),
             (17, 33, 40, 20),
             (40, 1, 1, 41),
+            (1, 40, 41, 1),
+            (16, 197, 197, 1024),
         ];
+        if !is_x86_feature_detected!("avx2") {
+            crate::ops::int8::tests::skip("AVX2");
+            return;
+        }
+        transpose_matches_portable(&shapes, |src, ld_src, dst, ld_dst, cols, bias| {
+            // SAFETY: AVX2 was detected above; the helper sizes `src` and `dst` as the kernel requires.
+            unsafe {
+                x86::transpose_add_avx2(src, ld_src, dst.as_mut_ptr().cast(), ld_dst, cols, bias)
+            }
+        });
+        if cpu_level() != Level::Avx512 {
+            eprintln!("AVX-512 part skipped: this CPU has no AVX-512");
+            return;
+        }
         transpose_matches_portable(&shapes, |src, ld_src, dst, ld_dst, cols, bias| {
             // SAFETY: AVX-512 was detected above; the helper sizes `src` and `dst` as the kernel requires.
             unsafe {

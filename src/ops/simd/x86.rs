@@ -1,7 +1,8 @@
 //! The x86-64 half of the dispatch: the functions [`run`](super::run) enters compiled for AVX-512 or AVX2,
-//! and the kernels written with AVX-512 intrinsics where no compiler vectorises the portable form well. Each
-//! kernel's portable reference sits beside its dispatcher in `simd/mod.rs` (or, for the depthwise row, in
-//! `ops/conv.rs`), and computes bitwise the same results: separate multiplies and adds, in the same order.
+//! and the kernels written with AVX-512 or AVX2 intrinsics where no compiler vectorises the portable form
+//! well. Each kernel's portable reference sits beside its dispatcher in `simd/mod.rs` (or, for the depthwise
+//! row, in `ops/conv.rs`), and computes bitwise the same results: separate multiplies and adds, in the same
+//! order.
 
 use super::{Kernel, LANES};
 
@@ -100,6 +101,77 @@ pub(super) unsafe fn transpose_add_avx512(
                     )
                 };
             }
+        }
+    }
+}
+
+/// [`transpose_add`](super::transpose_add) in 8x8 AVX2 register tiles (pairs, quads within 128-bit lanes,
+/// then the lanes across registers), with the rows and columns past the last whole tile one element at a
+/// time.
+///
+/// # Safety
+/// The CPU must have AVX2; `src` must hold `(bias.len() - 1) * ld_src + cols` elements and `d` must be valid
+/// for writes of element `j * ld_dst + i` for `j < cols`, `i < bias.len()` (no other thread accessing
+/// those), with `cols <= ld_src` and `bias.len() <= ld_dst`.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn transpose_add_avx2(
+    src: &[f32],
+    ld_src: usize,
+    d: *mut f32,
+    ld_dst: usize,
+    cols: usize,
+    bias: &[f32],
+) {
+    use std::arch::x86_64::*;
+    let rows = bias.len();
+    let (rows8, cols8) = (rows - rows % 8, cols - cols % 8);
+    let s = src.as_ptr();
+    // SAFETY (every load and store below): rows i0..i0 + 8 <= rows and columns j0..j0 + 8 <= cols of src,
+    // and their transposes in dst, all within the lengths the caller guarantees.
+    for i0 in (0..rows8).step_by(8) {
+        let b = unsafe { _mm256_loadu_ps(bias.as_ptr().add(i0)) };
+        for j0 in (0..cols8).step_by(8) {
+            let r: [__m256; 8] =
+                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(s.add((i0 + i) * ld_src + j0)) });
+            let t: [__m256; 8] = std::array::from_fn(|k| {
+                let (p, q) = (r[2 * (k / 2)], r[2 * (k / 2) + 1]);
+                if k % 2 == 0 {
+                    _mm256_unpacklo_ps(p, q)
+                } else {
+                    _mm256_unpackhi_ps(p, q)
+                }
+            });
+            // u[4g + k]: of rows 4g..4g + 4, column m and 4 + m (one per 128-bit lane) for m = [0, 2, 1, 3][k].
+            let u: [__m256; 8] = std::array::from_fn(|k| {
+                let (g, c) = (k / 4, k % 4);
+                let (lo, hi) = (t[4 * g + c % 2], t[4 * g + 2 + c % 2]);
+                if c < 2 {
+                    _mm256_shuffle_ps::<0x44>(lo, hi)
+                } else {
+                    _mm256_shuffle_ps::<0xEE>(lo, hi)
+                }
+            });
+            for c in 0..4 {
+                let k = [0, 2, 1, 3][c];
+                let lo = _mm256_permute2f128_ps::<0x20>(u[k], u[4 + k]);
+                let hi = _mm256_permute2f128_ps::<0x31>(u[k], u[4 + k]);
+                unsafe {
+                    _mm256_storeu_ps(d.add((j0 + c) * ld_dst + i0), _mm256_add_ps(lo, b));
+                    _mm256_storeu_ps(d.add((j0 + 4 + c) * ld_dst + i0), _mm256_add_ps(hi, b));
+                }
+            }
+        }
+        for j in cols8..cols {
+            for (i, b) in bias.iter().enumerate().skip(i0).take(8) {
+                // SAFETY: column j < cols, row i < rows: within the caller's guarantee.
+                unsafe { d.add(j * ld_dst + i).write(src[i * ld_src + j] + b) };
+            }
+        }
+    }
+    for j in 0..cols {
+        for (i, b) in bias.iter().enumerate().skip(rows8) {
+            // SAFETY: column j < cols, row i < rows: within the caller's guarantee.
+            unsafe { d.add(j * ld_dst + i).write(src[i * ld_src + j] + b) };
         }
     }
 }
