@@ -456,10 +456,28 @@ unsafe fn transpose_add_raw(
         unsafe { neon::transpose_add_neon(src, ld_src, d, ld_dst, cols, bias) };
         return;
     }
-    for j in 0..cols {
-        for (i, b) in bias.iter().enumerate() {
-            // SAFETY: j < cols, i < rows: the caller's guarantee.
-            unsafe { d.add(j * ld_dst + i).write(src[i * ld_src + j] + b) };
+    // SAFETY: every row and column, within the caller's guarantee.
+    unsafe { transpose_add_elements(src, ld_src, d, ld_dst, 0..rows, 0..cols, bias) }
+}
+
+/// [`transpose_add_raw`] one element at a time for rows `i` in `rows` and columns `j` in `cols`: the path on
+/// CPUs without a vector kernel, and the edges the kernels' whole tiles leave.
+///
+/// # Safety
+/// As [`transpose_add_raw`], for the elements of those rows and columns (`rows.end <= bias.len()`).
+unsafe fn transpose_add_elements(
+    src: &[f32],
+    ld_src: usize,
+    d: *mut f32,
+    ld_dst: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    bias: &[f32],
+) {
+    for j in cols {
+        for i in rows.clone() {
+            // SAFETY: column j and row i lie inside what the caller guarantees.
+            unsafe { d.add(j * ld_dst + i).write(src[i * ld_src + j] + bias[i]) };
         }
     }
 }

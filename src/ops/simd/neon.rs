@@ -50,19 +50,13 @@ pub(super) unsafe fn transpose_add_neon(
                 unsafe { vst1q_f32(d.add((j0 + j) * ld_dst + i0), v) };
             }
         }
-        for j in cols4..cols {
-            for (i, b) in bias.iter().enumerate().skip(i0).take(NL) {
-                // SAFETY: column j < cols, row i < rows: within the caller's guarantee.
-                unsafe { d.add(j * ld_dst + i).write(src[i * ld_src + j] + b) };
-            }
-        }
+        // SAFETY: rows i0..i0 + 4 and columns cols4..cols, within the caller's guarantee.
+        unsafe {
+            super::transpose_add_elements(src, ld_src, d, ld_dst, i0..i0 + NL, cols4..cols, bias)
+        };
     }
-    for j in 0..cols {
-        for (i, b) in bias.iter().enumerate().skip(rows4) {
-            // SAFETY: column j < cols, row i < rows: within the caller's guarantee.
-            unsafe { d.add(j * ld_dst + i).write(src[i * ld_src + j] + b) };
-        }
-    }
+    // SAFETY: rows rows4..rows and every column, within the caller's guarantee.
+    unsafe { super::transpose_add_elements(src, ld_src, d, ld_dst, rows4..rows, 0..cols, bias) };
 }
 
 /// [`depthwise7_row`](super::depthwise7_row)'s kernel: blocks of 4 pixels x 16 channels when `c` is a

@@ -4,7 +4,7 @@
 //! row, in `ops/conv.rs`), and computes bitwise the same results: separate multiplies and adds, in the same
 //! order.
 
-use super::{Kernel, LANES};
+use super::{transpose_add_elements, Kernel, LANES};
 
 /// `k.run()` compiled for AVX-512 (F, BW, DQ, VL) with AVX2 and FMA.
 ///
@@ -161,19 +161,11 @@ pub(super) unsafe fn transpose_add_avx2(
                 }
             }
         }
-        for j in cols8..cols {
-            for (i, b) in bias.iter().enumerate().skip(i0).take(8) {
-                // SAFETY: column j < cols, row i < rows: within the caller's guarantee.
-                unsafe { d.add(j * ld_dst + i).write(src[i * ld_src + j] + b) };
-            }
-        }
+        // SAFETY: rows i0..i0 + 8 and columns cols8..cols, within the caller's guarantee.
+        unsafe { transpose_add_elements(src, ld_src, d, ld_dst, i0..i0 + 8, cols8..cols, bias) };
     }
-    for j in 0..cols {
-        for (i, b) in bias.iter().enumerate().skip(rows8) {
-            // SAFETY: column j < cols, row i < rows: within the caller's guarantee.
-            unsafe { d.add(j * ld_dst + i).write(src[i * ld_src + j] + b) };
-        }
-    }
+    // SAFETY: rows rows8..rows and every column, within the caller's guarantee.
+    unsafe { transpose_add_elements(src, ld_src, d, ld_dst, rows8..rows, 0..cols, bias) };
 }
 
 /// [`depthwise7_row`](super::depthwise7_row)'s kernel.

@@ -83,9 +83,15 @@ pub(crate) fn tile_into(m: usize, x: &[f32], w: &[f32], inp: usize, ahead: &[f32
     }
 }
 
-/// The lengths both tiles need: `1 <= m <= MR`, the inputs, the output rows and the epilogue vectors.
+/// The lengths both tiles need: `1 <= m <= MR`, then as [`check_rows`].
 fn check(m: usize, x: &[f32], w: &[f32], inp: usize, out: &TileOut) {
     assert!((1..=MR).contains(&m), "tile of {m} rows");
+    check_rows(m, x, w, inp, out)
+}
+
+/// The lengths a product of `m >= 1` rows by one panel needs: the inputs, the output rows and the epilogue
+/// vectors.
+fn check_rows(m: usize, x: &[f32], w: &[f32], inp: usize, out: &TileOut) {
     assert!(x.len() >= m * inp && w.len() >= inp * NR, "tile inputs");
     assert!(
         out.ld >= NR && out.y.len() >= (m - 1) * out.ld + NR,
@@ -157,21 +163,8 @@ pub(crate) fn panel_avx2_blocks(
         "AVX2 tile on a CPU without it"
     );
     assert!(rows > 0 && inp > 0 && kc > 0, "empty panel product");
-    assert!(
-        x.len() >= rows * inp && w.len() >= inp * NR && partial.len() >= rows * NR,
-        "panel inputs"
-    );
-    assert!(
-        out.ld >= NR && out.y.len() >= (rows - 1) * out.ld + NR,
-        "panel output rows"
-    );
-    assert!(
-        [out.bias, out.scale]
-            .iter()
-            .flatten()
-            .all(|v| v.len() >= NR),
-        "epilogue vectors"
-    );
+    assert!(partial.len() >= rows * NR, "partial sums");
+    check_rows(rows, x, w, inp, &out);
     let sink = Sink::of(out);
     let raw = Sink::of(TileOut {
         y: partial,
