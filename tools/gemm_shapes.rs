@@ -6,8 +6,9 @@
 //! `y` (`matmul_t`), `linear` the whole `ops::linear` (product, transpose, bias) as the models call it, `packed` the same
 //! layer over kernel-ready panels (`ops::packed::linear_packed` with its bias epilogue), `packed_stream` the
 //! same over copies of the panels that together exceed the last-level cache (each call's weights come from
-//! memory, as a model's streamed blocks do), `peak` the FMA
-//! throughput probe instead of the shapes (independent AVX-512 or AVX2 FMA chains on every thread). Run it several times (interleaved with the build it is compared to) and keep the best.
+//! memory, as a model's streamed blocks do), `peak` the
+//! throughput probes instead of the shapes (independent chains of f32 FMAs and of the int8 product
+//! instructions on every thread: the kernels' ceilings). Run it several times (interleaved with the build it is compared to) and keep the best.
 #[path = "../benches/common/mod.rs"]
 mod common;
 
@@ -92,77 +93,107 @@ fn main() {
     }
 }
 
-/// GFLOP/s of `threads` threads each running 12 independent chains of FMAs (enough to cover the FMA
-/// latency on current x86 cores), AVX-512 where the CPU has it, else AVX2's 8 lanes, best of `reps`: what
-/// the box sustains, the kernels' ceiling.
+/// The box's ceilings for the kernels: `threads` threads each running 12 independent chains of one
+/// instruction sequence (enough to cover its latency on current x86 cores), best of `reps`, for f32 FMAs
+/// (AVX-512 where the CPU has it, else AVX2's 8 lanes) and for the int8 products: AVX512-VNNI's
+/// `vpdpbusd`, and on AVX2 the exact `vpmaddwd` + `vpaddd` of `dot_avx2` beside the
+/// `vpmaddubsw` + `vpmaddwd` + `vpaddd` of kernels that accept saturated i16 pair sums (ONNX Runtime's
+/// MLAS u8 x s8 on AVX2).
 #[cfg(target_arch = "x86_64")]
 fn peak(threads: usize, reps: usize) {
     use rayon::prelude::*;
     use std::arch::x86_64::*;
-    const STEPS: usize = 50_000_000;
+    const STEPS: usize = 50_000_000 / 12 * 12;
+    /// 12 chains of `step` from `init`, `STEPS` steps in all; inlined into each probe, so `step` is
+    /// compiled with the probe's target features.
+    #[inline(always)]
+    fn chains<T: Copy>(init: T, step: impl Fn(T) -> T) {
+        let mut acc = [init; 12];
+        for _ in 0..STEPS / 12 {
+            for c in acc.iter_mut() {
+                *c = step(*c);
+            }
+        }
+        std::hint::black_box(acc);
+    }
     #[target_feature(enable = "avx512f")]
-    fn chains512() -> f32 {
-        let mut acc = [_mm512_set1_ps(1.0); 12];
+    fn fma512() {
         let a = _mm512_set1_ps(std::hint::black_box(0.999_999));
         let b = _mm512_set1_ps(std::hint::black_box(1e-7));
-        for _ in 0..STEPS / 12 {
-            for c in acc.iter_mut() {
-                *c = _mm512_fmadd_ps(*c, a, b);
-            }
-        }
-        acc.iter().map(|&c| _mm512_reduce_add_ps(c)).sum()
+        chains(_mm512_set1_ps(1.0), |c| _mm512_fmadd_ps(c, a, b));
+    }
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn vnni512() {
+        let a = _mm512_set1_epi8(std::hint::black_box(3));
+        let b = _mm512_set1_epi8(std::hint::black_box(-2));
+        chains(_mm512_set1_epi32(1), |c| _mm512_dpbusd_epi32(c, a, b));
     }
     #[target_feature(enable = "avx2,fma")]
-    fn chains256() -> f32 {
-        let mut acc = [_mm256_set1_ps(1.0); 12];
+    fn fma256() {
         let a = _mm256_set1_ps(std::hint::black_box(0.999_999));
         let b = _mm256_set1_ps(std::hint::black_box(1e-7));
-        for _ in 0..STEPS / 12 {
-            for c in acc.iter_mut() {
-                *c = _mm256_fmadd_ps(*c, a, b);
-            }
-        }
-        let mut lanes = [0.0f32; 8];
-        acc.iter()
-            .map(|&c| {
-                // SAFETY: 8 f32 into an array of 8.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), c) };
-                lanes.iter().sum::<f32>()
-            })
-            .sum()
+        chains(_mm256_set1_ps(1.0), |c| _mm256_fmadd_ps(c, a, b));
     }
-    let (isa, lanes) = if is_x86_feature_detected!("avx512f") {
-        ("AVX-512", 16.0)
-    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        ("AVX2", 8.0)
-    } else {
-        println!("fma peak: neither AVX-512 nor AVX2 with FMA here");
-        return;
-    };
-    let mut best = f64::MAX;
-    for _ in 0..reps.min(5) {
-        let t = Instant::now();
-        (0..threads).into_par_iter().for_each(|_| {
-            // SAFETY: the ISA each call needs was detected above.
-            std::hint::black_box(unsafe {
-                if lanes == 16.0 {
-                    chains512()
-                } else {
-                    chains256()
-                }
-            });
+    // Each chain's product reads its own accumulator, so nothing can be hoisted out of the loop.
+    #[target_feature(enable = "avx2")]
+    fn madd256() {
+        let b = _mm256_set1_epi16(std::hint::black_box(3));
+        chains(_mm256_set1_epi32(1), |c| {
+            _mm256_add_epi32(c, _mm256_madd_epi16(c, b))
         });
-        best = best.min(t.elapsed().as_secs_f64());
     }
-    let flops = 2.0 * lanes * (threads * STEPS / 12 * 12) as f64;
-    println!(
-        "fma peak ({isa}), {threads} thread(s): {:8.1} GFLOP/s",
-        flops / best / 1e9
-    );
+    #[target_feature(enable = "avx2")]
+    fn maddubs256() {
+        let b = _mm256_set1_epi8(std::hint::black_box(-2));
+        let ones = _mm256_set1_epi16(1);
+        chains(_mm256_set1_epi32(1), |c| {
+            _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(c, b), ones))
+        });
+    }
+    let avx512 = is_x86_feature_detected!("avx512f");
+    let vnni =
+        avx512 && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni");
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    // (what, ops per chain step, the chains), each probe only where the CPU has its instructions.
+    let mut probes: Vec<(&str, f64, unsafe fn())> = Vec::new();
+    if avx512 {
+        probes.push(("f32 FMA (AVX-512), GFLOP/s", 32.0, fma512));
+    } else if avx2 {
+        probes.push(("f32 FMA (AVX2), GFLOP/s", 16.0, fma256));
+    }
+    if vnni {
+        probes.push(("int8 vpdpbusd (AVX512-VNNI), GOP/s", 128.0, vnni512));
+    }
+    if avx2 {
+        probes.push(("int8 exact vpmaddwd+vpaddd (AVX2), GOP/s", 32.0, madd256));
+        probes.push((
+            "int8 saturating vpmaddubsw+vpmaddwd+vpaddd (AVX2), GOP/s",
+            64.0,
+            maddubs256,
+        ));
+    }
+    if probes.is_empty() {
+        println!("peak: neither AVX-512 nor AVX2 with FMA here");
+    }
+    for (what, ops, chains) in probes {
+        let mut best = f64::MAX;
+        for _ in 0..reps.min(5) {
+            let t = Instant::now();
+            (0..threads).into_par_iter().for_each(|_| {
+                // SAFETY: each probe was listed only where the CPU has the features it is compiled for.
+                unsafe { chains() };
+            });
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{what:58} {threads} thread(s): {:8.1}",
+            ops * (threads * STEPS) as f64 / best / 1e9
+        );
+    }
 }
 
-/// [`peak`] elsewhere: the probe is x86 only.
+/// [`peak`] elsewhere: the probes are x86 only.
 #[cfg(not(target_arch = "x86_64"))]
 fn peak(_threads: usize, _reps: usize) {
-    println!("fma peak: x86 only");
+    println!("peak: x86 only");
 }
