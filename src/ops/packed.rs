@@ -119,15 +119,7 @@ fn part(
         let mut partial = vec![0.0f32; rows * NR];
         for (p, w) in panels.chunks_exact(panel).enumerate() {
             let next = panels.get(panel * (p + 1)..panel * (p + 2)).unwrap_or(&[]);
-            let cols = p * NR..(p + 1) * NR;
-            let dst = simd::x86_packed::TileOut {
-                y: &mut y[p * NR..(rows - 1) * out + (p + 1) * NR],
-                ld: out,
-                bias: ep.bias.map(|b| &b[cols.clone()]),
-                gelu: ep.gelu,
-                scale: ep.scale.map(|s| &s[cols]),
-                accumulate: ep.accumulate,
-            };
+            let dst = tile_out(&mut y[p * NR..(rows - 1) * out + (p + 1) * NR], out, p, ep);
             simd::x86_packed::panel_avx2(rows, x, w, inp, next, &mut partial, dst);
         }
         return;
@@ -146,16 +138,8 @@ fn part(
             // The x86 kernels apply the epilogue in their registers, on its way to y.
             #[cfg(target_arch = "x86_64")]
             if simd::has_avx512() {
-                let cols = p * NR..(p + 1) * NR;
-                let dst = simd::x86_packed::TileOut {
-                    y: &mut y[r0 * out + p * NR..(r0 + m - 1) * out + (p + 1) * NR],
-                    ld: out,
-                    bias: ep.bias.map(|b| &b[cols.clone()]),
-                    gelu: ep.gelu,
-                    scale: ep.scale.map(|s| &s[cols]),
-                    accumulate: ep.accumulate,
-                };
-                simd::x86_packed::tile_into(m, xt, w, inp, ahead, dst);
+                let y = &mut y[r0 * out + p * NR..(r0 + m - 1) * out + (p + 1) * NR];
+                simd::x86_packed::tile_into(m, xt, w, inp, ahead, tile_out(y, out, p, ep));
                 continue;
             }
             let acc = &mut acc[..m * NR];
@@ -168,6 +152,26 @@ fn part(
                 ep,
             });
         }
+    }
+}
+
+/// Where the x86 kernels leave panel `p`'s sums: `y` from that panel's first column of the tile's first row
+/// (rows `out` apart), through the epilogue's slices for the panel's columns.
+#[cfg(target_arch = "x86_64")]
+fn tile_out<'a>(
+    y: &'a mut [f32],
+    out: usize,
+    p: usize,
+    ep: Epilogue<'a>,
+) -> simd::x86_packed::TileOut<'a> {
+    let cols = p * NR..(p + 1) * NR;
+    simd::x86_packed::TileOut {
+        y,
+        ld: out,
+        bias: ep.bias.map(|b| &b[cols.clone()]),
+        gelu: ep.gelu,
+        scale: ep.scale.map(|s| &s[cols]),
+        accumulate: ep.accumulate,
     }
 }
 
